@@ -1,0 +1,1 @@
+"""The ``dalle`` command line: one module per subcommand, dispatched by :mod:`dalle_zero.cli.main`."""

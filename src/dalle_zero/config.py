@@ -1,0 +1,128 @@
+"""Frozen, validated dataclass configs and their JSON form.
+
+Every config in the project (model configs such as ``DVAEConfig`` and training configs such as
+``DVAETrainConfig``) is a ``@dataclass(frozen=True, kw_only=True)`` that derives from
+:class:`Config`. Fields are JSON-native (int, float, str, bool, None, tuples/lists of those, or
+nested ``Config``s), so a config round-trips through ``config.json`` exactly. Bad values raise a
+``ValueError`` that names the field, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+class Config:
+    """Mixin for frozen dataclass configs: JSON round trip and strict construction from dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+        """Build from a dict, rejecting unknown keys; lists become tuples where the field is a tuple."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(fields)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {name: _coerce(hints[name], value) for name, value in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # missing required fields
+            raise ValueError(f"{source}: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2) + "\n"
+
+    @classmethod
+    def from_json_file(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in ("config_class", "model_type", "format_version")}
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """Turn JSON values into the field's type where JSON cannot express it (tuples, nested configs)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v) for v in value)
+    if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
+        return hint.from_dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+# ---- validation helpers: each raises ValueError naming the config, field and expectation ----
+
+
+def check_int(cfg: object, name: str, *, min_value: int | None = None, max_value: int | None = None) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{type(cfg).__name__}.{name} must be an integer, got {value!r}")
+    if min_value is not None and value < min_value:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be >= {min_value}, got {value}")
+    if max_value is not None and value > max_value:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be <= {max_value}, got {value}")
+
+
+def check_float(
+    cfg: object,
+    name: str,
+    *,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    strict_min: bool = False,
+) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be a number, got {value!r}")
+    if min_value is not None and (value <= min_value if strict_min else value < min_value):
+        op = ">" if strict_min else ">="
+        raise ValueError(f"{type(cfg).__name__}.{name} must be {op} {min_value}, got {value}")
+    if max_value is not None and value > max_value:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be <= {max_value}, got {value}")
+
+
+def check_choice(cfg: object, name: str, choices: typing.Iterable[Any]) -> None:
+    value = getattr(cfg, name)
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be one of {list(choices)}, got {value!r}")

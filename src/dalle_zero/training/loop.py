@@ -1,0 +1,359 @@
+"""The training loop every stage shares (dVAE, prior, CLIP, evaluator).
+
+A stage describes *what* to train as a :class:`TrainTask` (data, loss, optimizer, learning rate,
+evaluation); :func:`train` does the rest the same way for all of them: deterministic resumable
+batches, gradient accumulation, bf16 autocast, gradient clipping, EMA of weights, metrics.jsonl and a
+progress bar, step checkpoints with exact ``resume``, a clean stop on Ctrl-C, and DDP when launched
+by torchrun. The usable model (EMA weights when EMA is on) is saved to ``run_dir/model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from dalle_zero.config import Config, check_choice, check_float, check_int
+from dalle_zero.io import PretrainedModel, atomic_write_text, load_state_dict_strict
+from dalle_zero.training import checkpoint as ckpt
+from dalle_zero.training import distributed
+from dalle_zero.training.ema import EMA
+from dalle_zero.training.sampler import ResumableBatchSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig(Config):
+    """Run settings common to every stage (nested in each stage's train config)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    seed: int = 0
+    precision: str = "fp32"
+    clip_grad_norm: float | None = None
+    ema_decay: float | None = None
+    ema_every: int = 1
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    activation_checkpointing: bool = False
+    powersgd_rank: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "ema_every", "log_every", "checkpoint_every"):
+            check_int(self, name, min_value=1)
+        for name in ("eval_every", "num_workers", "powersgd_rank", "seed"):
+            check_int(self, name, min_value=0)
+        check_int(self, "keep_checkpoints", min_value=1)
+        check_choice(self, "precision", ("fp32", "bf16"))
+        if self.clip_grad_norm is not None:
+            check_float(self, "clip_grad_norm", min_value=0.0, strict_min=True)
+        if self.ema_decay is not None:
+            check_float(self, "ema_decay", min_value=0.0, max_value=1.0, strict_min=True)
+            if self.ema_decay >= 1.0:
+                raise ValueError(f"LoopConfig.ema_decay must be < 1, got {self.ema_decay}")
+
+
+class TrainTask:
+    """What a stage trains. Subclasses implement the data, optimizer, learning rate and loss.
+
+    ``loss`` receives the live model and must call it (or its methods) to compute the loss; the
+    loop takes care of DDP, autocast and accumulation around it.
+    """
+
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        return default_collate(items)
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def lr_at(self, step: int) -> float:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
+        return {}
+
+    def on_step_end(self, model: nn.Module, step: int, metrics: dict[str, float]) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class _LossModule(nn.Module):
+    """Makes the task's loss the module's forward, so DDP sees every parameter the loss uses."""
+
+    def __init__(self, model: nn.Module, task: TrainTask) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(self.model, batch, step)
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to checkpoint and stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stop requested: saving a checkpoint and exiting (press Ctrl-C again to abort)")
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> None:
+    """Create the run folder; refuse to overwrite an existing run unless resuming."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "train_config.json"
+    has_steps = bool(ckpt.list_steps(run_dir))
+    if not resume and has_steps:
+        raise ValueError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose a new --out"
+        )
+    if resume and cfg_path.is_file():
+        saved = json.loads(cfg_path.read_text())
+        if saved != json.loads(train_config.to_json()):
+            logger.warning("%s differs from the config of this run; resuming with the new one", cfg_path)
+    atomic_write_text(cfg_path, train_config.to_json())
+
+
+def train(
+    model: PretrainedModel,
+    task: TrainTask,
+    loop: LoopConfig,
+    run_dir: str | Path,
+    *,
+    train_config: Config,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """Train ``model`` on ``task`` for ``loop.steps`` updates; return the saved model folder.
+
+    ``stop_after`` stops (with a checkpoint) after that many updates in this call, which is what a
+    killed run looks like from the outside; tests use it to check resume.
+    """
+    run_dir = Path(run_dir)
+    ctx = distributed.setup(device)
+    if ctx.is_main:
+        prepare_run_dir(run_dir, train_config, resume=resume)
+    distributed.barrier(ctx)
+
+    torch.manual_seed(loop.seed + ctx.rank)
+    model.to(ctx.device)
+    if loop.activation_checkpointing:
+        if not hasattr(model, "set_activation_checkpointing"):
+            raise ValueError(f"{type(model).__name__} does not support activation checkpointing")
+        model.set_activation_checkpointing(True)
+    ema = EMA(model, loop.ema_decay) if loop.ema_decay else None
+    optimizer = task.make_optimizer(model)
+
+    step = 0
+    if resume:
+        path = ckpt.latest_step_dir(run_dir)
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", run_dir)
+        else:
+            step = _restore(path, model, ema, optimizer, task, ctx)
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
+            logger.info("resumed from %s", path)
+    if step >= loop.steps:
+        logger.info("run already complete at step %d", step)
+        return _save_model(model, ema, run_dir, ctx)
+
+    dataset = task.train_dataset()
+    sampler = ResumableBatchSampler(
+        len(dataset), loop.batch_size, seed=loop.seed, start=step * loop.grad_accum,
+        rank=ctx.rank, world_size=ctx.world_size,
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=task.collate, num_workers=loop.num_workers,
+        persistent_workers=loop.num_workers > 0,
+        generator=torch.Generator().manual_seed(loop.seed),  # keep the global RNG stream untouched
+    )
+    batches = iter(loader)
+    loss_module = distributed.wrap(_LossModule(model, task), ctx, powersgd_rank=loop.powersgd_rank)
+    autocast = (
+        torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+        if loop.precision == "bf16" else contextlib.nullcontext()
+    )
+
+    bar = _progress_bar(loop.steps, step, enabled=progress and ctx.is_main)
+    sums: dict[str, float] = {}
+    n_logged, t_log, samples_since = 0, time.perf_counter(), 0
+    stop_at = loop.steps if stop_after is None else min(loop.steps, step + stop_after)
+    model.train()
+    with _StopFlag() as stop:
+        while step < stop_at:
+            lr = task.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            metrics: dict[str, float] = {}
+            for micro in range(loop.grad_accum):
+                batch = next(batches)
+                sync = micro == loop.grad_accum - 1 or not ctx.enabled
+                with autocast, (contextlib.nullcontext() if sync else loss_module.no_sync()):
+                    loss, parts = loss_module(batch, step)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+                (loss / loop.grad_accum).backward()
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    metrics[k] = metrics.get(k, 0.0) + float(v) / loop.grad_accum
+            if loop.clip_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
+                metrics["grad_norm"] = float(norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            samples_since += loop.batch_size * loop.grad_accum * ctx.world_size
+            if ema is not None and step % loop.ema_every == 0:
+                ema.update(model)
+            task.on_step_end(model, step, metrics)
+            metrics["lr"] = lr
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_logged += 1
+            bar.update(1)
+
+            last = step == stop_at or stop.requested
+            if step % loop.log_every == 0 or last:
+                now = time.perf_counter()
+                row = {k: distributed.all_reduce_mean(v / n_logged, ctx) for k, v in sums.items()}
+                row["samples_per_s"] = samples_since / max(now - t_log, 1e-9)
+                _log(run_dir, step, row, ctx)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                sums, n_logged, t_log, samples_since = {}, 0, now, 0
+            if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
+                _evaluate(task, model, ema, step, run_dir, ctx)
+            if step % loop.checkpoint_every == 0 or last:
+                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx)
+                _save_model(model, ema, run_dir, ctx)
+            if stop.requested:
+                break
+    bar.close()
+    distributed.barrier(ctx)
+    if stop.requested and ctx.is_main:
+        print(f"stopped at step {step}; continue with --resume (checkpoint in {run_dir})")
+    return run_dir / "model"
+
+
+def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run_dir: Path,
+              ctx: distributed.DistContext) -> None:
+    if not ctx.is_main:
+        return
+    target = ema.model if ema is not None else model
+    was_training = target.training
+    target.eval()
+    # the task may draw random numbers (e.g. sample images): keep the training RNG stream untouched
+    state = ckpt.rng_state()
+    with torch.no_grad():
+        row = task.evaluate(target, step, run_dir)
+    ckpt.set_rng_state(state)
+    target.train(was_training)
+    if row:
+        _log(run_dir, step, {f"val/{k}": v for k, v in row.items()}, ctx)
+        logger.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+
+
+def _log(run_dir: Path, step: int, row: dict[str, float], ctx: distributed.DistContext) -> None:
+    if not ctx.is_main:
+        return
+    clean = {k: (v if math.isfinite(v) else None) for k, v in row.items()}
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,
+                     optimizer: torch.optim.Optimizer, task: TrainTask, loop: LoopConfig,
+                     ctx: distributed.DistContext) -> None:
+    if not ctx.is_main:
+        return
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "rng": ckpt.rng_state(),
+        "task": task.state_dict(),
+        "ema_updates": ema.num_updates if ema is not None else 0,
+    }
+    ckpt.save_checkpoint(
+        run_dir, step, model=model.state_dict(), ema=ema.state_dict() if ema is not None else None,
+        state=state, keep=loop.keep_checkpoints,
+    )
+
+
+def _restore(path: Path, model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimizer,
+             task: TrainTask, ctx: distributed.DistContext) -> int:
+    c = ckpt.load_checkpoint(path)
+    load_state_dict_strict(model, c.model, source=str(path / "model.safetensors"))
+    if ema is not None:
+        if c.ema is None:
+            raise ValueError(f"{path}: checkpoint has no EMA weights but this run uses EMA")
+        ema.load_state_dict(c.ema, int(c.state["ema_updates"]))
+    optimizer.load_state_dict(c.state["optimizer"])
+    task.load_state_dict(c.state.get("task", {}))
+    if ctx.rank == 0:
+        ckpt.set_rng_state(c.state["rng"])
+    else:  # other ranks draw from their own streams, seeded apart from rank 0's
+        torch.manual_seed(c.step * 7919 + ctx.rank)
+    return c.step
+
+
+def _save_model(model: PretrainedModel, ema: EMA | None, run_dir: Path, ctx: distributed.DistContext) -> Path:
+    out = run_dir / "model"
+    if ctx.is_main:
+        target = ema.model if ema is not None else model
+        target.save_pretrained(out)
+    return out
+
+
+def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                desc="train")

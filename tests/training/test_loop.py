@@ -1,0 +1,118 @@
+"""The shared training loop: resume, accumulation, checkpoints, metrics, bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle_zero.training import checkpoint as ckpt
+from dalle_zero.training.loop import LoopConfig, train
+from tests.training.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig
+
+
+def _run(run_dir: Path, *, steps=12, resume=False, stop_after=None, dropout=0.1, **loop_kw) -> ToyModel:
+    loop = LoopConfig(**{"steps": steps, "batch_size": 4, "checkpoint_every": 5, "log_every": 2,
+                         "ema_decay": 0.9, **loop_kw})
+    cfg = ToyTrainConfig(loop=loop, model=ToyConfig(dropout=dropout))
+    torch.manual_seed(0)
+    model = ToyModel(cfg.model)
+    train(model, ToyTask(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False,
+          stop_after=stop_after)
+    return model
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    full = _run(tmp_path / "full")
+    _run(tmp_path / "cut", stop_after=7)  # stopped between two periodic checkpoints
+    resumed = _run(tmp_path / "cut", resume=True)
+    assert _same(full, resumed)
+    a = ToyModel.from_pretrained(tmp_path / "full" / "model")
+    b = ToyModel.from_pretrained(tmp_path / "cut" / "model")
+    assert _same(a, b)  # EMA weights too
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == sorted(set(train_steps))  # rows after the checkpoint were not duplicated
+
+
+def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path):
+    _run(tmp_path, keep_checkpoints=2)
+    assert json.loads((tmp_path / "train_config.json").read_text())["loop"]["steps"] == 12
+    assert sorted(ckpt.list_steps(tmp_path)) == [10, 12]
+    assert (tmp_path / "latest").read_text().strip() == "step_0000012"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "mse", "lr", "samples_per_s"} <= set(rows[0])
+    assert rows[-1]["val/check"] == 12.0
+    assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    _run(tmp_path, steps=5)
+    with pytest.raises(ValueError, match="--resume"):
+        _run(tmp_path, steps=5)
+
+
+def test_gradient_accumulation_matches_larger_batch(tmp_path):
+    big = _run(tmp_path / "big", steps=4, batch_size=4, ema_decay=None, dropout=0.0)
+    acc = _run(tmp_path / "acc", steps=4, batch_size=2, grad_accum=2, ema_decay=None, dropout=0.0)
+    for a, b in zip(big.state_dict().values(), acc.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    model = _run(tmp_path, steps=3, precision="bf16")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
+    _run(tmp_path, steps=10, stop_after=5)
+    broken = tmp_path / ".step_0000010.tmp-x"  # what a crash during a write leaves behind
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"partial")
+    assert ckpt.latest_step_dir(tmp_path).name == "step_0000005"
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [({"steps": 0}, "steps"), ({"precision": "fp8"}, "precision"), ({"ema_decay": 1.5}, "ema_decay"),
+     ({"batch_size": -1}, "batch_size")],
+)
+def test_bad_loop_values_raise_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        LoopConfig(**bad)
+
+
+def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        _run(tmp_path, batch_size=64)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_single_process_on_same_global_batch(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank takes half of every global batch."""
+    script = tmp_path / "dist_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.training.test_loop import _run
+        from pathlib import Path
+        _run(Path(sys.argv[1]), steps=6, batch_size=int(sys.argv[2]), ema_decay=None, dropout=0.0)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29517", str(script), str(tmp_path / "ddp"), "2"], check=True, env=env, timeout=300)
+    ddp = ToyModel.from_pretrained(tmp_path / "ddp" / "model")
+    single = _run(tmp_path / "single", steps=6, batch_size=4, ema_decay=None, dropout=0.0)
+    assert (tmp_path / "ddp" / "step_0000006").is_dir()
+    for a, b in zip(ddp.state_dict().values(), single.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
