@@ -18,13 +18,13 @@ from tests.training.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig
 
 
 def _run(run_dir: Path, *, steps=12, resume=False, stop_after=None, dropout=0.1, **loop_kw) -> ToyModel:
-    loop = LoopConfig(**{"steps": steps, "batch_size": 4, "checkpoint_every": 5, "log_every": 2,
-                         "ema_decay": 0.9, **loop_kw})
+    loop = LoopConfig(
+        **{"steps": steps, "batch_size": 4, "checkpoint_every": 5, "log_every": 2, "ema_decay": 0.9, **loop_kw}
+    )
     cfg = ToyTrainConfig(loop=loop, model=ToyConfig(dropout=dropout))
     torch.manual_seed(0)
     model = ToyModel(cfg.model)
-    train(model, ToyTask(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False,
-          stop_after=stop_after)
+    train(model, ToyTask(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False, stop_after=stop_after)
     return model
 
 
@@ -84,8 +84,12 @@ def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
 
 @pytest.mark.parametrize(
     "bad, match",
-    [({"steps": 0}, "steps"), ({"precision": "fp8"}, "precision"), ({"ema_decay": 1.5}, "ema_decay"),
-     ({"batch_size": -1}, "batch_size")],
+    [
+        ({"steps": 0}, "steps"),
+        ({"precision": "fp8"}, "precision"),
+        ({"ema_decay": 1.5}, "ema_decay"),
+        ({"batch_size": -1}, "batch_size"),
+    ],
 )
 def test_bad_loop_values_raise_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -101,16 +105,33 @@ def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
 def test_two_process_gloo_run_matches_single_process_on_same_global_batch(tmp_path):
     """torchrun with 2 CPU processes (gloo): each rank takes half of every global batch."""
     script = tmp_path / "dist_train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from tests.training.test_loop import _run
         from pathlib import Path
         _run(Path(sys.argv[1]), steps=6, batch_size=int(sys.argv[2]), ema_decay=None, dropout=0.0)
-    """))
+    """)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    "29517", str(script), str(tmp_path / "ddp"), "2"], check=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            str(tmp_path / "ddp"),
+            "2",
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     ddp = ToyModel.from_pretrained(tmp_path / "ddp" / "model")
     single = _run(tmp_path / "single", steps=6, batch_size=4, ema_decay=None, dropout=0.0)
     assert (tmp_path / "ddp" / "step_0000006").is_dir()

@@ -28,9 +28,7 @@ class ToyModel(PretrainedModel):
     def __init__(self, config: ToyConfig) -> None:
         super().__init__()
         self.config = config
-        self.net = nn.Sequential(
-            nn.Linear(config.dim, 16), nn.Dropout(config.dropout), nn.GELU(), nn.Linear(16, 1)
-        )
+        self.net = nn.Sequential(nn.Linear(config.dim, 16), nn.Dropout(config.dropout), nn.GELU(), nn.Linear(16, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)

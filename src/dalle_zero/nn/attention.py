@@ -1,0 +1,207 @@
+"""Masked causal self-attention with a pluggable kernel, and its key/value cache (paper_spec §3.3).
+
+Kernels, all derived from one :class:`~dalle_zero.nn.masks.AttentionPattern`:
+
+- a dense ``BoolTensor[T, T]`` mask -> ``F.scaled_dot_product_attention`` (CPU training and anything
+  needing a backward pass on CPU: flex_attention has no CPU backward in torch 2.13);
+- a flex_attention ``BlockMask`` -> ``flex_attention`` (GPU training; on CPU forward only, eager
+  unfused unless compiled).
+
+Incremental decoding uses :class:`LayerCache`, a pre-allocated key/value buffer per layer. A new image
+token in a row, column or conv layer reads only the text keys plus its window of image keys
+(:func:`~dalle_zero.nn.masks.image_key_window`), so the time per token stays flat along the image;
+in a full layer it reads every earlier key. Column layers store their image keys in column-major
+order so the window (earlier tokens of the same column) is one contiguous slice, like the paper's
+transposed column attention; a conv window is gathered with an index tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dalle_zero.nn.masks import AttentionPattern
+
+FLEX_KERNELS = ("flex", "flex_compiled")
+KERNELS = ("sdpa", *FLEX_KERNELS)
+
+
+@functools.cache
+def _compiled_flex_attention() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention_call(q: Tensor, k: Tensor, v: Tensor, block_mask: Any, *, compiled: bool) -> Tensor:
+    """flex_attention, compiled (fused kernel) or eager (materialises scores; fine on CPU for tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if compiled:
+        return _compiled_flex_attention()(q, k, v, block_mask=block_mask)
+    with warnings.catch_warnings():  # eager is a deliberate choice here (no compile time)
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block_mask)
+
+
+def build_block_mask(pattern: AttentionPattern, length: int, device: torch.device | str) -> Any:
+    """flex_attention BlockMask over the first ``length`` stream positions of ``pattern``."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(pattern.mask_mod, None, None, length, length, device=device)
+
+
+class LayerCache:
+    """Keys and values of one attention layer for stream positions ``[0, max_len)``.
+
+    ``k``, ``v``: Tensor[B, nh, slots, hs], zero-initialised. Column layers keep image keys in
+    column-major slots (``slots`` maps stream position -> buffer slot) unless ``column_major=False``
+    (then their window is gathered like conv's; measured slower); other layers use identity.
+    """
+
+    def __init__(
+        self,
+        pattern: AttentionPattern,
+        batch_size: int,
+        n_head: int,
+        head_dim: int,
+        max_len: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        column_major: bool = True,
+    ) -> None:
+        self.pattern = pattern
+        self.max_len = max_len
+        self.slots: Tensor | None = None
+        n_slots = max_len
+        if pattern.kind == "column" and column_major:
+            t, g = pattern.text_len, pattern.grid_size
+            p = torch.arange(g * g, device=device)
+            image_slots = t + (p % g) * g + p // g
+            self.slots = torch.cat([torch.arange(t, device=device), image_slots])[:max_len]
+            n_slots = pattern.length
+        shape = (batch_size, n_head, n_slots, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._window = pattern.window.to(device)
+
+    def write(self, start: int, k: Tensor, v: Tensor) -> None:
+        """Store k, v: Tensor[B, nh, n, hs] of stream positions start..start+n-1."""
+        n = k.shape[2]
+        if start + n > self.max_len:
+            raise ValueError(f"cache holds {self.max_len} positions; cannot write {start}..{start + n - 1}")
+        if self.slots is None:
+            self.k[:, :, start : start + n] = k
+            self.v[:, :, start : start + n] = v
+        else:
+            idx = self.slots[start : start + n]
+            self.k.index_copy_(2, idx, k.to(self.k.dtype))
+            self.v.index_copy_(2, idx, v.to(self.v.dtype))
+
+    def prefix(self, end: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of stream positions [0, end) in stream order: Tensor[B, nh, end, hs] each."""
+        if self.slots is None:
+            return self.k[:, :, :end], self.v[:, :, :end]
+        idx = self.slots[:end]
+        return self.k.index_select(2, idx), self.v.index_select(2, idx)
+
+    def image_window(self, pos: int) -> tuple[Tensor, Tensor]:
+        """Image keys/values an image query at stream position ``pos`` attends to (order irrelevant)."""
+        t, g = self.pattern.text_len, self.pattern.grid_size
+        p = pos - t
+        kind = self.pattern.kind
+        if kind == "row":  # contiguous in raster order
+            lo = t + max(0, p - g)
+            return self.k[:, :, lo : pos + 1], self.v[:, :, lo : pos + 1]
+        if self.slots is not None:  # column layer: contiguous in column-major slots
+            lo = t + (p % g) * g
+            return self.k[:, :, lo : lo + p // g + 1], self.v[:, :, lo : lo + p // g + 1]
+        offsets = self._window[self._window <= p]  # conv (or raster-order column): gather
+        idx = pos - offsets
+        return self.k.index_select(2, idx), self.v.index_select(2, idx)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; the mask (dense or BlockMask) is supplied per call."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, c = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        return q, k, v
+
+    def _out(self, y: Tensor) -> Tensor:
+        b, _, t, _ = y.shape
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
+
+    def forward(self, x: Tensor, mask: Tensor | Any, *, kernel: str = "sdpa") -> Tensor:
+        """x: Tensor[B, T, C]; mask: BoolTensor[T, T] (kernel "sdpa") or a BlockMask (flex kernels)."""
+        q, k, v = self._qkv(x)
+        if kernel == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif kernel in FLEX_KERNELS:
+            if q.device.type == "cpu" and q.requires_grad:
+                raise ValueError("flex_attention has no backward on CPU: use kernel 'sdpa' to train on CPU")
+            y = flex_attention_call(q, k, v, mask, compiled=kernel == "flex_compiled" or q.is_cuda)
+        else:
+            raise ValueError(f"attention kernel must be one of {list(KERNELS)}, got {kernel!r}")
+        return self._out(y)
+
+    def forward_cached(self, x: Tensor, cache: LayerCache, start: int) -> Tensor:
+        """x: Tensor[B, n, C] at stream positions start..start+n-1; writes their keys into ``cache``."""
+        q, k, v = self._qkv(x)
+        cache.write(start, k, v)
+        n, pattern = x.shape[1], cache.pattern
+        if n == 1 and start >= pattern.text_len and pattern.kind != "full":
+            kt, vt = cache.k[:, :, : pattern.text_len], cache.v[:, :, : pattern.text_len]
+            kw, vw = cache.image_window(start)
+            y = _attend_two_parts(q, kt.to(q.dtype), vt.to(q.dtype), kw.to(q.dtype), vw.to(q.dtype))
+        else:
+            keys, values = cache.prefix(start + n)
+            mask = None
+            if n > 1:  # a single query may see every earlier position (text query or full layer)
+                qpos = torch.arange(start, start + n, device=x.device)
+                mask = pattern.allowed(qpos[:, None], torch.arange(start + n, device=x.device)[None, :])
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+        return self._out(y)
+
+
+def _attend_two_parts(q: Tensor, kt: Tensor, vt: Tensor, kw: Tensor, vw: Tensor) -> Tensor:
+    """Softmax attention of q[B, nh, 1, hs] over two key sets without concatenating the keys."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.cat([q @ kt.transpose(-1, -2), q @ kw.transpose(-1, -2)], dim=-1) * scale
+    weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nh, 1, Tt + w)
+    t = kt.shape[2]
+    return weights[..., :t] @ vt + weights[..., t:] @ vw
+
+
+class KVCache:
+    """Per-layer key/value caches of one batch of streams plus how many positions are filled."""
+
+    def __init__(self, layers: list[LayerCache]) -> None:
+        self.layers = layers
+        self.length = 0  # stream positions [0, length) are cached
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].k.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].max_len

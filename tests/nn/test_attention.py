@@ -1,0 +1,65 @@
+"""Self-attention kernels (SDPA dense mask vs flex_attention BlockMask) and the key/value cache."""
+
+import pytest
+import torch
+
+from dalle_zero.nn.attention import LayerCache, SelfAttention, build_block_mask
+from dalle_zero.nn.masks import KINDS, AttentionPattern
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: one thread avoids OpenMP spin-waiting on a busy 2-core machine (10-50× slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_attention(seed: int = 0) -> SelfAttention:
+    torch.manual_seed(seed)
+    attn = SelfAttention(16, 2)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return attn.eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flex_block_mask_gives_the_sdpa_outputs(kind):
+    pattern = AttentionPattern(kind, 3, 5, 3)
+    attn = make_attention()
+    x = torch.randn(2, pattern.length, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dense = attn(x, pattern.dense(), kernel="sdpa")
+        flex = attn(x, build_block_mask(pattern, pattern.length, "cpu"), kernel="flex")
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_kernel_refuses_a_cpu_backward_with_a_clear_error():
+    pattern = AttentionPattern("row", 3, 4, 3)
+    attn = make_attention()
+    x = torch.randn(1, pattern.length, 16)
+    with pytest.raises(ValueError, match="sdpa"):
+        attn(x, build_block_mask(pattern, pattern.length, "cpu"), kernel="flex")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("column_major", [True, False])
+def test_cached_steps_equal_the_masked_full_pass(kind, column_major):
+    pattern = AttentionPattern(kind, 3, 5, 3)
+    attn = make_attention()
+    length = pattern.length - 1
+    x = torch.randn(3, length, 16, generator=torch.Generator().manual_seed(2))
+    cache = LayerCache(pattern, 3, 2, 8, length, column_major=column_major)
+    with torch.no_grad():
+        full = attn(x, pattern.dense(length))
+        prefix = attn.forward_cached(x[:, :5], cache, 0)  # text + 2 image positions in one call
+        steps = [attn.forward_cached(x[:, s : s + 1], cache, s) for s in range(5, length)]
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_rejects_writes_past_its_end():
+    pattern = AttentionPattern("row", 2, 2)
+    cache = LayerCache(pattern, 1, 1, 4, 4)
+    with pytest.raises(ValueError, match="cache holds 4"):
+        cache.write(3, torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))
