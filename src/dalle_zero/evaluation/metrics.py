@@ -1,0 +1,405 @@
+"""Evaluation figures (paper_spec §6): FID, KID, IS, R-precision, PSNR/SSIM, codebook and token statistics.
+
+Each figure is computed by a maintained library where one exists: torchmetrics'
+``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore`` with a custom
+``feature=`` module, and ``torchmetrics.functional`` PSNR and SSIM. The feature module is either
+
+- our :class:`~dalle_zero.models.evaluator.EmojiEvaluator` (in-house figures: comparable between our
+  own runs only, never to published FID/IS), wrapped by :class:`EvaluatorFeatures`; or
+- a user-supplied TorchScript Inception-v3
+  (:class:`~dalle_zero.evaluation.inception.TorchScriptInception`) for standard FID/IS.
+
+What torchmetrics 1.9 passes to a custom module (read from its source): FID and KID call
+``feature(imgs)`` on the images exactly as given to ``update`` (``normalize`` only picks the dtype of a
+dummy image used to infer the width when the module has no ``num_features`` attribute); Inception
+Score with ``normalize=True`` passes ``(imgs * 255).byte()``. So every function here takes float
+images in [0, 1] (or uint8 in 0..255, converted), uses ``normalize=True``, and the wrappers accept
+both uint8 and float. KID and IS draw random subsets/permutations from the global RNG; they run
+under ``torch.random.fork_rng`` with a fixed ``seed`` so results are repeatable and the caller's
+random stream is untouched.
+
+Images: ``float[N, 3, H, W]`` in [0, 1] (or ``uint8``), or an iterable of such batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle_zero.evaluation.inception import TorchScriptInception
+
+Images = torch.Tensor | Iterable[torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# feature modules in the form torchmetrics expects
+
+
+class EvaluatorFeatures(nn.Module):
+    """An evaluator as torchmetrics' ``feature=`` module: uint8 [0, 255] or float [0, 1] images in,
+    ``float[B, D]`` features (``output="features"``) or ``float[B, K]`` logits of ``head`` out.
+
+    Runs the evaluator in eval mode without gradients and restores its mode afterwards.
+    """
+
+    def __init__(self, evaluator: nn.Module, *, output: str = "features", head: str | None = None) -> None:
+        super().__init__()
+        if output not in ("features", "logits"):
+            raise ValueError(f"output must be 'features' or 'logits', got {output!r}")
+        self.evaluator = evaluator
+        self.output = output
+        if output == "logits":
+            cfg = evaluator.config
+            self.head = head if head is not None else cfg.resolved_score_head
+            self.num_features = len(cfg.head(self.head).labels)
+        else:
+            self.head = None
+            self.num_features = int(evaluator.num_features)
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        was = self.evaluator.training
+        self.evaluator.eval()
+        try:
+            x = to_float_images(imgs)
+            out = self.evaluator.features(x) if self.output == "features" else self.evaluator(x)[self.head]
+        finally:
+            self.evaluator.train(was)
+        return out.float()
+
+
+def feature_module(model: nn.Module, *, output: str = "features", head: str | None = None) -> nn.Module:
+    """The module to hand torchmetrics: an evaluator is wrapped; a :class:`TorchScriptInception` (or
+    any module already mapping images to ``[B, D]``) is used as it is."""
+    if isinstance(model, TorchScriptInception):
+        if model.output != output:
+            raise ValueError(f"this Inception module returns {model.output}, but {output} are needed here")
+        return model
+    if hasattr(model, "features") and hasattr(model, "heads"):
+        return EvaluatorFeatures(model, output=output, head=head)
+    if isinstance(model, nn.Module):
+        return model
+    raise ValueError(f"expected an evaluator or an nn.Module feature extractor, got {type(model).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# distribution metrics (torchmetrics)
+
+
+def fid(real: Images, fake: Images, feature_extractor: nn.Module, *, batch_size: int = 256) -> float:
+    """Fréchet distance between Gaussians fitted to the features of ``real`` and ``fake`` images
+    (torchmetrics ``FrechetInceptionDistance``; needs >= 2 images per side)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    module = feature_module(feature_extractor, output="features")
+    device = _device(module)
+    metric = FrechetInceptionDistance(feature=module, normalize=True).to(device)
+    n_real = _update(metric, real, batch_size, device, real=True)
+    n_fake = _update(metric, fake, batch_size, device, real=False)
+    if min(n_real, n_fake) < 2:
+        raise ValueError(f"FID needs at least 2 real and 2 generated images, got {n_real} and {n_fake}")
+    return float(metric.compute())
+
+
+def kid(
+    real: Images,
+    fake: Images,
+    feature_extractor: nn.Module,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[float, float]:
+    """Kernel Inception Distance ``(mean, std)`` over ``subsets`` random subsets (torchmetrics
+    ``KernelInceptionDistance``); ``subset_size`` shrinks to the smaller image count if needed."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    module = feature_module(feature_extractor, output="features")
+    device = _device(module)
+    real_b, fake_b = list(_batches(real, batch_size)), list(_batches(fake, batch_size))
+    n_real, n_fake = sum(len(b) for b in real_b), sum(len(b) for b in fake_b)
+    if min(n_real, n_fake) < 2:
+        raise ValueError(f"KID needs at least 2 real and 2 generated images, got {n_real} and {n_fake}")
+    size = min(subset_size, n_real, n_fake)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = KernelInceptionDistance(feature=module, subsets=subsets, subset_size=size, normalize=True)
+    metric = metric.to(device)
+    _update(metric, real_b, batch_size, device, real=True)
+    _update(metric, fake_b, batch_size, device, real=False)
+    with _seeded(seed):
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def inception_score(
+    fake: Images,
+    classifier: nn.Module,
+    *,
+    head: str | None = None,
+    splits: int = 10,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[float, float]:
+    """Inception Score ``(mean, std)`` over ``splits`` groups: ``exp E[KL(p(y|x) || p(y))]`` from the
+    classifier's logits (the evaluator's ``head``, default its score head; torchmetrics ``InceptionScore``).
+    Between 1 and the number of classes."""
+    from torchmetrics.image.inception import InceptionScore
+
+    module = feature_module(classifier, output="logits", head=head)
+    device = _device(module)
+    batches = list(_batches(fake, batch_size))
+    n = sum(len(b) for b in batches)
+    if n < 2:
+        raise ValueError(f"the Inception Score needs at least 2 images, got {n}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = InceptionScore(feature=module, splits=max(1, min(splits, n // 2)), normalize=True)
+    metric = metric.to(device)
+    _update(metric, batches, batch_size, device)
+    with _seeded(seed):
+        mean, std = metric.compute()
+    return float(mean), float(0.0 if std.isnan() else std)
+
+
+# ---------------------------------------------------------------------------------------------
+# text-image agreement
+
+
+@torch.no_grad()
+def r_precision(
+    model: nn.Module,
+    images: torch.Tensor,
+    caption_ids: torch.Tensor,
+    distractor_ids: torch.Tensor | None = None,
+    *,
+    n_distractors: int = 99,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> float:
+    """Share of images whose own caption outranks ``n_distractors`` random other captions (R = 1).
+
+    The AttnGAN/DM-GAN protocol: ``model`` is a text-image model with ``encode_image(pixels)`` and
+    ``encode_text(ids)`` (e.g. a :class:`~dalle_zero.models.clip.DalleCLIP` trained apart from the
+    reranker); ``images`` ``float[N, 3, H, W]`` in [0, 1] (resized to ``model.config.image_size``);
+    ``caption_ids`` ``long[N, T]``, row i the caption image i was generated from; distractors are
+    drawn from ``distractor_ids`` ``long[M, T]`` (default: the other captions) excluding any row equal
+    to the image's own caption.
+    """
+    if images.dim() != 4 or len(images) != len(caption_ids) or len(images) == 0:
+        raise ValueError(
+            f"images [N, 3, H, W] and caption_ids [N, T] must have the same N >= 1, got "
+            f"{tuple(images.shape)} and {tuple(caption_ids.shape)}"
+        )
+    pool = caption_ids if distractor_ids is None else distractor_ids
+    device = _device(model)
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    was = model.training
+    model.eval()
+    try:
+        img = torch.cat(
+            [
+                F.normalize(model.encode_image(_resize(to_float_images(b).to(device), size)).float(), dim=-1)
+                for b in images.split(batch_size)
+            ]
+        )  # (N, E)
+        txt = torch.cat(
+            [
+                F.normalize(model.encode_text(b.to(device)).float(), dim=-1)
+                for b in caption_ids.split(batch_size)
+            ]
+        )  # (N, E)
+        pool_emb = torch.cat(
+            [F.normalize(model.encode_text(b.to(device)).float(), dim=-1) for b in pool.split(batch_size)]
+        )  # (M, E)
+    finally:
+        model.train(was)
+    true_sim = (img * txt).sum(-1).cpu()  # (N,)
+    pool_sim = (img @ pool_emb.t()).cpu()  # (N, M)
+    pool_rows = [tuple(r) for r in pool.tolist()]
+    hits = 0
+    for i, own in enumerate(caption_ids.tolist()):
+        candidates = torch.tensor([j for j, r in enumerate(pool_rows) if r != tuple(own)], dtype=torch.long)
+        if len(candidates) == 0:
+            raise ValueError(
+                "r_precision needs at least one distractor caption that differs from the image's own"
+            )
+        pick = candidates[torch.randperm(len(candidates), generator=generator)[:n_distractors]]
+        hits += int(true_sim[i] > pool_sim[i, pick].max())
+    return hits / len(images)
+
+
+@torch.no_grad()
+def attribute_accuracy(
+    evaluator: nn.Module,
+    images: torch.Tensor,
+    head: str,
+    asked: Sequence[str | None],
+    *,
+    batch_size: int = 256,
+) -> tuple[float, int]:
+    """``(share, n)``: share of images whose ``head`` label the evaluator reads as the one ``asked``.
+
+    Images with ``asked[i]`` None, or a label outside the head's vocabulary, are not counted; ``n`` is
+    the number counted (share is NaN when n = 0). Used for "does the sample carry the asked skin tone /
+    style" on unseen compositions.
+    """
+    if len(asked) != len(images):
+        raise ValueError(f"asked has {len(asked)} labels for {len(images)} images")
+    labels = evaluator.config.head(head).labels
+    keep = [i for i, a in enumerate(asked) if a is not None and a in labels]
+    if not keep:
+        return math.nan, 0
+    pred: list[str] = []
+    for b in images[keep].split(batch_size):
+        pred += evaluator.predict(to_float_images(b).to(_device(evaluator)), head)
+    right = sum(p == asked[i] for p, i in zip(pred, keep))
+    return right / len(keep), len(keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstruction and token statistics
+
+
+def psnr(preds: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over images of the per-image PSNR (dB) for images in [0, 1] (torchmetrics); inf if identical."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    _same_shape(preds, target)
+    per_image = peak_signal_noise_ratio(
+        to_float_images(preds), to_float_images(target), data_range=1.0, reduction="none", dim=(1, 2, 3)
+    )
+    return float(per_image.mean())
+
+
+def ssim(preds: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean SSIM (Gaussian window 11, σ 1.5) for images in [0, 1] (torchmetrics); 1 if identical."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    _same_shape(preds, target)
+    return float(
+        structural_similarity_index_measure(to_float_images(preds), to_float_images(target), data_range=1.0)
+    )
+
+
+class CodebookStats(NamedTuple):
+    perplexity: float  # exp(entropy) of the code histogram: the effective number of codes in use
+    usage: float  # share of the vocabulary used at least once
+    used: int  # number of codes used at least once
+
+
+def codebook_stats(codes: torch.Tensor, vocab_size: int) -> CodebookStats:
+    """Histogram statistics of dVAE codes (any shape, integers in [0, vocab_size))."""
+    flat = codes.flatten().long()
+    if len(flat) == 0:
+        raise ValueError("codebook_stats needs at least one code")
+    lo, hi = int(flat.min()), int(flat.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"codes must lie in [0, {vocab_size}), got values in [{lo}, {hi}]")
+    counts = torch.bincount(flat, minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * p.log()).sum())
+    used = int((counts > 0).sum())
+    return CodebookStats(perplexity=math.exp(entropy), usage=used / vocab_size, used=used)
+
+
+def bits_per_token(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int | None = None) -> float:
+    """Mean cross-entropy in bits of ``targets`` ``long[...]`` under ``logits`` ``float[..., V]``."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits [..., V] and targets [...] disagree: {tuple(logits.shape)} vs {tuple(targets.shape)}"
+        )
+    kw = {} if ignore_index is None else {"ignore_index": ignore_index}
+    nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), **kw)
+    return float(nats) / math.log(2.0)
+
+
+def nats_to_bits(nats: float) -> float:
+    return nats / math.log(2.0)
+
+
+def blur(images: torch.Tensor, radius: float) -> torch.Tensor:
+    """Gaussian blur with σ = ``radius`` pixels (reflect padding), as applied to both reference and
+    generated images in the paper's FID-at-blur-radius protocol (§6.1); radius 0 returns the input."""
+    if radius < 0:
+        raise ValueError(f"blur radius must be >= 0, got {radius}")
+    x = to_float_images(images)
+    if radius == 0:
+        return x
+    half = max(1, math.ceil(3 * radius))
+    half = min(half, x.shape[-1] - 1, x.shape[-2] - 1)  # reflect padding needs pad < size
+    t = torch.arange(-half, half + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-0.5 * (t / radius) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (half, half, half, half), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along W
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along H
+    return x.clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def to_float_images(imgs: torch.Tensor) -> torch.Tensor:
+    """uint8 in 0..255 -> float in [0, 1]; float stays float (float32)."""
+    if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != 3:
+        shape = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
+        raise ValueError(f"images must be a tensor [N, 3, H, W], got {shape}")
+    if imgs.dtype == torch.uint8:
+        return imgs.float() / 255.0
+    if not imgs.is_floating_point():
+        raise ValueError(f"images must be uint8 or float, got dtype {imgs.dtype}")
+    return imgs.float()
+
+
+def _batches(images: Images, batch_size: int) -> Iterator[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        images = images.split(batch_size)
+    for b in images:
+        if len(b):
+            yield to_float_images(b)
+
+
+def _update(metric: nn.Module, images: Images, batch_size: int, device: torch.device, **kw: bool) -> int:
+    n = 0
+    for b in _batches(images, batch_size):
+        metric.update(b.to(device), **kw)
+        n += len(b)
+    return n
+
+
+def _device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(
+        0, 1
+    )
+
+
+def _same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"images to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
