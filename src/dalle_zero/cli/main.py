@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # library modules log through logging; the program shows warnings (e.g. truncated captions) as one line each
+    logging.basicConfig(level=logging.WARNING, format="dalle: %(levelname)s: %(message)s")
     try:
         code = args._run(args)
     except KeyboardInterrupt:

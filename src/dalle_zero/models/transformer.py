@@ -157,12 +157,16 @@ class DalleTransformer(PretrainedModel):
         return self
 
     def _mask(self, pattern: AttentionPattern, length: int, device: torch.device) -> Any:
+        """The mask for the first ``length`` positions: dense masks are built once at full length and
+        cropped (a causal mask's top-left corner is the mask of the shorter stream), block masks per length."""
+        if self.kernel == "sdpa":
+            key: tuple[Any, ...] = (pattern.kind, str(device), self.kernel)
+            if key not in self._masks:
+                self._masks[key] = pattern.dense(self.config.stream_len, device=device)
+            return self._masks[key][:length, :length]
         key = (pattern.kind, length, str(device), self.kernel)
         if key not in self._masks:
-            if self.kernel == "sdpa":
-                self._masks[key] = pattern.dense(length, device=device)
-            else:
-                self._masks[key] = build_block_mask(pattern, length, device)
+            self._masks[key] = build_block_mask(pattern, length, device)
         return self._masks[key]
 
     # ---- full forward (training, scoring) ----

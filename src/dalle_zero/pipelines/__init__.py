@@ -1,1 +1,5 @@
-"""pipelines"""
+"""Pipelines: whole models that turn user inputs into outputs (paper §2, §2.6)."""
+
+from dalle_zero.pipelines.text_to_image import GenerationOutput, TextToImagePipeline, to_pil
+
+__all__ = ["GenerationOutput", "TextToImagePipeline", "to_pil"]

@@ -1,0 +1,147 @@
+"""``dalle generate``: captions -> PNG images with a model folder from ``dalle assemble`` (paper §2.6, §3.3).
+
+For each caption it writes, into ``--out``:
+
+- ``NN_<slug>_MM.png``: each image at the model's own resolution (not resized);
+- ``NN_<slug>_grid.png``: all images of the caption in one grid, upscaled with nearest neighbour
+  so that tiny images (e.g. 32 px emoji) are visible (``--grid-scale``);
+- ``NN_<slug>.json``: caption, seed, settings, files and reranker scores (best first).
+
+With ``--candidates N`` and a CLIP in the model folder, N samples are drawn and the best ``-n``
+kept. ``--prime-image PATH --prime-rows R`` keeps the top R token rows of the encoded image and
+samples the rest (image-to-image). Without ``--seed`` a random seed is drawn and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+HELP = "generate images from captions with a model folder (from `dalle assemble`)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("captions", nargs="+", metavar="CAPTION", help="one or more captions")
+    parser.add_argument("--model", required=True, help="model folder written by `dalle assemble`")
+    parser.add_argument("-n", type=int, default=4, help="images to keep per caption (default 4)")
+    parser.add_argument("--candidates", type=int, help="samples drawn per caption, reranked by CLIP (>= -n)")
+    parser.add_argument("--seed", type=int, help="random seed (default: drawn at random and recorded)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (paper: 1)")
+    parser.add_argument("--top-k", type=int, help="keep the K most likely image codes per step")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling: keep codes up to probability P")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions)",
+    )
+    parser.add_argument("--prime-image", help="image whose top rows are kept (image-to-image)")
+    parser.add_argument("--prime-rows", type=int, help="token rows of --prime-image to keep (default: half the grid)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples drawn at once (default 8)")
+    parser.add_argument(
+        "--grid-scale",
+        type=int,
+        help="nearest-neighbour upscale of the grid PNG (default: to at least 128 px per image)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--out", default="samples", help="output folder (default ./samples)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].strip("-")
+    return slug or "caption"
+
+
+def make_grid(images: list, scale: int, pad: int = 2) -> object:
+    """PIL images of one size -> one PIL grid image (about square), each cell upscaled ``scale``× (nearest)."""
+    from PIL import Image
+
+    w, h = images[0].size
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    cw, ch = w * scale, h * scale
+    grid = Image.new("RGB", (cols * cw + (cols + 1) * pad, rows * ch + (rows + 1) * pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(im.resize((cw, ch), Image.Resampling.NEAREST), (pad + c * (cw + pad), pad + r * (ch + pad)))
+    return grid
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dalle_zero.io import atomic_write_text
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
+
+    for caption in args.captions:
+        if not caption.strip():
+            raise ValueError("a caption is empty: give some text to draw")
+    if args.grid_scale is not None and args.grid_scale < 1:
+        raise ValueError(f"--grid-scale must be >= 1, got {args.grid_scale}")
+    if args.prime_image is not None and not Path(args.prime_image).is_file():
+        raise FileNotFoundError(f"--prime-image: image not found: {args.prime_image}")
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"--model: model folder not found: {model_dir}")
+    pipeline = TextToImagePipeline.from_pretrained(model_dir, map_location=args.device)
+    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    settings = {
+        "n": args.n,
+        "candidates": args.candidates,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "guidance_scale": args.guidance_scale,
+        "prime_image": args.prime_image,
+        "prime_rows": args.prime_rows,
+        "batch_size": args.batch_size,
+    }
+    output = pipeline(
+        args.captions,
+        n=args.n,
+        candidates=args.candidates,
+        seed=seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance_scale,
+        prime_image=args.prime_image,
+        prime_rows=args.prime_rows,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, (caption, images, scores) in enumerate(zip(output.prompts, output.images, output.scores)):
+        stem = f"{k:02d}_{slugify(caption)}"
+        pils = to_pil(images)
+        files = []
+        for i, im in enumerate(pils):
+            name = f"{stem}_{i:02d}.png"
+            im.save(out / name)
+            files.append(name)
+        scale = args.grid_scale or max(1, math.ceil(128 / max(pils[0].size)))
+        make_grid(pils, scale).save(out / f"{stem}_grid.png")
+        record = {
+            "caption": caption,
+            "seed": seed,
+            "model": str(model_dir),
+            "settings": settings,
+            "images": [
+                {"file": f, "score": None if scores is None else round(float(s), 6)}
+                for f, s in zip(files, scores if scores is not None else [None] * len(files))
+            ],
+            "image_size": list(pils[0].size),
+            "grid": f"{stem}_grid.png",
+            "grid_scale": scale,
+            "note": "images are at the model's resolution; the grid is upscaled with nearest neighbour",
+        }
+        atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+        best = "" if scores is None else f" (best score {float(scores[0]):.3f})"
+        print(f"{caption!r}: {len(files)} images -> {out / stem}_*.png{best}")
+    print(f"seed {seed}")
+    return 0

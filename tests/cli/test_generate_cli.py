@@ -1,0 +1,111 @@
+"""End to end: `dalle assemble` then `dalle generate` on a tiny model; user errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dalle_zero.cli.main import main
+from dalle_zero.pipelines.text_to_image import to_pil
+from tests.pipelines.tiny import tiny_clip, tiny_dvae, tiny_tokenizer, tiny_transformer
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Components saved the way training leaves them: a tokenizer folder, run folders with model/ inside."""
+    root = tmp_path_factory.mktemp("parts")
+    tok = tiny_tokenizer()
+    tok.save_pretrained(root / "tokenizer")
+    tiny_dvae().save_pretrained(root / "dvae_run" / "model")
+    tiny_transformer(tok.vocab_size).save_pretrained(root / "prior_run" / "model")
+    tiny_clip(tok.vocab_size).save_pretrained(root / "clip_model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(parts):
+    out = parts / "model"
+    rc = main(
+        f"assemble --tokenizer {parts}/tokenizer --dvae {parts}/dvae_run --prior {parts}/prior_run "
+        f"--clip {parts}/clip_model --out {out}".split()
+    )
+    assert rc == 0
+    return out
+
+
+def test_assemble_writes_a_pipeline_folder(model_dir):
+    meta = json.loads((model_dir / "pipeline.json").read_text())
+    assert meta["model_type"] == "pipeline"
+    for name in ("tokenizer", "dvae", "transformer", "clip"):
+        assert (model_dir / name / "config.json").is_file()
+
+
+def test_generate_writes_pngs_a_grid_and_json_per_caption(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = f"generate --model {model_dir} -n 2 --candidates 3 --seed 7 --top-k 10 --out {out} --no-progress".split()
+    rc = main([*argv, "A red star!", "a blue heart"])
+    assert rc == 0
+    assert "seed 7" in capsys.readouterr().out
+    for stem in ("00_a-red-star", "01_a-blue-heart"):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["seed"] == 7 and record["settings"]["top_k"] == 10 and record["settings"]["candidates"] == 3
+        files = [im["file"] for im in record["images"]]
+        assert files == [f"{stem}_00.png", f"{stem}_01.png"]
+        scores = [im["score"] for im in record["images"]]
+        assert scores[0] >= scores[1]
+        assert all((out / f).is_file() for f in files) and (out / f"{stem}_grid.png").is_file()
+    from PIL import Image
+
+    assert Image.open(out / "00_a-red-star_00.png").size == (16, 16)  # originals are not resized
+    assert Image.open(out / "00_a-red-star_grid.png").size[1] >= 128  # the grid is upscaled for viewing
+
+
+def test_generate_is_reproducible_with_a_seed_and_primes_from_an_image(model_dir, tmp_path):
+    image = tmp_path / "cat.png"
+    to_pil(torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0)))[0].save(image)
+    args = f"generate --model {model_dir} -n 2 --seed 3 --prime-image {image} --prime-rows 1 --no-progress".split()
+    args.append("a green circle")
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    png = "00_a-green-circle_01.png"
+    assert (tmp_path / "a" / png).read_bytes() == (tmp_path / "b" / png).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "{tmp}/absent", "a cat"], "model folder not found"),
+        (["--model", "{model}", "  "], "empty"),
+        (["--model", "{model}", "a cat", "--prime-image", "{tmp}/missing.png"], "missing.png"),
+        (["--model", "{model}", "a cat", "--temperature", "0"], "temperature"),
+        (["--model", "{model}", "a cat", "-n", "4", "--candidates", "2"], "candidates"),
+    ],
+)
+def test_user_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, model=model_dir) for a in argv]
+    assert main(["generate", *argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dalle: error:") and message in err and "\n" not in err
+
+
+def test_assemble_refuses_mismatched_components(parts, tmp_path, capsys):
+    other = tiny_tokenizer(text_seq_len=12)
+    other.save_pretrained(tmp_path / "tok12")
+    rc = main(
+        f"assemble --tokenizer {tmp_path}/tok12 --dvae {parts}/dvae_run --prior {parts}/prior_run "
+        f"--out {tmp_path}/m".split()
+    )
+    assert rc == 2
+    assert "text_seq_len is 12 but transformer text_seq_len is 8" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_assemble_refuses_a_component_of_the_wrong_kind(parts, tmp_path, capsys):
+    rc = main(
+        f"assemble --tokenizer {parts}/tokenizer --dvae {parts}/prior_run --prior {parts}/prior_run "
+        f"--out {tmp_path}/m".split()
+    )
+    assert rc == 2
+    assert "expected a 'dvae'" in capsys.readouterr().err
