@@ -167,3 +167,17 @@ class PretrainedModel(nn.Module):
         state = load_state_dict(folder / WEIGHTS_NAME)
         load_state_dict_strict(model, state, source=str(folder / WEIGHTS_NAME))
         return model.to(map_location).eval()
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The model folder for ``path``: a training run folder (its ``model/``) or a model folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model or run folder not found: {path}")
+    if (path / "model" / CONFIG_NAME).is_file():
+        return path / "model"
+    if (path / CONFIG_NAME).is_file():
+        return path
+    raise FileNotFoundError(
+        f"{path}: neither a model folder ({CONFIG_NAME} inside) nor a run folder (model/{CONFIG_NAME} inside)"
+    )

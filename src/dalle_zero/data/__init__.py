@@ -1,1 +1,10 @@
-"""data"""
+"""Data: image–caption folders, paper crops, zero-shot splits, the emoji builder and token shards.
+
+- :mod:`.folder`      ``ImageTextFolder``: images with same-stem ``.txt`` captions (img2dataset layout)
+- :mod:`.transforms`  paper dVAE crop (§1.7), prior crop (§3.5), plain resize, aspect-ratio filter (§5)
+- :mod:`.splits`      deterministic zero-shot splits by concept (unseen concepts / compositions)
+- :mod:`.emoji`       ``dalle data emoji``: the emoji dataset from pinned npm tarballs (:mod:`.npm`)
+- :mod:`.tokens`      pre-encoded dVAE token shards for stage 2 (``dalle encode``)
+
+Nothing is imported here: ``import dalle_zero.data`` stays free of I/O and heavy dependencies.
+"""

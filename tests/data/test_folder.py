@@ -1,0 +1,131 @@
+"""ImageTextFolder: corrupt samples are skipped and counted, never fatal; keys with seeds are reproducible."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dalle_zero.data.folder import ImageTextFolder
+from dalle_zero.data.transforms import DVAETransform
+
+
+def write_image(path: Path, size=(20, 16), colour=(200, 30, 30), mode="RGB", fmt="PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path, format=fmt)
+
+
+def good_folder(root: Path, n: int = 4) -> Path:
+    for i in range(n):
+        write_image(root / f"img{i}.png", colour=(i * 50, 100, 200))
+        (root / f"img{i}.txt").write_text(f"picture number {i}\n")
+    return root
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
+    root = good_folder(tmp_path / "d")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
+    (root / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "truncated.txt").write_text("cut short")
+    (root / "zero.png").write_bytes(b"")
+    (root / "zero.txt").write_text("nothing here")
+    (root / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(300))
+    (root / "noise.txt").write_text("random bytes")
+    write_image(root / "silent.png")
+    (root / "silent.txt").write_text("  \n\n")
+    write_image(root / "orphan.png")
+    with caplog.at_level(logging.WARNING):
+        ds = ImageTextFolder(root)
+    assert len(ds) == 4 and sorted(ds.stems) == [f"img{i}" for i in range(4)]
+    assert ds.skipped == {"unreadable image": 2, "zero-byte image": 1, "empty caption": 1, "no caption file": 1}
+    line = ds.report_skipped()
+    assert "4 pairs" in line and "2 unreadable image" in line and "\n" not in line
+    assert "skipped" in caplog.text
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    assert next(iter(loader))["pixels"].shape == (4, 3, 16, 20)
+
+
+def test_an_image_broken_after_indexing_is_replaced_not_fatal(tmp_path):
+    root = good_folder(tmp_path / "d", n=3)
+    ds = ImageTextFolder(root)
+    (root / "img1.png").write_bytes(b"garbage")
+    item = ds[1]
+    assert item["stem"] == "img2" and ds.skipped["load error"] == 1
+
+
+def test_items_are_rgb_floats_in_unit_range_with_alpha_on_white(tmp_path):
+    root = tmp_path / "d"
+    write_image(root / "a.png", mode="RGBA", colour=(255, 0, 0, 0))  # fully transparent red
+    (root / "a.txt").write_text("a transparent square")
+    item = ImageTextFolder(root)[0]
+    assert item["pixels"].dtype == torch.float32 and item["pixels"].shape == (3, 16, 20)
+    assert torch.allclose(item["pixels"], torch.ones_like(item["pixels"]))  # white, not red
+    assert item["caption"] == "a transparent square" and item["stem"] == "a"
+
+
+def test_split_restricts_to_the_stems_of_splits_json(tmp_path):
+    root = good_folder(tmp_path / "d")
+    (root / "splits.json").write_text(json.dumps({"train": ["img0", "img2"], "validation": ["img1"]}))
+    assert sorted(ImageTextFolder(root, split="train").stems) == ["img0", "img2"]
+    assert ImageTextFolder(root, split="validation").stems == ["img1"]
+    other = tmp_path / "other_splits.json"
+    other.write_text(json.dumps({"mine": ["img3"]}))
+    assert ImageTextFolder(root, split="mine", splits_file=other).stems == ["img3"]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        ImageTextFolder(root, split="test")
+
+
+def test_split_without_splits_json_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no splits.json"):
+        ImageTextFolder(good_folder(tmp_path / "d"), split="train")
+
+
+def test_images_are_found_recursively_in_several_formats(tmp_path):
+    root = tmp_path / "d"
+    for i, fmt in enumerate(("png", "jpeg", "webp")):
+        write_image(root / f"sub{i}" / f"x{i}.{'jpg' if fmt == 'jpeg' else fmt}", fmt=fmt.upper())
+        (root / f"sub{i}" / f"x{i}.txt").write_text(f"a {fmt} file")
+    assert sorted(ImageTextFolder(root).stems) == ["x0", "x1", "x2"]
+
+
+def test_one_of_several_caption_lines_is_chosen_by_the_sample_seed(tmp_path):
+    root = tmp_path / "d"
+    write_image(root / "a.png")
+    (root / "a.txt").write_text("first\nsecond\nthird\n")
+    ds = ImageTextFolder(root)
+    chosen = {ds[(0, seed)]["caption"] for seed in range(30)}
+    assert chosen == {"first", "second", "third"}
+    assert all(ds[(0, 7)]["caption"] == ds[(0, 7)]["caption"] for _ in range(3))
+
+
+def test_random_transform_is_reproducible_from_the_key(tmp_path):
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(root.mkdir() or root / "a.png")
+    (root / "a.txt").write_text("noise")
+    ds = ImageTextFolder(root, DVAETransform(resolution=32))
+    assert torch.equal(ds[(0, 5)]["pixels"], ds[(0, 5)]["pixels"])
+    assert any(not torch.equal(ds[(0, 5)]["pixels"], ds[(0, s)]["pixels"]) for s in range(6, 12))
+
+
+def test_aspect_ratio_filter_skips_panoramas(tmp_path):
+    root = good_folder(tmp_path / "d", n=2)
+    write_image(root / "wide.png", size=(50, 10))
+    (root / "wide.txt").write_text("a panorama")
+    assert len(ImageTextFolder(root)) == 3
+    ds = ImageTextFolder(root, filter_aspect=True)
+    assert len(ds) == 2 and ds.skipped == {"aspect ratio outside [1/2, 2]": 1}
+
+
+def test_folder_with_nothing_usable_is_an_error(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="no usable image-caption pairs"):
+        ImageTextFolder(tmp_path / "d")
