@@ -1,1 +1,5 @@
-"""tokenizers"""
+"""Text tokenizers: byte-level BPE for captions (paper_spec §2)."""
+
+from dalle_zero.tokenizers.bpe import BPETokenizer, TokenizerConfig
+
+__all__ = ["BPETokenizer", "TokenizerConfig"]

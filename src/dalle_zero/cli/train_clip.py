@@ -1,0 +1,110 @@
+"""``dalle train clip``: train the contrastive reranker / evaluator on image-caption pairs (paper_spec §4).
+
+The config is a preset name (``clip_emoji32``, ``clip_tiny``: JSON files in ``dalle_zero/configs``)
+or a JSON file of :class:`~dalle_zero.training.clip.CLIPTrainConfig` fields. The model's
+``text_vocab_size`` and ``text_seq_len`` default to the tokenizer's. ``--resume`` continues the run
+in ``--out`` from its ``train_config.json`` (``--steps`` may extend it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "train the CLIP-style reranker on image-caption pairs"
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="image-caption folder (with splits.json for held-out evaluation)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (from `dalle train tokenizer`)")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, model/)")
+    parser.add_argument("--config", default=None, help="preset name or JSON file (default: clip_emoji32)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--steps", type=int, default=None, help="override loop.steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="override loop.batch_size")
+    parser.add_argument("--seed", type=int, default=None, help="override loop.seed (init and data order)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load_config_dict(name_or_path: str) -> dict[str, Any]:
+    """A preset name or a JSON file -> dict of CLIPTrainConfig fields."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        preset = PRESET_DIR / f"{name_or_path}.json"
+        if not preset.is_file():
+            known = sorted(p.stem for p in PRESET_DIR.glob("clip_*.json"))
+            raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a preset (presets: {known})")
+        path = preset
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return {k: v for k, v in data.items() if k != "config_class"}
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    from dalle_zero.tokenizers.bpe import BPETokenizer
+    from dalle_zero.training.clip import CLIPTrainConfig
+
+    out = Path(args.out)
+    saved = out / "train_config.json"
+    if args.resume and args.config is None and saved.is_file():
+        data = load_config_dict(str(saved))
+    else:
+        data = load_config_dict(args.config or "clip_emoji32")
+    if args.data:
+        data["data"] = str(Path(args.data).resolve())
+    if args.tokenizer:
+        data["tokenizer"] = str(Path(args.tokenizer).resolve())
+    for name in ("data", "tokenizer"):
+        if not data.get(name):
+            raise ValueError(f"--{name} is required (the config names no {name} folder)")
+    if not Path(data["data"]).is_dir():
+        raise FileNotFoundError(f"data folder not found: {data['data']}")
+    tokenizer = BPETokenizer.from_pretrained(data["tokenizer"])
+    model = dict(data.get("model", {}))
+    model.setdefault("text_vocab_size", tokenizer.vocab_size)
+    model.setdefault("text_seq_len", tokenizer.text_seq_len)
+    data["model"] = model
+    loop = dict(data.get("loop", {}))
+    for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed)):
+        if value is not None:
+            loop[key] = value
+    data["loop"] = loop
+    return CLIPTrainConfig.from_dict(data, source=str(args.config or "clip config")), tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    from dalle_zero.training.clip import CLIPTask, build_model
+    from dalle_zero.training.loop import train
+
+    config, tokenizer = resolve_config(args)
+    model = build_model(config)
+    task = CLIPTask(config, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"CLIP: {n_params / 1e6:.2f}M parameters, {config.loop.steps} steps of batch {config.loop.batch_size}")
+    model_dir = train(
+        model,
+        task,
+        config.loop,
+        args.out,
+        train_config=config,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    metrics = Path(args.out) / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        evals = [r for r in rows if any(k.startswith("val/") for k in r)]
+        if evals:
+            last = evals[-1]
+            shown = {k[4:]: v for k, v in last.items() if k.startswith("val/") and v is not None}
+            print(f"retrieval at step {last['step']}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()))
+    print(f"wrote {model_dir}")
+    return 0

@@ -1,0 +1,74 @@
+"""``dalle train tokenizer``: learn the byte-level BPE caption tokenizer from a folder (paper_spec §2).
+
+Captions are the ``.txt`` files beside images of the same stem, found recursively. If the folder
+has a ``splits.json`` (``{"train": [stems], "validation": [...], ...}``), only the training split is
+read, so held-out captions never shape the vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "train the BPE text tokenizer on the captions of an image-caption folder"
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="folder of images with same-stem .txt captions")
+    parser.add_argument("--out", required=True, help="tokenizer folder to write (tokenizer.json + config.json)")
+    parser.add_argument("--vocab-size", type=int, required=True, help="tokens including pad (paper: 16384)")
+    parser.add_argument("--text-seq-len", type=int, default=256, help="text positions (default 256, the paper's)")
+    parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+    parser.add_argument("--split", default="train", help="split of splits.json to read, if present (default train)")
+
+
+def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], str]:
+    """Caption texts under ``root`` (restricted to ``split`` if ``root/splits.json`` exists), and a note."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    wanted: set[str] | None = None
+    note = "all captions (no splits.json)"
+    splits_path = root / "splits.json"
+    if splits_path.is_file():
+        try:
+            splits = json.loads(splits_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{splits_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(splits, dict) or split not in splits:
+            known = sorted(splits) if isinstance(splits, dict) else []
+            raise ValueError(f"{splits_path}: no split {split!r} (splits: {known})")
+        wanted = {str(s) for s in splits[split]}
+        note = f"split {split!r} of {splits_path}"
+    captions = []
+    for txt in sorted(root.rglob("*.txt")):
+        if not any(txt.with_suffix(s).is_file() for s in IMAGE_SUFFIXES):
+            continue  # not a caption (README.txt, NOTICE.txt, ...)
+        rel = str(txt.relative_to(root).with_suffix(""))
+        if wanted is not None and txt.stem not in wanted and rel not in wanted:
+            continue
+        captions.append(txt.read_text(encoding="utf-8", errors="replace").strip())
+    if not captions:
+        raise ValueError(f"{root}: no captions found (.txt files beside same-stem images; {note})")
+    return captions, note
+
+
+def run(args: argparse.Namespace) -> int:
+    from dalle_zero.tokenizers.bpe import BPETokenizer
+
+    captions, note = read_captions(args.data, args.split)
+    print(f"read {len(captions)} captions from {args.data} ({note})")
+    tok = BPETokenizer.train(
+        captions, vocab_size=args.vocab_size, text_seq_len=args.text_seq_len, min_frequency=args.min_frequency
+    )
+    lengths = [len(ids) for ids in tok.tokenize(captions)]
+    truncated = sum(n > tok.text_seq_len for n in lengths)
+    tok.save_pretrained(args.out)
+    print(f"vocab size: {tok.vocab_size} (asked for {args.vocab_size})")
+    print(f"tokens per caption: mean {sum(lengths) / len(lengths):.2f}, max {max(lengths)}")
+    print(f"truncated at text_seq_len={tok.text_seq_len}: {truncated} of {len(captions)} captions")
+    print(f"wrote {args.out}")
+    return 0

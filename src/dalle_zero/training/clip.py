@@ -1,0 +1,250 @@
+"""Training the contrastive reranker (paper_spec §4) with the shared loop.
+
+:class:`CLIPTask` trains a :class:`~dalle_zero.models.clip.DalleCLIP` with CLIP's symmetric
+contrastive loss over in-batch pairs (per process: with DDP each rank contrasts its own batch),
+AdamW with linear warm-up then cosine decay, optional light augmentation (a random shift of a few
+pixels; no flips, since "left arrow" must stay left) and BPE dropout off unless asked for.
+``evaluate`` reports retrieval accuracy on held-out pairs: image→text and text→image, top-1 and
+top-5, among ``eval_max_pairs`` candidates (a hit is any candidate with the true caption, so
+duplicate captions are not counted as misses).
+
+A second CLIP trained with another ``loop.seed`` (initialisation and data order) serves as an
+independent evaluator of generated images: never evaluate with the reranker itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.models.clip import CLIPConfig, DalleCLIP, contrastive_loss
+from dalle_zero.sampling.rerank import resize_pixels
+from dalle_zero.tokenizers.bpe import BPETokenizer
+from dalle_zero.training.loop import LoopConfig, TrainTask
+from dalle_zero.training.optim import adamw
+
+logger = logging.getLogger(__name__)
+
+
+def _default_loop() -> LoopConfig:
+    return LoopConfig(steps=3000, batch_size=64, log_every=50, eval_every=500, checkpoint_every=500)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CLIPTrainConfig(Config):
+    """Everything a CLIP run needs; saved as the run's ``train_config.json``."""
+
+    model: CLIPConfig
+    loop: LoopConfig = field(default_factory=_default_loop)
+    data: str = ""  # image-caption folder (ImageTextFolder layout)
+    tokenizer: str = ""  # tokenizer folder
+    train_split: str = "train"
+    eval_splits: tuple[str, ...] = ("validation",)  # splits of splits.json to report retrieval on
+    eval_max_pairs: int = 512  # retrieval among this many held-out pairs (accuracy depends on it)
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at loop.steps
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    augment_shift: int = 2  # random shift of up to this many pixels (0 = no augmentation)
+    bpe_dropout: bool = False
+
+    def __post_init__(self) -> None:
+        check_float(self, "lr", min_value=0.0, strict_min=True)
+        check_float(self, "min_lr_ratio", min_value=0.0, max_value=1.0)
+        check_int(self, "warmup_steps", min_value=0)
+        check_float(self, "weight_decay", min_value=0.0)
+        check_float(self, "eps", min_value=0.0, strict_min=True)
+        check_int(self, "eval_max_pairs", min_value=2)
+        check_int(self, "augment_shift", min_value=0)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"CLIPTrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+
+
+def shift_augment(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate ``float[3, H, W]`` by up to ``max_shift`` pixels each way, repeating the border."""
+    if max_shift == 0:
+        return pixels
+    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    padded = F.pad(pixels[None], (max_shift,) * 4, mode="replicate")[0]  # (3, H+2s, W+2s)
+    H, W = pixels.shape[-2:]
+    return padded[:, max_shift + dy : max_shift + dy + H, max_shift + dx : max_shift + dx + W]
+
+
+class CLIPPairs(Dataset):
+    """Wraps an image-caption dataset into CLIP training items ``{ids: [Tt], pixels: [3, S, S]}``.
+
+    The base dataset yields dicts with ``pixels`` (float [3, H, W] in [0, 1]) and ``caption``, and
+    accepts ``(index, sample_seed)`` keys. Augmentation and BPE dropout draw from the sample seed.
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        tokenizer: BPETokenizer,
+        image_size: int,
+        *,
+        augment_shift: int = 0,
+        bpe_dropout: bool = False,
+    ) -> None:
+        self.base, self.tokenizer, self.image_size = base, tokenizer, image_size
+        self.augment_shift, self.bpe_dropout = augment_shift, bpe_dropout
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        item = self.base[(index, seed)]
+        g = torch.Generator().manual_seed(seed)
+        pixels = resize_pixels(item["pixels"][None].float(), self.image_size)[0]  # (3, S, S)
+        pixels = shift_augment(pixels, self.augment_shift, g)
+        ids = self.tokenizer.encode(item["caption"], dropout=self.bpe_dropout, generator=g)[0]  # (Tt,)
+        return {"ids": ids, "pixels": pixels}
+
+
+def _folder_dataset(root: str, split: str) -> Dataset:
+    from dalle_zero.data.folder import ImageTextFolder
+
+    return ImageTextFolder(root, split=split)
+
+
+class CLIPTask(TrainTask):
+    """The CLIP stage for :func:`dalle_zero.training.loop.train`.
+
+    ``train_data`` / ``eval_data`` (base datasets of ``{pixels, caption}`` dicts) default to the
+    ``ImageTextFolder`` splits of ``config.data``; tests pass in-memory datasets instead.
+    """
+
+    def __init__(
+        self,
+        config: CLIPTrainConfig,
+        tokenizer: BPETokenizer,
+        *,
+        train_data: Dataset | None = None,
+        eval_data: Mapping[str, Dataset] | None = None,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer.with_text_seq_len(config.model.text_seq_len)
+        if self.tokenizer.vocab_size > config.model.text_vocab_size:
+            raise ValueError(
+                f"tokenizer vocab_size {tokenizer.vocab_size} exceeds the CLIP's text_vocab_size "
+                f"{config.model.text_vocab_size}"
+            )
+        self._train_data = train_data
+        self._eval_data = dict(eval_data) if eval_data is not None else None
+
+    # ---- data ----
+
+    def train_dataset(self) -> Dataset:
+        c = self.config
+        base = self._train_data if self._train_data is not None else _folder_dataset(c.data, c.train_split)
+        return CLIPPairs(
+            base, self.tokenizer, c.model.image_size, augment_shift=c.augment_shift, bpe_dropout=c.bpe_dropout
+        )
+
+    def eval_datasets(self) -> dict[str, Dataset]:
+        if self._eval_data is None:
+            self._eval_data = {}
+            for split in self.config.eval_splits:
+                try:
+                    self._eval_data[split] = _folder_dataset(self.config.data, split)
+                except (ValueError, KeyError, FileNotFoundError) as e:
+                    logger.warning("no retrieval evaluation on split %r: %s", split, e)
+        return self._eval_data
+
+    # ---- optimisation ----
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        c = self.config
+        return adamw(
+            model, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, no_decay=("emb", "logit_scale")
+        )
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        span = max(1, c.loop.steps - c.warmup_steps)
+        progress = min(1.0, (step - c.warmup_steps) / span)
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(batch["ids"], batch["pixels"])  # (B, B) per image
+        loss = contrastive_loss(logits)
+        with torch.no_grad():
+            target = torch.arange(len(logits), device=logits.device)
+            acc = (logits.argmax(1) == target).float().mean().item()
+            scale = logits.new_tensor(0.0)
+            inner = model.module if hasattr(model, "module") else model
+            if isinstance(inner, DalleCLIP):
+                scale = inner.temperature_scale()
+        return loss, {"batch_i2t_acc": acc, "logit_scale": float(scale)}
+
+    # ---- evaluation ----
+
+    def evaluate(self, model: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for split, data in self.eval_datasets().items():
+            if len(data) < 2:  # type: ignore[arg-type]
+                continue
+            metrics = retrieval_accuracy(model, self.tokenizer, data, max_pairs=self.config.eval_max_pairs)
+            out.update({f"{split}_{k}": v for k, v in metrics.items()})
+        return out
+
+
+@torch.no_grad()
+def retrieval_accuracy(
+    model: nn.Module, tokenizer: BPETokenizer, data: Dataset, *, max_pairs: int = 512, batch_size: int = 256
+) -> dict[str, float]:
+    """Top-1/top-5 image→text and text→image retrieval among up to ``max_pairs`` pairs of ``data``.
+
+    Pairs are evenly spaced over the dataset (deterministic); images are not augmented. A retrieved
+    candidate counts as correct if its caption equals the true one.
+    """
+    clip = model.module if hasattr(model, "module") else model
+    n = len(data)  # type: ignore[arg-type]
+    idx = torch.linspace(0, n - 1, min(n, max_pairs)).round().long().unique().tolist()
+    device = next(clip.parameters()).device
+    was_training = clip.training
+    clip.eval()
+    images, texts, captions = [], [], []
+    for start in range(0, len(idx), batch_size):
+        items = [data[(i, 0)] for i in idx[start : start + batch_size]]
+        caps = [it["caption"] for it in items]
+        pixels = torch.stack([it["pixels"].float() for it in items])
+        pixels = resize_pixels(pixels, clip.config.image_size).to(device)
+        images.append(clip.encode_image(pixels))
+        texts.append(clip.encode_text(tokenizer.encode(caps).to(device)))
+        captions.extend(caps)
+    clip.train(was_training)
+    sim = torch.cat(images) @ torch.cat(texts).t()  # (N images, N texts)
+    group = {c: k for k, c in enumerate(dict.fromkeys(captions))}
+    gid = torch.tensor([group[c] for c in captions], device=sim.device)  # caption identity
+    N = len(captions)
+    out: dict[str, float] = {"pairs": float(N)}
+    for k in (1, 5):
+        kk = min(k, N)
+        i2t = gid[sim.topk(kk, dim=1).indices]  # (N, k) caption ids of retrieved texts
+        t2i = gid[sim.t().topk(kk, dim=1).indices]
+        out[f"i2t_top{k}"] = (i2t == gid[:, None]).any(1).float().mean().item()
+        out[f"t2i_top{k}"] = (t2i == gid[:, None]).any(1).float().mean().item()
+    return out
+
+
+def build_model(config: CLIPTrainConfig) -> DalleCLIP:
+    """A freshly initialised CLIP, seeded by ``loop.seed`` (a second seed gives an independent CLIP)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.loop.seed)
+        return DalleCLIP(config.model)

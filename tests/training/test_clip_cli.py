@@ -1,0 +1,79 @@
+"""Specification of ``dalle train clip`` end to end on a tiny image-caption folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from dalle_zero.cli.main import main
+from dalle_zero.models.clip import DalleCLIP
+
+from .test_clip_task import COLOURS, SHAPES, draw_shape
+
+# `dalle train clip` reads folders through the data package's ImageTextFolder
+pytest.importorskip("dalle_zero.data.folder")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """images/<stem>.png + .txt for 12 shapes at two sizes; splits.json holds out 4 as validation."""
+    root = tmp_path_factory.mktemp("shapes")
+    (root / "images").mkdir()
+    stems = []
+    for c, rgb in COLOURS.items():
+        for s in SHAPES:
+            stem = f"{c}_{s}"
+            pixels = (draw_shape(s, rgb, 20) * 255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(root / "images" / f"{stem}.png")
+            (root / "images" / f"{stem}.txt").write_text(f"a {c} {s}")
+            stems.append(stem)
+    splits = {"train": stems[:-4], "validation": stems[-4:], "unseen_concepts": [], "unseen_compositions": []}
+    (root / "splits.json").write_text(json.dumps(splits))
+    tok = root.parent / (root.name + "_tok")
+    assert main(["train", "tokenizer", "--data", str(root), "--out", str(tok), "--vocab-size", "280",
+                 "--text-seq-len", "8"]) == 0  # fmt: skip
+    return root, tok
+
+
+def test_cli_trains_resumes_refuses_overwrite_and_reports_retrieval(folder, tmp_path, capsys):
+    data, tok = folder
+    run = tmp_path / "run"
+    args = ["train", "clip", "--data", str(data), "--tokenizer", str(tok), "--out", str(run), "--config", "clip_tiny"]
+    assert main([*args, "--steps", "6", "--batch-size", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "retrieval at step 6" in out and "validation_i2t_top1=" in out
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["model"]["text_seq_len"] == 8 and config["data"] == str(data.resolve())
+    clip = DalleCLIP.from_pretrained(run / "model")
+    assert clip.config.image_size == 16
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val/validation_pairs"] == 4
+
+    assert main([*args, "--steps", "6", "--no-progress"]) == 2  # an existing run is never overwritten
+    assert "already holds a training run" in capsys.readouterr().err
+    assert main(["train", "clip", "--out", str(run), "--resume", "--steps", "8", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 8
+
+
+def test_cli_reports_missing_inputs_in_one_line(folder, tmp_path, capsys):
+    data, tok = folder
+    code = main(["train", "clip", "--data", str(data), "--tokenizer", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "r"), "--config", "clip_tiny"])  # fmt: skip
+    assert code == 2 and "dalle: error: model folder not found" in capsys.readouterr().err
+    code = main(["train", "clip", "--data", str(data), "--tokenizer", str(tok), "--out", str(tmp_path / "r"),
+                 "--config", "no_such_preset"])  # fmt: skip
+    assert code == 2 and "neither a file nor a preset" in capsys.readouterr().err
+    code = main(["train", "clip", "--out", str(tmp_path / "r")])
+    assert code == 2 and "--data is required" in capsys.readouterr().err

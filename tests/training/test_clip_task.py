@@ -1,0 +1,177 @@
+"""Specification of the CLIP training stage: data wrapping, schedule, loss, retrieval evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from dalle_zero.models.clip import CLIPConfig, DalleCLIP
+from dalle_zero.tokenizers.bpe import BPETokenizer
+from dalle_zero.training.clip import (
+    CLIPPairs,
+    CLIPTask,
+    CLIPTrainConfig,
+    build_model,
+    retrieval_accuracy,
+    shift_augment,
+)
+from dalle_zero.training.loop import LoopConfig
+
+COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.1, 0.2, 0.9), "yellow": (0.9, 0.9, 0.1)}
+SHAPES = ("square", "circle", "triangle")
+
+
+def draw_shape(shape: str, colour: tuple[float, float, float], size: int = 16) -> torch.Tensor:
+    """A coloured shape on white: float[3, size, size] in [0, 1]."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    if shape == "square":
+        inside = (x.abs() < 0.55) & (y.abs() < 0.55)
+    elif shape == "circle":
+        inside = x**2 + y**2 < 0.6**2
+    else:
+        inside = (y > -0.6) & (y < 0.7) & (x.abs() < (y + 0.6) / 1.6)
+    img = torch.ones(3, size, size)
+    for c in range(3):
+        img[c][inside] = colour[c]
+    return img
+
+
+class ShapePairs(Dataset):
+    """Coloured shapes captioned "a red square" etc.; accepts (index, seed) keys like ImageTextFolder."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.items = [
+            {"pixels": draw_shape(s, rgb, size), "caption": f"a {c} {s}", "stem": f"{c}_{s}"}
+            for c, rgb in COLOURS.items()
+            for s in SHAPES
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return dict(self.items[index])
+
+
+TINY_MODEL = dict(text_n_layer=2, text_n_head=2, text_n_embd=32, image_size=16, image_widths=(8, 16), embed_dim=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models this small only lose from intra-op threads (70x slower per step on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shapes_tokenizer() -> BPETokenizer:
+    return BPETokenizer.train([it["caption"] for it in ShapePairs().items], vocab_size=280, text_seq_len=8)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> BPETokenizer:
+    return shapes_tokenizer()
+
+
+def _config(tokenizer, **overrides) -> CLIPTrainConfig:
+    model = CLIPConfig(text_vocab_size=tokenizer.vocab_size, text_seq_len=8, **TINY_MODEL)
+    loop = LoopConfig(steps=100, batch_size=12, log_every=10, checkpoint_every=100)
+    return CLIPTrainConfig(model=model, loop=loop, **{"warmup_steps": 10, "lr": 2e-3, **overrides})
+
+
+def test_clip_pairs_tokenize_captions_and_resize_pixels(tokenizer):
+    pairs = CLIPPairs(ShapePairs(size=24), tokenizer, image_size=16)
+    item = pairs[(3, 0)]
+    assert item["ids"].shape == (8,) and item["ids"].dtype == torch.long
+    assert item["pixels"].shape == (3, 16, 16)
+    assert tokenizer.decode(item["ids"]) == "a green square"
+
+
+def test_augmentation_is_a_small_shift_reproducible_from_the_sample_seed(tokenizer):
+    img = draw_shape("circle", COLOURS["red"])
+    a = shift_augment(img, 2, torch.Generator().manual_seed(5))
+    b = shift_augment(img, 2, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == img.shape
+    assert torch.equal(shift_augment(img, 0, torch.Generator()), img)
+    pairs = CLIPPairs(ShapePairs(), tokenizer, image_size=16, augment_shift=2)
+    assert torch.equal(pairs[(0, 11)]["pixels"], pairs[(0, 11)]["pixels"])
+    shifted = [not torch.equal(pairs[(1, s)]["pixels"], ShapePairs()[1]["pixels"]) for s in range(10)]
+    assert any(shifted)
+
+
+def test_bpe_dropout_is_off_unless_configured(tokenizer):
+    plain = CLIPPairs(ShapePairs(), tokenizer, image_size=16)
+    assert all(torch.equal(plain[(i, s)]["ids"], tokenizer.encode(plain.base[i]["caption"])[0])
+               for i in range(12) for s in range(5))  # fmt: skip
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor(tokenizer):
+    task = CLIPTask(_config(tokenizer, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1), tokenizer)
+    assert task.lr_at(0) == pytest.approx(1e-4)
+    assert task.lr_at(9) == pytest.approx(1e-3)
+    assert task.lr_at(10) == pytest.approx(1e-3)
+    assert task.lr_at(55) == pytest.approx(0.55e-3)
+    assert task.lr_at(100) == pytest.approx(1e-4)
+    lrs = [task.lr_at(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_optimizer_decays_matrices_only(tokenizer):
+    task = CLIPTask(_config(tokenizer), tokenizer)
+    model = build_model(task.config)
+    opt = task.make_optimizer(model)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.logit_scale) not in decayed and id(model.text.tok_emb.weight) not in decayed
+    assert id(model.text_proj.weight) in decayed
+
+
+def test_retrieval_accuracy_is_perfect_for_an_oracle_and_counts_duplicate_captions_as_hits(tokenizer):
+    class Oracle(DalleCLIP):  # embeds each image and caption as the one-hot of its pair index
+        def encode_image(self, pixels):
+            return torch.nn.functional.one_hot(self._image_index(pixels), 12).float()
+
+        def encode_text(self, ids):
+            return torch.nn.functional.one_hot(self._text_index(ids), 12).float()
+
+        def _image_index(self, pixels):
+            refs = torch.stack([it["pixels"] for it in ShapePairs().items])
+            return torch.cdist(pixels.flatten(1), refs.flatten(1)).argmin(1)
+
+        def _text_index(self, ids):
+            refs = tokenizer.encode([it["caption"] for it in ShapePairs().items])
+            return torch.cdist(ids.float(), refs.float()).argmin(1)
+
+    oracle = Oracle(_config(tokenizer).model)
+    metrics = retrieval_accuracy(oracle, tokenizer, ShapePairs())
+    assert metrics == {"pairs": 12.0, "i2t_top1": 1.0, "t2i_top1": 1.0, "i2t_top5": 1.0, "t2i_top5": 1.0}
+    random = retrieval_accuracy(build_model(_config(tokenizer)), tokenizer, ShapePairs())
+    assert set(random) == set(metrics) and 0.0 <= random["i2t_top1"] <= 1.0
+
+
+def test_train_config_round_trips_through_json_and_rejects_bad_values(tokenizer, tmp_path):
+    config = _config(tokenizer, eval_splits=("validation", "unseen_concepts"))
+    path = tmp_path / "c.json"
+    path.write_text(config.to_json())
+    assert CLIPTrainConfig.from_json_file(path) == config
+    with pytest.raises(ValueError, match="lr"):
+        _config(tokenizer, lr=0.0)
+    with pytest.raises(ValueError, match="betas"):
+        _config(tokenizer, betas=(0.9, 1.0))
+
+
+def test_different_seeds_build_independent_models(tokenizer):
+    a = build_model(_config(tokenizer))
+    c = _config(tokenizer)
+    b = build_model(c.replace(loop=c.loop.replace(seed=1)))
+    assert not torch.equal(a.image_proj.weight, b.image_proj.weight)
+    assert torch.equal(a.image_proj.weight, build_model(_config(tokenizer)).image_proj.weight)
+
+
+def test_task_refuses_a_tokenizer_larger_than_the_model_vocabulary(tokenizer):
+    config = _config(tokenizer)
+    small = config.replace(model=config.model.replace(text_vocab_size=100))
+    with pytest.raises(ValueError, match="exceeds the CLIP's text_vocab_size"):
+        CLIPTask(small, tokenizer)
