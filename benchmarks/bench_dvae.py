@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""dVAE speed on CPU: our DiscreteVAE vs DALLE-pytorch's DiscreteVAE on the shared `dvae` bench config.
+
+The bench config (/work/shared/bench/README.md): 64 px images -> 16x16 tokens, 512 codes, batch 16;
+DALLE-pytorch's model there is DiscreteVAE(image_size=64, num_layers=2, num_tokens=512,
+codebook_dim=256, hidden_dim=64, num_resnet_blocks=1) = 536,963 parameters. Ours at a comparable
+size: DVAEConfig(image_size=64, group_count=3, n_blk_per_group=1, n_hid=48, n_init=64,
+vocab_size=512) = 494,894 parameters (the paper's architecture: full-resolution 7x7 input conv and
+resblocks before each max-pool, so it does several times more work per image than the strided
+convs of DALLE-pytorch at the same parameter count).
+
+Timed work, batch 16, median of repeated runs after warm-up:
+  train_step  full paper objective (Gumbel-softmax, logit-Laplace NLL, KL) + backward + AdamW step
+  encode      pixels -> argmax codes;   decode   codes -> pixels   (no grad)
+
+Usage:
+    python benchmarks/bench_dvae.py                      # ours (this venv) + same-torch runs + reference
+    python benchmarks/bench_dvae.py --reference-venv ''  # ours only
+
+Every row is JSON on stdout: section, metric, value, unit, median/min/max (ms), images_per_s.
+Each configuration runs in a fresh subprocess with 2 threads. When the reference venv exists
+(default $HOME/.venv-dalle-pytorch, torch 2.14.1), our model is timed again with *that* torch
+build so the ratio compares the two implementations on the same torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+THREADS = 2
+BATCH = 16
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_BENCH = Path("/work/shared/bench/bench_dalle_pytorch.py")
+OURS = dict(image_size=64, group_count=3, n_blk_per_group=1, n_hid=48, n_init=64, vocab_size=512)
+
+
+_LAST_CPU: list[float] = []  # process CPU seconds (all threads) of the last _timeit() reps
+
+
+def _timeit(fn, warmup: int, reps: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out, cpu = [], []
+    for _ in range(reps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    _LAST_CPU[:] = cpu
+    return out
+
+
+def _row(section: str, metric: str, ts: list[float], **extra) -> dict:
+    ms = [t * 1000 for t in ts]
+    med = statistics.median(ms)
+    return dict(
+        section=section,
+        metric=metric,
+        value=round(med, 3),
+        unit="ms",
+        median=round(med, 3),
+        min=round(min(ms), 3),
+        max=round(max(ms), 3),
+        n=len(ms),
+        cpu_median=round(statistics.median(_LAST_CPU) * 1000, 3),  # CPU ms (all threads): robust to a busy box
+        images_per_s=round(BATCH / (med / 1000), 1),
+        batch=BATCH,
+        loadavg=round(os.getloadavg()[0], 2),
+        **extra,
+    )
+
+
+def child_ours(section: str, reps: int) -> None:
+    """Time our DiscreteVAE in this process and print JSON rows."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
+    from dalle_zero.training.dvae import DVAETask, DVAETrainConfig
+    from dalle_zero.training.loop import LoopConfig
+
+    torch.manual_seed(0)
+    cfg = DVAEConfig(**OURS)
+    model = DiscreteVAE(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        json.dumps(
+            dict(
+                section=section,
+                metric="params",
+                value=n_params,
+                unit="params",
+                torch=torch.__version__,
+                config=OURS,
+                grid=cfg.grid_size,
+            )
+        ),
+        flush=True,
+    )
+    task = DVAETask(DVAETrainConfig(model=cfg, loop=LoopConfig(steps=1000, batch_size=BATCH)), train_data=[])
+    opt = task.make_optimizer(model)
+    pixels = torch.rand(BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batch = {"pixels": pixels, "seed": torch.arange(BATCH)}
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = task.loss(model, batch, 10)
+        loss.backward()
+        opt.step()
+
+    print(json.dumps(_row(section, "train_step", _timeit(step, 3, reps))), flush=True)
+    model.eval()
+    print(json.dumps(_row(section, "encode", _timeit(lambda: model.encode(pixels), 3, reps))), flush=True)
+    codes = model.encode(pixels)
+    assert codes.shape == (BATCH, 16, 16)
+    print(json.dumps(_row(section, "decode", _timeit(lambda: model.decode(codes), 3, reps))), flush=True)
+
+
+def _run(cmd: list[str], env_extra: dict[str, str]) -> list[dict]:
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS), PYTHONWARNINGS="ignore", **env_extra
+    )
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    rows = []
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+            print(line, flush=True)
+    if p.returncode != 0:
+        row = dict(section="error", metric="failed", cmd=" ".join(cmd), stderr_tail=p.stderr[-800:])
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument(
+        "--reference-venv",
+        default=os.path.expanduser("~/.venv-dalle-pytorch"),
+        help="venv with dalle-pytorch (empty string: skip the reference)",
+    )
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        child_ours(args._child, args.reps)
+        return
+
+    me = [os.path.abspath(__file__), "--reps", str(args.reps)]
+    rows = _run([sys.executable, *me, "--_child", "ours"], {})
+    ref_py = Path(args.reference_venv) / "bin" / "python" if args.reference_venv else None
+    if ref_py is None or not ref_py.exists():
+        print(json.dumps(dict(section="note", metric="reference_skipped", value=str(args.reference_venv))))
+        return
+    # same torch build as the reference: our source on its interpreter
+    rows += _run([str(ref_py), *me, "--_child", "ours_same_torch"], {"PYTHONPATH": str(REPO / "src")})
+    ref = _run([str(ref_py), str(REFERENCE_BENCH), "--sections", "dvae"], {})
+    by = {(r["section"], r["metric"]): r for r in rows + ref}
+    pairs = {"train_step": "vae.train_step", "encode": "vae.encode_get_codebook_indices", "decode": "vae.decode"}
+    for ours_metric, ref_metric in pairs.items():
+        a, b = by.get(("ours_same_torch", ours_metric)), by.get(("dvae", ref_metric))
+        if a and b:
+            # > 1: ours is faster; wall-clock and CPU-time ratios (CPU time is steadier on a shared machine)
+            row = dict(
+                section="ratio",
+                metric=f"{ours_metric}.speedup_vs_dalle_pytorch",
+                value=round(b["median"] / a["median"], 3),
+                unit="x",
+                cpu_time_ratio=round(b["cpu_median"] / a["cpu_median"], 3),
+                ours_ms=a["median"],
+                dalle_pytorch_ms=b["median"],
+                ours_cpu_ms=a["cpu_median"],
+                dalle_pytorch_cpu_ms=b["cpu_median"],
+                note="same torch build; >1 means ours is faster per batch",
+            )
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
