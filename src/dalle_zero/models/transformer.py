@@ -160,6 +160,8 @@ class DalleTransformer(PretrainedModel):
         """The mask for the first ``length`` positions: dense masks are built once at full length and
         cropped (a causal mask's top-left corner is the mask of the shorter stream), block masks per length."""
         if self.kernel == "sdpa":
+            if pattern.kind == "full":
+                return None  # plain causal: SDPA's is_causal path needs no mask and runs faster
             key: tuple[Any, ...] = (pattern.kind, str(device), self.kernel)
             if key not in self._masks:
                 self._masks[key] = pattern.dense(self.config.stream_len, device=device)

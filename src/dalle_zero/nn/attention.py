@@ -151,10 +151,11 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
 
     def forward(self, x: Tensor, mask: Tensor | Any, *, kernel: str = "sdpa") -> Tensor:
-        """x: Tensor[B, T, C]; mask: BoolTensor[T, T] (kernel "sdpa") or a BlockMask (flex kernels)."""
+        """x: Tensor[B, T, C]; mask: BoolTensor[T, T] or None for causal (kernel "sdpa"), or a BlockMask."""
         q, k, v = self._qkv(x)
         if kernel == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            # mask None = the causal "full" pattern (it equals the lower triangle)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         elif kernel in FLEX_KERNELS:
             if q.device.type == "cpu" and q.requires_grad:
                 raise ValueError("flex_attention has no backward on CPU: use kernel 'sdpa' to train on CPU")

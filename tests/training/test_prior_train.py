@@ -1,0 +1,322 @@
+"""Training the prior on token shards: it learns, resumes exactly, checks shapes, runs from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle_zero.cli.main import main
+from dalle_zero.data.tokens import write_token_shards
+from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
+from dalle_zero.tokenizers.bpe import BPETokenizer
+from dalle_zero.training import checkpoint as ckpt
+from dalle_zero.training.loop import LoopConfig, train
+from dalle_zero.training.prior import PriorDataset, PriorTask, PriorTrainConfig, build_model
+
+TEXT_SEQ_LEN = 12
+GRID, IMAGE_VOCAB = 4, 16
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "star")
+
+
+def _examples() -> list[tuple[str, torch.Tensor]]:
+    """Captions "a <colour> <shape>" whose image codes follow from the words (so they can be learnt)."""
+    out = []
+    for i, colour in enumerate(COLOURS):
+        for j, shape in enumerate(SHAPES):
+            codes = torch.tensor([(i * 4 + j + k * (k % 2)) % IMAGE_VOCAB for k in range(GRID * GRID)])
+            out.append((f"a {colour} {shape}", codes))
+    return out
+
+
+def write_tiny_shards(root: Path) -> Path:
+    """Train (12 x 2 captions) and validation (12) items written with the real shard writer."""
+    ex = _examples()
+    train = [(f"t{k}_{i}", c, x.view(GRID, GRID)) for k in range(2) for i, (c, x) in enumerate(ex)]
+    val = [(f"v{i}", c, x.view(GRID, GRID)) for i, (c, x) in enumerate(ex)]
+    splits = {"train": [s for s, _, _ in train], "validation": [s for s, _, _ in val]}
+    return write_token_shards(
+        root, train + val, image_grid=GRID, image_vocab_size=IMAGE_VOCAB, splits=splits, shard_size=10
+    )
+
+
+def make_tokenizer(folder: Path, *, text_seq_len: int) -> Path:
+    captions = [c for c, _ in _examples()] * 3
+    BPETokenizer.train(captions, vocab_size=300, text_seq_len=text_seq_len, min_frequency=1).save_pretrained(
+        folder
+    )
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall when the machine is busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("prior_data")
+    tokens = write_tiny_shards(root / "tokens")
+    tok_dir = make_tokenizer(root / "tokenizer", text_seq_len=TEXT_SEQ_LEN)
+    return tokens, tok_dir
+
+
+def _config(data, **kw) -> PriorTrainConfig:
+    tokens, tok_dir = data
+    tok = BPETokenizer.from_pretrained(tok_dir)
+    model = TransformerConfig(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        text_vocab_size=tok.vocab_size,
+        text_seq_len=TEXT_SEQ_LEN,
+        image_vocab_size=IMAGE_VOCAB,
+        image_grid=GRID,
+    )
+    loop = LoopConfig(
+        **{
+            "steps": 12,
+            "batch_size": 8,
+            "checkpoint_every": 5,
+            "log_every": 1,
+            "ema_decay": 0.9,
+            "ema_every": 2,
+            "clip_grad_norm": 4.0,
+            **kw.pop("loop", {}),
+        }
+    )
+    fields = {
+        "model": model,
+        "loop": loop,
+        "tokens": str(tokens),
+        "tokenizer": str(tok_dir),
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "plateau_patience": 3,
+        "plateau_threshold": 0.2,
+        "plateau_smoothing": 0.0,
+        "bpe_dropout": 0.5,
+        "null_caption_prob": 0.3,
+        "eval_samples": 8,
+        **kw,
+    }
+    return PriorTrainConfig(**fields)
+
+
+def _run(cfg: PriorTrainConfig, run_dir: Path, **kw) -> tuple[DalleTransformer, PriorTask]:
+    model = build_model(cfg)
+    task = PriorTask(cfg)
+    train(model, task, cfg.loop, run_dir, train_config=cfg, progress=False, **kw)
+    return model, task
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_prior_learns_the_image_tokens_of_its_captions(data, tmp_path):
+    cfg = _config(
+        data,
+        loop={"steps": 100, "ema_decay": None, "log_every": 5},
+        lr=1e-2,
+        lr_schedule="cosine",
+        bpe_dropout=0.1,
+        null_caption_prob=0.0,
+        warmup_steps=5,
+    )
+    _run(cfg, tmp_path)
+    rows = [r for r in _rows(tmp_path) if "loss" in r]
+    first, last = rows[0], rows[-1]
+    assert last["loss_image"] < 0.6 * first["loss_image"]  # image codes follow from the caption
+    assert last["loss_text"] < first["loss_text"]
+    val = [r for r in _rows(tmp_path) if "val/loss" in r][-1]
+    assert val["val/bits_per_image_token"] == pytest.approx(
+        val["val/loss_image"] / torch.log(torch.tensor(2.0)).item()
+    )
+    assert {"loss", "loss_text", "loss_image", "lr", "grad_norm"} <= set(first)
+
+
+def test_resume_matches_uninterrupted_run_with_bpe_dropout_and_plateau_state(data, tmp_path):
+    cfg = _config(data)
+    full, full_task = _run(cfg, tmp_path / "full")
+    assert full_task.schedule.halved_at  # the plateau rule fired during the run
+    _run(cfg, tmp_path / "cut", stop_after=7)  # killed between checkpoints 5 and 10
+    resumed, resumed_task = _run(cfg, tmp_path / "cut", resume=True)
+    assert resumed_task.schedule.state_dict() == full_task.schedule.state_dict()
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    ema_a = DalleTransformer.from_pretrained(tmp_path / "full" / "model")
+    ema_b = DalleTransformer.from_pretrained(tmp_path / "cut" / "model")
+    assert all(torch.equal(a, b) for a, b in zip(ema_a.state_dict().values(), ema_b.state_dict().values()))
+    state = ckpt.load_checkpoint(ckpt.latest_step_dir(tmp_path / "cut")).state
+    assert state["task"]["plateau"]["halved_at"] == full_task.schedule.halved_at
+
+
+def test_lr_is_halved_after_a_plateau_and_logged(data, tmp_path):
+    _run(_config(data), tmp_path)
+    rows = [r for r in _rows(tmp_path) if "lr" in r]  # one row per update (log_every 1)
+    assert rows[-1]["lr_halvings"] >= 1
+    for before, after in zip(rows[2:], rows[3:]):  # after warm-up: lr = peak / 2^(halvings so far)
+        assert after["lr"] == pytest.approx(3e-3 * 0.5 ** before["lr_halvings"])
+
+
+def test_bpe_dropout_and_null_captions_are_a_pure_function_of_the_sample_seed(data):
+    cfg = _config(data, bpe_dropout=0.5, null_caption_prob=0.5)
+    ds = PriorTask(cfg).train_dataset()
+    assert isinstance(ds, PriorDataset)
+    a = [ds[(i, 1000 + s)]["text"] for i in range(4) for s in range(8)]
+    b = [ds[(i, 1000 + s)]["text"] for i in range(4) for s in range(8)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert len({tuple(t.tolist()) for t in a}) > 4  # seeds change tokenisation / null captions
+    assert any((t == 0).all() for t in a)  # some captions were dropped to the empty caption
+    assert all(ds[(i, 7)]["image"].shape == (GRID * GRID,) for i in range(3))
+
+
+def test_without_null_captions_every_example_has_text(data):
+    ds = PriorTask(_config(data, null_caption_prob=0.0)).train_dataset()
+    assert all((ds[(i, s)]["text"] != 0).any() for i in range(len(ds)) for s in range(3))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("text_vocab_size", 999, "text_vocab_size 999 in the transformer config but"),
+        ("text_seq_len", 16, "text_seq_len 16 in the transformer config but 12"),
+        ("image_grid", 8, f"image_grid 8 in the transformer config but {GRID}"),
+        ("image_vocab_size", 64, f"image_vocab_size 64 in the transformer config but {IMAGE_VOCAB}"),
+    ],
+)
+def test_model_that_does_not_fit_the_tokenizer_or_shards_is_a_clear_error(data, field, value, message):
+    cfg = _config(data)
+    bad = cfg.replace(model=cfg.model.replace(**{field: value}))
+    with pytest.raises(ValueError, match=message):
+        PriorTask(bad)
+
+
+def test_train_config_round_trips_through_json(data, tmp_path):
+    cfg = _config(data, lr_schedule="cosine")
+    path = tmp_path / "c.json"
+    path.write_text(cfg.to_json())
+    assert PriorTrainConfig.from_json_file(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lr_schedule": "step"},
+        {"betas": (0.9, 1.0)},
+        {"null_caption_prob": 1.0},
+        {"plateau_patience": 0},
+        {"bpe_dropout": -0.1},
+    ],
+)
+def test_bad_train_config_values_raise(data, bad):
+    with pytest.raises(ValueError):
+        _config(data, **bad)
+
+
+def test_cli_trains_resumes_and_saves_a_loadable_model(data, tmp_path, capsys):
+    tokens, tok_dir = data
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "prior",
+        "--tokens",
+        str(tokens),
+        "--tokenizer",
+        str(tok_dir),
+        "--out",
+        str(out),
+        "--config",
+        "tiny",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
+    assert main([*args, "--steps", "6"]) == 0
+    assert main([*args, "--steps", "8", "--resume", "--grad-accum", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss" in printed and "bits per image token" in printed
+    model = DalleTransformer.from_pretrained(out / "model")
+    assert (model.config.image_grid, model.config.image_vocab_size, model.config.text_seq_len) == (
+        GRID,
+        IMAGE_VOCAB,
+        TEXT_SEQ_LEN,
+    )
+    assert BPETokenizer.from_pretrained(out / "tokenizer").vocab_size == model.config.text_vocab_size
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["loop"]["steps"] == 8 and saved["loop"]["grad_accum"] == 2
+    assert ckpt.list_steps(out)[-1] == 8
+
+
+def test_cli_config_that_disagrees_with_the_data_is_a_one_line_error(data, tmp_path, capsys):
+    tokens, tok_dir = data
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": {"n_layer": 1, "n_head": 1, "n_embd": 8, "image_grid": GRID + 1}}))
+    code = main(
+        [
+            "train",
+            "prior",
+            "--tokens",
+            str(tokens),
+            "--tokenizer",
+            str(tok_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(cfg),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"model.image_grid is {GRID + 1} but token shards" in err and f"has {GRID}" in err
+
+
+def test_cli_unknown_preset_names_the_presets(data, tmp_path, capsys):
+    tokens, tok_dir = data
+    code = main(
+        [
+            "train",
+            "prior",
+            "--tokens",
+            str(tokens),
+            "--tokenizer",
+            str(tok_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            "nonexistent",
+        ]
+    )
+    assert code == 2
+    assert "tiny" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tiny", "emoji"])
+def test_presets_are_valid_train_configs(name):
+    from dalle_zero.cli.train_prior import load_config_dict
+
+    data, _ = load_config_dict(name)
+    data["model"].update(text_vocab_size=300, text_seq_len=48, image_vocab_size=512, image_grid=8)
+    cfg = PriorTrainConfig.from_dict(data)
+    assert cfg.loop.clip_grad_norm == 4.0 and cfg.betas == (0.9, 0.96)
+
+
+def test_token_folder_without_splits_trains_on_everything_without_validation(data, tmp_path):
+    items = [(f"s{i}", c, x.view(GRID, GRID)) for i, (c, x) in enumerate(_examples())]
+    folder = write_token_shards(tmp_path / "tokens", items, image_grid=GRID, image_vocab_size=IMAGE_VOCAB)
+    task = PriorTask(_config(data, tokens=str(folder)))
+    assert len(task.train_dataset()) == len(items)
+    assert task.evaluate(build_model(task.cfg), 0, tmp_path) == {}
+
+
+def test_missing_training_split_is_a_clear_error(data, tmp_path):
+    with pytest.raises(ValueError, match="no split 'everything'"):
+        PriorTask(_config(data, train_split="everything"))
