@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 C = TypeVar("C", bound="Config")
 
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
 
 class Config:
     """Mixin for frozen dataclass configs: JSON round trip and strict construction from dicts."""
@@ -65,6 +67,27 @@ class Config:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def load_config_source(name_or_path: str | Path, *, prefix: str = "") -> tuple[dict[str, Any], Path]:
+    """The fields of a JSON config file, or of a preset in ``dalle_zero/configs`` named with or
+    without ``prefix`` (``"emoji"`` or ``"prior_emoji"`` for ``prior_emoji.json``), and its path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        name = str(name_or_path)
+        candidates = [PRESET_DIR / f"{name}.json", PRESET_DIR / f"{prefix}{name}.json"]
+        found = [p for p in candidates if p.is_file()] if "/" not in name else []
+        if not found:
+            known = sorted(p.stem for p in PRESET_DIR.glob(f"{prefix}*.json"))
+            raise FileNotFoundError(f"config {name!r} is neither a file nor a preset (presets: {known})")
+        path = found[0]
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return {k: v for k, v in data.items() if k not in ("config_class", "model_type", "format_version")}, path
 
 
 def _jsonable(value: Any) -> Any:

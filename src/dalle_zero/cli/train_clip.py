@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.config import load_config_source
+
 HELP = "train the CLIP-style reranker on image-caption pairs"
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,20 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_config_dict(name_or_path: str) -> dict[str, Any]:
     """A preset name or a JSON file -> dict of CLIPTrainConfig fields."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        preset = PRESET_DIR / f"{name_or_path}.json"
-        if not preset.is_file():
-            known = sorted(p.stem for p in PRESET_DIR.glob("clip_*.json"))
-            raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a preset (presets: {known})")
-        path = preset
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return {k: v for k, v in data.items() if k != "config_class"}
+    return load_config_source(name_or_path, prefix="clip_")[0]
 
 
 def resolve_config(args: argparse.Namespace) -> Any:

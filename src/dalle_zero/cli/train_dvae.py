@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.config import load_config_source
+
 HELP = "train the discrete VAE (image tokenizer) on a folder of images"
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "dvae_emoji32"
 
 
@@ -39,21 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_config_dict(name_or_path: str) -> dict[str, Any]:
     """A preset name (with or without the ``dvae_`` prefix) or a JSON file -> dict of config fields."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        candidates = [PRESET_DIR / f"{name_or_path}.json", PRESET_DIR / f"dvae_{name_or_path}.json"]
-        found = [p for p in candidates if p.is_file()]
-        if not found:
-            known = sorted(p.stem for p in PRESET_DIR.glob("dvae_*.json"))
-            raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a preset (presets: {known})")
-        path = found[0]
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return {k: v for k, v in data.items() if k != "config_class"}
+    return load_config_source(name_or_path, prefix="dvae_")[0]
 
 
 def _ema(value: str) -> float | None:

@@ -16,9 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.config import load_config_source
+
 HELP = "train the transformer prior on token shards written by `dalle encode`"
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # command-line option -> LoopConfig field
 LOOP_OPTIONS = {
@@ -64,23 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config_dict(spec: str) -> tuple[dict[str, Any], str]:
-    """The JSON object of a config file or preset name, and where it came from."""
-    path = Path(spec)
-    if not path.is_file() and not spec.endswith(".json") and "/" not in spec:
-        preset = PRESET_DIR / f"prior_{spec}.json"
-        if not preset.is_file():
-            names = sorted(p.stem.removeprefix("prior_") for p in PRESET_DIR.glob("prior_*.json"))
-            raise FileNotFoundError(f"no config file {spec!r} and no preset of that name (presets: {names})")
-        path = preset
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    data.pop("config_class", None)
+    """The JSON object of a config file or preset name (with or without ``prior_``), and where it came from."""
+    data, path = load_config_source(spec, prefix="prior_")
     return data, str(path)
 
 
