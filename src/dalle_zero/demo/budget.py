@@ -1,0 +1,116 @@
+"""Turning the demo's minutes into step counts: measure steps per second, then share the time left.
+
+Before a training stage starts, :func:`measure_steps_per_second` runs a few optimizer steps of that
+stage (its real task, data, model and batch size) on a throw-away copy of the model and times them,
+so the plan reflects this machine *now*, busy or not. :func:`plan_steps` gives the stage its share
+of the training time still left among the stages still to run, so a stage that overran (or a slow
+dataset build) shrinks the later ones instead of blowing the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dalle_zero.training.loop import LoopConfig, TrainTask
+
+
+def measure_steps_per_second(model: nn.Module, task: TrainTask, loop: LoopConfig, *, steps: int = 4) -> float:
+    """Optimizer steps per second of ``task`` at ``loop``'s batch size and precision, data loading included.
+
+    One untimed warm-up step (mask building, allocator), then ``steps`` timed ones on a deep copy of
+    ``model``; the model, the task's state and torch's global RNG are left as they were.
+    """
+    probe = copy.deepcopy(model)
+    probe.train()
+    optimizer = task.make_optimizer(probe)
+    for group in optimizer.param_groups:
+        group["lr"] = task.lr_at(0)
+    dataset = task.train_dataset()
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("cannot time a stage with an empty training set")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if loop.precision == "bf16" else contextlib.nullcontext()
+    elapsed = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(loop.seed)
+        for k in range(steps + 1):
+            t0 = time.perf_counter()
+            for _ in range(loop.grad_accum):
+                idx = torch.randint(n, (loop.batch_size,)).tolist()
+                batch = task.collate([dataset[(i, 1_000_003 * k + j)] for j, i in enumerate(idx)])
+                with autocast:
+                    loss, _ = task.loss(probe, batch, 0)
+                (loss / loop.grad_accum).backward()
+            if loop.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(probe.parameters(), loop.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if k > 0:  # the first step pays one-off costs
+                elapsed += time.perf_counter() - t0
+    return steps / max(elapsed, 1e-9)
+
+
+def fastest_thread_count(
+    candidates: Sequence[int] | None = None, *, repeats: int = 3, margin: float = 1.5
+) -> tuple[int, dict[int, float]]:
+    """The torch intra-op thread count that runs a small transformer-like workload fastest right now.
+
+    On a machine shared with other busy processes, OpenMP threads that wait for each other at every
+    operation can make 2 threads several times *slower* than 1 (measured here: a prior training step
+    1.8 s with 1 thread vs 5 s with 2; cached sampling 0.75 s vs 45 s), while on a quiet machine 2
+    threads are at most about twice as fast. So more threads are chosen only when they are at least
+    ``margin`` times faster than the fewest. Returns ``(chosen, {n: seconds})`` and leaves torch set to it.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    options = sorted(set(candidates or (1, cores)))
+    g = torch.Generator().manual_seed(0)
+    x_big = torch.randn(1024, 256, generator=g)
+    x_small = torch.randn(16, 256, generator=g)
+    w = torch.randn(256, 1024, generator=g, requires_grad=True)
+    timings: dict[int, float] = {}
+    for n in options:
+        torch.set_num_threads(n)
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            (x_big @ w).relu().sum().backward()  # a training-sized matmul and its backward
+            with torch.no_grad():
+                for _ in range(20):  # sampling-sized steps
+                    torch.softmax(x_small @ w, dim=-1)
+            best = min(best, time.perf_counter() - t0)
+        timings[n] = best
+    chosen = options[0]
+    for n in options[1:]:
+        if timings[n] * margin <= timings[chosen]:
+            chosen = n
+    torch.set_num_threads(chosen)
+    return chosen, timings
+
+
+def stage_seconds(share: float, remaining_shares: Sequence[float], seconds_left: float) -> float:
+    """This stage's part of ``seconds_left``: ``share / sum(shares of the stages still to run)``."""
+    total = sum(remaining_shares)
+    if total <= 0:
+        raise ValueError("the shares of the remaining stages must be positive")
+    return max(0.0, seconds_left) * share / total
+
+
+def plan_steps(seconds: float, rate: float, *, safety: float, min_steps: int, max_steps: int) -> int:
+    """``safety · seconds · rate`` optimizer steps, clamped to ``[min_steps, max_steps]``."""
+    if not math.isfinite(rate) or rate <= 0:
+        return min_steps
+    return int(min(max_steps, max(min_steps, math.floor(safety * seconds * rate))))
+
+
+def every(steps: int, times: int, *, minimum: int = 1) -> int:
+    """An interval so that something happens about ``times`` times in ``steps`` (checkpoints, logs)."""
+    return max(minimum, math.ceil(steps / max(times, 1)))

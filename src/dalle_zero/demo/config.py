@@ -1,0 +1,120 @@
+"""Settings of ``dalle demo``: the dataset, the stage presets and how the time budget is shared.
+
+A demo config is a JSON preset (``dalle_zero/configs/demo.json``: the ≤ 15-minute default;
+``demo_tiny.json``: seconds, for tests). Each training stage (dVAE, reranker CLIP, evaluation CLIP,
+evaluator, prior) has a :class:`StageSpec`: its train-config fields (the stage's own config class;
+data paths, vocabularies and ``loop.steps`` are filled in by the demo) and its *share* of the
+training time. The step count of a stage is its share of the time left, times the steps per second
+measured on this machine just before the stage starts (see :mod:`dalle_zero.demo.budget`), unless
+the spec fixes ``steps``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.data.emoji import EmojiDatasetConfig
+from dalle_zero.evaluation.evaluate import EvalConfig
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+TRAIN_STAGES = ("dvae", "clip", "eval_clip", "evaluator", "prior")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSpec(Config):
+    """One training stage of the demo: its train-config fields and its part of the time budget."""
+
+    share: float = 0.2  # of the training time left when the stage starts, among the stages still to run
+    min_steps: int = 10
+    max_steps: int = 100_000
+    steps: int | None = None  # a fixed step count (no calibration); None: from the time budget
+    config: dict[str, Any] = field(default_factory=dict)  # fields of the stage's train config
+
+    def __post_init__(self) -> None:
+        check_float(self, "share", min_value=0.0, strict_min=True)
+        check_int(self, "min_steps", min_value=1)
+        check_int(self, "max_steps", min_value=self.min_steps)
+        if self.steps is not None:
+            check_int(self, "steps", min_value=1)
+        if not isinstance(self.config, dict):
+            raise ValueError(f"StageSpec.config must be a JSON object, got {type(self.config).__name__}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(Config):
+    """Everything ``dalle demo`` does, with the step counts left to the time budget."""
+
+    minutes: float = 15.0  # wall-clock budget of the whole demo
+    reserve_seconds: float = 120.0  # kept for encoding, sampling, evaluation and the report
+    calibration_steps: int = 4  # timed optimizer steps per stage (after one warm-up step)
+    safety: float = 0.85  # planned steps = safety · seconds · measured rate (checkpoints, evaluation)
+    dataset: EmojiDatasetConfig = field(default_factory=lambda: EmojiDatasetConfig(styles=("google", "twitter")))
+    vocab_size: int = 1024  # BPE tokens asked for (the captions may support fewer)
+    text_seq_len: int = 40
+    min_frequency: int = 2
+    stages: dict[str, Any] = field(default_factory=dict)  # {stage name: StageSpec fields}
+    # showcase grids and image-to-image
+    showcase_captions: int = 6  # captions per split (seen, unseen compositions, unseen concepts)
+    showcase_n: int = 4  # images kept per caption
+    showcase_candidates: int = 16  # drawn per caption and reranked
+    prime_rows: int | None = None  # image-to-image: token rows kept (None: half the grid)
+    seed: int = 0
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check_float(self, "minutes", min_value=0.0, strict_min=True)
+        check_float(self, "reserve_seconds", min_value=0.0)
+        check_int(self, "calibration_steps", min_value=1)
+        check_float(self, "safety", min_value=0.0, max_value=1.0, strict_min=True)
+        check_int(self, "vocab_size", min_value=258)
+        check_int(self, "text_seq_len", min_value=1)
+        check_int(self, "min_frequency", min_value=1)
+        check_int(self, "seed", min_value=0)
+        for name in ("showcase_captions", "showcase_n", "showcase_candidates"):
+            check_int(self, name, min_value=1)
+        if self.showcase_candidates < self.showcase_n:
+            raise ValueError(
+                f"DemoConfig.showcase_candidates ({self.showcase_candidates}) must be >= showcase_n ({self.showcase_n})"
+            )
+        if self.prime_rows is not None:
+            check_int(self, "prime_rows", min_value=1)
+        missing = [s for s in TRAIN_STAGES if s not in self.stages]
+        unknown = sorted(set(self.stages) - set(TRAIN_STAGES))
+        if missing or unknown:
+            raise ValueError(
+                f"DemoConfig.stages must name exactly {list(TRAIN_STAGES)}; missing {missing}, unknown {unknown}"
+            )
+        for name in TRAIN_STAGES:
+            self.stage(name)  # validates
+
+    def stage(self, name: str) -> StageSpec:
+        spec = self.stages[name]
+        return spec if isinstance(spec, StageSpec) else StageSpec.from_dict(spec, source=f"demo stage {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["stages"] = {k: (v.to_dict() if isinstance(v, StageSpec) else v) for k, v in self.stages.items()}
+        return out
+
+
+def load_demo_config(name_or_path: str = "demo") -> DemoConfig:
+    """A preset name (``demo``, ``demo_tiny``) or a JSON file -> :class:`DemoConfig`."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        preset = PRESET_DIR / f"{name_or_path}.json"
+        if not preset.is_file():
+            known = sorted(p.stem for p in PRESET_DIR.glob("demo*.json"))
+            raise FileNotFoundError(f"demo config {name_or_path!r} is neither a file nor a preset (presets: {known})")
+        path = preset
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    data.pop("config_class", None)
+    return DemoConfig.from_dict(data, source=str(path))

@@ -1,0 +1,250 @@
+"""``dalle demo`` end to end: every stage in order, each skipped once done, then the report.
+
+Folder layout of a demo run (``--out``, default ``./demo``)::
+
+    demo_config.json      the resolved DemoConfig (a later run must match it to resume)
+    stages/<name>.json    done-marker + summary of each finished stage (seconds, steps, results)
+    stages/<name>.plan.json  the step count fixed for a training stage before it started
+    tokenizer/  tokens/  runs/{dvae,clip,eval_clip,evaluator,prior}/  model/
+    images/  plots/  eval/{results.json,report.html,samples/}  showcase.json
+    report.html
+
+Interrupted (Ctrl-C, a crash, a reboot) and run again with the same options, it skips finished stages
+and resumes a training stage from its last checkpoint with the step count planned the first time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dalle_zero.demo import budget
+from dalle_zero.demo import stages as st
+from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
+from dalle_zero.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "demo_config.json"
+
+
+def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
+    """Reranked samples for seen / unseen captions and the image-to-image example -> ``showcase.json``."""
+    from dalle_zero.demo.showcase import pick_prime_image, render_image_to_image, render_showcase, showcase_captions
+    from dalle_zero.evaluation.evaluate import read_splits
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+    from dalle_zero.training.evaluator import read_metadata
+
+    c = ctx.config
+    data = st._data(ctx)
+    pipeline = TextToImagePipeline.from_pretrained(ctx.model_dir)
+    meta, splits = read_metadata(data), read_splits(data)
+    picks = showcase_captions(meta, splits, c.showcase_captions)
+    gallery = render_showcase(
+        pipeline,
+        data,
+        picks,
+        ctx.out,
+        n=c.showcase_n,
+        candidates=c.showcase_candidates,
+        seed=c.seed,
+        progress=ctx.progress,
+    )
+    record: dict[str, Any] = {"candidates": c.showcase_candidates, "splits": gallery, "image_to_image": None}
+    row = pick_prime_image(meta, splits)
+    if row is not None:
+        record["image_to_image"] = render_image_to_image(
+            pipeline,
+            data,
+            meta,
+            row,
+            ctx.out,
+            n=c.showcase_n,
+            candidates=c.showcase_candidates,
+            prime_rows=c.prime_rows,
+            seed=c.seed,
+        )
+    atomic_write_text(ctx.out / "showcase.json", json.dumps(record, indent=2) + "\n")
+    return {"captions": sum(len(v) for v in gallery.values())}
+
+
+def stage_evaluate(ctx: st.DemoContext) -> dict[str, Any]:
+    """``dalle eval`` on the assembled model: results.json + its own report under ``eval/``."""
+    from dalle_zero.cli.evaluate import write_eval_report
+    from dalle_zero.evaluation.evaluate import evaluate_model, json_ready
+    from dalle_zero.models.clip import DalleCLIP
+    from dalle_zero.models.evaluator import EmojiEvaluator
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+
+    pipeline = TextToImagePipeline.from_pretrained(ctx.model_dir)
+    evaluator = EmojiEvaluator.from_pretrained(ctx.run_dir("evaluator") / "model")
+    clip = DalleCLIP.from_pretrained(ctx.run_dir("eval_clip") / "model")
+    out = ctx.out / "eval"
+    results = evaluate_model(
+        pipeline,
+        st._data(ctx),
+        evaluator,
+        config=ctx.config.eval,
+        r_precision_clip=clip,
+        out_dir=out,
+        progress=ctx.progress,
+    )
+    results = json_ready(results)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_eval_report(results, out, title="dalle-zero demo: evaluation")
+    return {"results": str(out / "results.json")}
+
+
+STAGES: dict[str, Callable[[st.DemoContext], dict[str, Any]]] = {
+    "data": st.stage_data,
+    "tokenizer": st.stage_tokenizer,
+    "dvae": st.stage_dvae,
+    "encode": st.stage_encode,
+    "clip": st.stage_clip,
+    "eval_clip": st.stage_eval_clip,
+    "evaluator": st.stage_evaluator,
+    "prior": st.stage_prior,
+    "assemble": st.stage_assemble,
+    "showcase": stage_showcase,
+    "evaluate": stage_evaluate,
+}
+
+
+def check_or_save_config(out: Path, config: DemoConfig, data: Path | None) -> None:
+    """Record the settings of a new demo folder; refuse to resume one started with other settings."""
+    current = {"config": config.to_dict(), "data": None if data is None else str(data.resolve())}
+    path = out / CONFIG_NAME
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != current:
+            diff = sorted(
+                k
+                for k in set(saved["config"]) | set(current["config"])
+                if saved["config"].get(k) != current["config"].get(k)
+            )
+            what = diff or ["--data"]
+            raise ValueError(
+                f"{out} holds a demo started with other settings ({', '.join(what)}); "
+                "run it again with the same options to resume, or choose another --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if any(p.name != "demo.log" for p in out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no demo; choose another --out")
+    atomic_write_text(path, json.dumps(current, indent=2) + "\n")
+
+
+def read_done(out: Path) -> dict[str, dict[str, Any]]:
+    """Summaries of the finished stages, in stage order."""
+    done = {}
+    for name in STAGES:
+        path = out / "stages" / f"{name}.json"
+        if path.is_file():
+            done[name] = json.loads(path.read_text())
+    return done
+
+
+def run_demo(
+    out: str | Path,
+    config: DemoConfig,
+    *,
+    data: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run (or resume) the demo in ``out``; returns the path of ``report.html``.
+
+    Raises :class:`~dalle_zero.demo.stages.DemoInterrupted` when a training stage was stopped early.
+    """
+    from dalle_zero.demo.report import write_report
+
+    out = Path(out)
+    data_path = None if data is None else Path(data)
+    if data_path is not None and not data_path.is_dir():
+        raise FileNotFoundError(f"--data: data folder not found: {data_path}")
+    check_or_save_config(out, config, data_path)
+    done = read_done(out)
+    ctx = st.DemoContext(out=out, config=config, data=data_path, progress=progress, log=log)
+    ctx.elapsed = sum(s["seconds"] for s in done.values())
+    ctx.done = [s for s in TRAIN_STAGES if s in done]
+    if "data" in done and data_path is None:
+        ctx.data = Path(done["data"]["data"])
+    load_start = _loadavg()
+    t_run = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    try:
+        _run_stages(ctx, done, log)
+    finally:
+        torch.set_num_threads(threads_before)
+    showcase = json.loads((out / "showcase.json").read_text()) if (out / "showcase.json").is_file() else None
+    results_path = out / "eval" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    data_note = done.get("data", {}).get("data", "?")
+    header = {
+        "wall_minutes": sum(s["seconds"] for s in done.values()) / 60,
+        "this_run_minutes": (time.perf_counter() - t_run) / 60,
+        "budget_minutes": config.minutes,
+        "cores": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": _loadavg(),
+        "data": data_note,
+        "commands": reproduce_commands(out, Path(data_note), config),
+    }
+    atomic_write_text(out / "summary.json", json.dumps({"header": header, "stages": done}, indent=2) + "\n")
+    return write_report(out, state={"stages": done}, showcase=showcase, results=results, header=header)
+
+
+def _run_stages(ctx: st.DemoContext, done: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
+    """Run every stage not yet done, in order, writing its done-marker when it finishes."""
+    out, config = ctx.out, ctx.config
+    for i, (name, fn) in enumerate(STAGES.items(), start=1):
+        title = f"[{i}/{len(STAGES)}] {_title(name)}"
+        if name in done and not (name == "data" and not (Path(done["data"]["data"]) / "splits.json").is_file()):
+            log(f"{title}: done ({done[name]['seconds']:.0f} s), skipped")
+            continue
+        log(title)
+        t0 = time.perf_counter()
+        threads, timings = budget.fastest_thread_count(repeats=2)
+        if len(timings) > 1:
+            log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
+        summary = fn(ctx)
+        seconds = time.perf_counter() - t0
+        summary = {**summary, "seconds": seconds, "threads": threads}
+        atomic_write_text(out / "stages" / f"{name}.json", json.dumps(summary, indent=2) + "\n")
+        done[name] = summary
+        ctx.elapsed += seconds
+        if name in TRAIN_STAGES:
+            ctx.done.append(name)
+        log(f"  done in {seconds:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
+
+
+def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:
+    """The ``dalle`` commands that reproduce or extend what the demo did."""
+    return [
+        f"dalle demo --out {out} --minutes {config.minutes:g}",
+        f'dalle generate --model {out / "model"} "grinning face, noto style (smileys & emotion, face smiling)" '
+        f"-n 4 --candidates {config.showcase_candidates}",
+        f"dalle eval --model {out / 'model'} --data {data} --evaluator {out / 'runs' / 'evaluator'} "
+        f"--clip {out / 'runs' / 'eval_clip'} --samples {config.eval.samples} --candidates {config.eval.candidates} "
+        f"--out {out / 'eval'}",
+    ]
+
+
+def _title(name: str) -> str:
+    from dalle_zero.demo.report import STAGE_TITLES
+
+    return STAGE_TITLES.get(name, name)
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"

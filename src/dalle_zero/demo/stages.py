@@ -1,0 +1,336 @@
+"""The stages of ``dalle demo``, each a function of a :class:`DemoContext` (paper §2: stage 1, stage 2, §2.6).
+
+Every stage calls the library function behind the matching ``dalle`` command (dataset builder, BPE
+training, the shared training loop with each stage's task, the encoder, the pipeline) and returns
+a small JSON-ready summary. Training stages go through :func:`train_stage`, which
+
+1. builds the stage's train config from the demo preset (data paths and vocabularies filled in),
+2. fixes the step count once: the spec's ``steps``, or its share of the time left times the steps
+   per second measured now (:mod:`dalle_zero.demo.budget`), saved to ``stages/<name>.plan.json``,
+3. trains with the shared loop, resuming from the run's last checkpoint when run again,
+4. raises :class:`DemoInterrupted` if the loop stopped early (Ctrl-C), so the stage is not marked done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dalle_zero.config import Config
+from dalle_zero.demo import budget
+from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
+from dalle_zero.io import atomic_write_text
+from dalle_zero.training import checkpoint as ckpt
+from dalle_zero.training.loop import LoopConfig, TrainTask
+
+logger = logging.getLogger(__name__)
+
+# Builds (model, task, train config) for a given step count.
+StageBuilder = Callable[[int], tuple[nn.Module, TrainTask, Config]]
+
+
+class DemoInterrupted(Exception):
+    """A stage stopped before its end (Ctrl-C); its checkpoint lets the next run resume it."""
+
+
+@dataclass
+class DemoContext:
+    """What the stages share: output folder, settings, dataset folder, time used so far."""
+
+    out: Path
+    config: DemoConfig
+    data: Path | None = None
+    progress: bool = True
+    elapsed: float = 0.0  # seconds spent by finished stages (all runs) plus this run's current stage start
+    done: list[str] = field(default_factory=list)  # training stages already finished
+    log: Callable[[str], None] = print
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.out / "tokenizer"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.out / "tokens"
+
+    def run_dir(self, stage: str) -> Path:
+        return self.out / "runs" / stage
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "model"
+
+    def seconds_left(self) -> float:
+        return self.config.minutes * 60.0 - self.elapsed - self.config.reserve_seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# data and tokenizer
+
+
+def default_data_dir(config: DemoConfig) -> Path:
+    """Where the demo keeps its dataset between runs: ``~/.cache/dalle-zero/datasets/emoji-<styles>-<size>``."""
+    from dalle_zero.data.npm import default_cache_dir
+
+    d = config.dataset
+    tones = "" if d.skin_tones else "-notones"
+    return default_cache_dir().parent / "datasets" / f"emoji-{'-'.join(d.styles)}-{d.size}{tones}-s{d.splits.seed}"
+
+
+def stage_data(ctx: DemoContext) -> dict[str, Any]:
+    """Build (or reuse) the emoji dataset; with ``--data`` use that folder as it is."""
+    if ctx.data is not None:
+        if not (ctx.data / "splits.json").is_file() or not (ctx.data / "metadata.jsonl").is_file():
+            raise FileNotFoundError(f"--data: {ctx.data} has no splits.json/metadata.jsonl (use `dalle data emoji`)")
+        splits = json.loads((ctx.data / "splits.json").read_text())
+        counts = {k: len(v) for k, v in splits.items()}
+        return {"data": str(ctx.data), "built": False, "images": sum(counts.values()), "splits": counts}
+    from dalle_zero.data.emoji import build_emoji_dataset
+
+    path = default_data_dir(ctx.config)
+    s = build_emoji_dataset(ctx.config.dataset, path, progress=ctx.progress)
+    ctx.data = path
+    return {"data": str(path), "built": not s.reused, "images": s.images, "splits": s.split_counts}
+
+
+def stage_tokenizer(ctx: DemoContext) -> dict[str, Any]:
+    from dalle_zero.cli.train_tokenizer import read_captions
+    from dalle_zero.tokenizers.bpe import BPETokenizer
+
+    c = ctx.config
+    captions, _ = read_captions(_data(ctx), "train")
+    tok = BPETokenizer.train(
+        captions, vocab_size=c.vocab_size, text_seq_len=c.text_seq_len, min_frequency=c.min_frequency
+    )
+    lengths = [len(ids) for ids in tok.tokenize(captions)]
+    tok.save_pretrained(ctx.tokenizer_dir)
+    truncated = sum(n > c.text_seq_len for n in lengths)
+    return {"vocab_size": tok.vocab_size, "max_caption_tokens": max(lengths), "truncated": truncated}
+
+
+def _data(ctx: DemoContext) -> Path:
+    if ctx.data is None:
+        raise RuntimeError("the data stage has not run")
+    return ctx.data
+
+
+def _tokenizer(ctx: DemoContext) -> Any:
+    from dalle_zero.tokenizers.bpe import BPETokenizer
+
+    return BPETokenizer.from_pretrained(ctx.tokenizer_dir)
+
+
+def _with_loop(fields: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Stage config fields with ``loop.steps`` set, checkpoints ~8 times and evaluation only at the end."""
+    loop = dict(fields.get("loop") or {})
+    loop["steps"] = steps
+    loop.setdefault("checkpoint_every", budget.every(steps, 8))
+    loop.setdefault("log_every", budget.every(steps, 100))
+    loop["eval_every"] = 0
+    return {**fields, "loop": loop}
+
+
+# ---------------------------------------------------------------------------------------------
+# training stages
+
+
+def train_stage(ctx: DemoContext, name: str, build: StageBuilder) -> dict[str, Any]:
+    """Plan (once), train (resuming), and check a training stage; see the module docstring."""
+    from dalle_zero.training.loop import train
+
+    spec = ctx.config.stage(name)
+    run_dir = ctx.run_dir(name)
+    plan_path = ctx.out / "stages" / f"{name}.plan.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+    elif spec.steps is not None:
+        plan = {"steps": spec.steps, "rate": None, "seconds": None, "source": "fixed in the preset"}
+    else:
+        probe_model, probe_task, probe_cfg = build(spec.min_steps)
+        loop: LoopConfig = probe_cfg.loop  # type: ignore[attr-defined]
+        rate = budget.measure_steps_per_second(probe_model, probe_task, loop, steps=ctx.config.calibration_steps)
+        remaining = [ctx.config.stage(s).share for s in TRAIN_STAGES if s not in ctx.done]
+        seconds = budget.stage_seconds(spec.share, remaining, ctx.seconds_left())
+        steps = budget.plan_steps(
+            seconds, rate, safety=ctx.config.safety, min_steps=spec.min_steps, max_steps=spec.max_steps
+        )
+        plan = {"steps": steps, "rate": rate, "seconds": seconds, "source": "time budget"}
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
+    steps = int(plan["steps"])
+    if plan.get("rate"):
+        ctx.log(f"  {steps} steps planned ({plan['rate']:.2f} steps/s measured, {plan['seconds']:.0f} s budget)")
+    else:
+        ctx.log(f"  {steps} steps ({plan['source']})")
+    model, task, cfg = build(steps)
+    resume = run_dir.is_dir() and bool(ckpt.list_steps(run_dir))
+    t0 = time.perf_counter()
+    train(model, task, cfg.loop, run_dir, train_config=cfg, resume=resume, progress=ctx.progress)  # type: ignore[attr-defined]
+    reached = max(ckpt.list_steps(run_dir), default=0)
+    if reached < steps:
+        raise DemoInterrupted(f"stage {name} stopped at step {reached} of {steps}")
+    return {"steps": steps, "train_seconds": time.perf_counter() - t0, **{k: plan[k] for k in ("rate", "seconds")}}
+
+
+def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
+    from dalle_zero.models.dvae import DiscreteVAE
+    from dalle_zero.training.dvae import DVAETask, DVAETrainConfig, build_datasets
+
+    spec = ctx.config.stage("dvae")
+    cache: dict[str, Any] = {}
+
+    def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
+        fields = _with_loop(spec.config, steps)
+        fields["data"] = str(_data(ctx))
+        model = dict(fields.get("model") or {})
+        model.setdefault("image_size", ctx.config.dataset.size)
+        fields["model"] = model
+        cfg = DVAETrainConfig.from_dict(fields, source="demo dvae stage")
+        if "data" not in cache:
+            cache["data"] = build_datasets(cfg)
+        train_data, eval_data, _ = cache["data"]
+        with _seeded(cfg.loop.seed):
+            model = DiscreteVAE(cfg.model)
+        return model, DVAETask(cfg, train_data=train_data, eval_data=eval_data), cfg
+
+    return train_stage(ctx, "dvae", build)
+
+
+def stage_encode(ctx: DemoContext) -> dict[str, Any]:
+    """Encode every image of the dataset with the frozen dVAE into token shards (``dalle encode``)."""
+    from dalle_zero.cli.encode import encode_folder
+    from dalle_zero.data.tokens import read_token_index
+
+    encode_folder(ctx.run_dir("dvae"), _data(ctx), ctx.tokens_dir, progress=ctx.progress)
+    index = read_token_index(ctx.tokens_dir)
+    h, _ = index["grid"]
+    return {"items": int(index["count"]), "image_grid": int(h), "image_vocab_size": int(index["image_vocab_size"])}
+
+
+def _clip_stage(ctx: DemoContext, name: str) -> dict[str, Any]:
+    from dalle_zero.training.clip import CLIPTask, CLIPTrainConfig, build_model
+
+    spec = ctx.config.stage(name)
+    tokenizer = _tokenizer(ctx)
+
+    def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
+        fields = _with_loop(spec.config, steps)
+        fields["data"] = str(_data(ctx))
+        fields["tokenizer"] = str(ctx.tokenizer_dir)
+        model = dict(fields.get("model") or {})
+        model["text_vocab_size"] = tokenizer.vocab_size
+        model["text_seq_len"] = tokenizer.text_seq_len
+        model.setdefault("image_size", ctx.config.dataset.size)
+        fields["model"] = model
+        cfg = CLIPTrainConfig.from_dict(fields, source=f"demo {name} stage")
+        return build_model(cfg), CLIPTask(cfg, tokenizer), cfg
+
+    return train_stage(ctx, name, build)
+
+
+def stage_clip(ctx: DemoContext) -> dict[str, Any]:
+    """The reranker (paper §2.6)."""
+    return _clip_stage(ctx, "clip")
+
+
+def stage_eval_clip(ctx: DemoContext) -> dict[str, Any]:
+    """A second CLIP with another seed, used only for R-precision (never for reranking)."""
+    return _clip_stage(ctx, "eval_clip")
+
+
+def stage_evaluator(ctx: DemoContext) -> dict[str, Any]:
+    from dalle_zero.models.evaluator import EmojiEvaluator
+    from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
+
+    spec = ctx.config.stage("evaluator")
+    cache: dict[str, Any] = {}
+
+    def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
+        fields = _with_loop(spec.config, steps)
+        fields["data"] = str(_data(ctx))
+        model = dict(fields.get("model") or {})
+        model.setdefault("image_size", ctx.config.dataset.size)
+        fields["model"] = model
+        cfg = build_train_config(EvaluatorTrainConfig.from_dict(fields, source="demo evaluator stage"))
+        if "task" not in cache:
+            cache["task"] = EvaluatorTask.from_folder(cfg)
+        task = EvaluatorTask(cfg, cache["task"].train_data, cache["task"].eval_data)
+        with _seeded(cfg.loop.seed):
+            net = EmojiEvaluator(cfg.model)
+        return net, task, cfg
+
+    result = train_stage(ctx, "evaluator", build)
+    result["accuracy"] = last_validation(ctx.run_dir("evaluator"))
+    return result
+
+
+def stage_prior(ctx: DemoContext) -> dict[str, Any]:
+    from dalle_zero.cli.train_prior import data_model_fields
+    from dalle_zero.training.prior import PriorTask, PriorTrainConfig, build_model
+
+    spec = ctx.config.stage("prior")
+    tokenizer = _tokenizer(ctx)
+    model_fields = data_model_fields(str(ctx.tokens_dir), tokenizer, str(ctx.tokenizer_dir))
+
+    def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
+        fields = _with_loop(spec.config, steps)
+        fields["tokens"] = str(ctx.tokens_dir)
+        fields["tokenizer"] = str(ctx.tokenizer_dir)
+        fields["model"] = {**(fields.get("model") or {}), **{k: v for k, (v, _) in model_fields.items()}}
+        cfg = PriorTrainConfig.from_dict(fields, source="demo prior stage")
+        return build_model(cfg), PriorTask(cfg, tokenizer=tokenizer), cfg
+
+    result = train_stage(ctx, "prior", build)
+    result["validation"] = last_validation(ctx.run_dir("prior"))
+    return result
+
+
+def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
+    """Tokenizer + dVAE + prior + reranker -> one model folder (``dalle assemble``)."""
+    from dalle_zero.models.clip import DalleCLIP
+    from dalle_zero.models.dvae import DiscreteVAE
+    from dalle_zero.models.transformer import DalleTransformer
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+
+    pipeline = TextToImagePipeline(
+        _tokenizer(ctx),
+        DiscreteVAE.from_pretrained(ctx.run_dir("dvae") / "model"),
+        DalleTransformer.from_pretrained(ctx.run_dir("prior") / "model"),
+        DalleCLIP.from_pretrained(ctx.run_dir("clip") / "model"),
+    )
+    pipeline.save_pretrained(ctx.model_dir)
+    return {"model": str(ctx.model_dir)}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def last_validation(run_dir: Path) -> dict[str, float]:
+    """The ``val/`` metrics of the last evaluated step of a run (prefix removed)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in reversed(rows):
+        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
+        if vals:
+            return vals
+    return {}
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG for a model's initialisation, then restore the previous stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

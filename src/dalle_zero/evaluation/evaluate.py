@@ -1,0 +1,440 @@
+"""The zero-shot evaluation driver behind ``dalle eval`` and ``dalle demo`` (paper §3.1; paper_spec §6).
+
+The paper generates images for captions it never trained on and scores them with FID and IS against
+real images (§6.1). :func:`evaluate_model` does the same on a dataset built by ``dalle data emoji``:
+
+- for each split (seen ``train`` captions, ``validation``, ``unseen_compositions``,
+  ``unseen_concepts``) it takes up to ``samples`` captions, evenly spread over the split, draws
+  ``candidates`` images per caption from the prior (keeping the reranker's best when there are
+  several) and decodes them with the dVAE;
+- in-house FID / KID / Inception Score of those images against the real images of the same captions,
+  with the frozen :class:`~dalle_zero.models.evaluator.EmojiEvaluator` as the feature extractor
+  (torchmetrics; see :mod:`dalle_zero.evaluation.metrics`);
+- R-precision of each image against its own caption among ``r_precision_distractors`` others, scored
+  by a CLIP trained apart from the reranker (never the reranker itself);
+- the share of images whose skin tone / style the evaluator reads as the one the caption asked for,
+  with the same read-out on the real images beside it (how well the evaluator reads them at all);
+- held-out bits per image token and per (non-pad) text token of the prior on the real pairs;
+- dVAE reconstruction PSNR / SSIM and codebook perplexity / usage;
+- with a TorchScript Inception-v3 (``inception``), standard FID and IS as well.
+
+Figures from the evaluator are in-house: comparable between our own runs, never to published FID.
+:mod:`dalle_zero.evaluation.figures` turns the results into the report's table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.evaluation import metrics
+from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "unseen_compositions", "unseen_concepts")
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(Config):
+    """What ``dalle eval`` measures and how many samples it draws."""
+
+    splits: tuple[str, ...] = SPLITS  # splits of splits.json (missing or empty ones are skipped)
+    samples: int = 256  # captions per split (one generated image each), evenly spread over the split
+    candidates: int = 1  # images drawn per caption; > 1 keeps the reranker's best (paper: best of 512)
+    seed: int = 0
+    batch_size: int = 64  # sequences sampled at once
+    temperature: float = 1.0  # paper: 1
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance_scale: float = 1.0
+    r_precision_distractors: int = 99  # AttnGAN/DM-GAN protocol: 1 true caption among 100
+    kid_subsets: int = 50
+    dvae_split: str = "validation"  # real images for the reconstruction figures
+    dvae_images: int = 512
+    grid_images: int = 32  # generated images per split saved as a PNG grid (0: none)
+
+    def __post_init__(self) -> None:
+        if not self.splits or not all(isinstance(s, str) and s for s in self.splits):
+            raise ValueError(f"EvalConfig.splits must be non-empty split names, got {self.splits!r}")
+        for name in ("samples", "candidates", "batch_size", "r_precision_distractors", "kid_subsets"):
+            check_int(self, name, min_value=1)
+        for name in ("seed", "dvae_images", "grid_images"):
+            check_int(self, name, min_value=0)
+        check_float(self, "temperature", min_value=0.0, strict_min=True)
+        check_float(self, "guidance_scale", min_value=0.0)
+        if self.top_k is not None:
+            check_int(self, "top_k", min_value=1)
+        if self.top_p is not None:
+            check_float(self, "top_p", min_value=0.0, max_value=1.0, strict_min=True)
+
+
+@dataclass(frozen=True)
+class SplitSamples:
+    """The captions of one split, their real images and the images generated for them."""
+
+    split: str
+    stems: list[str]
+    captions: list[str]
+    rows: list[dict[str, Any]]  # metadata rows
+    real: Tensor  # float[N, 3, S, S] in [0, 1] (S: the dVAE's image size)
+    fake: Tensor  # float[N, 3, S, S] in [0, 1]
+    scores: Tensor | None  # float[N] reranker scores of the kept images (None: no reranking)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def pick_evenly(items: Sequence[str], n: int) -> list[str]:
+    """Up to ``n`` items evenly spread over ``items`` (deterministic; all of them if n >= len)."""
+    if n >= len(items):
+        return list(items)
+    idx = torch.linspace(0, len(items) - 1, n).round().long().unique().tolist()
+    return [items[i] for i in idx]
+
+
+def load_real_images(data_dir: Path, stems: Sequence[str], size: int) -> Tensor:
+    """``float[N, 3, size, size]`` in [0, 1] from ``data_dir/images/<stem>.png`` (resized if needed)."""
+    from dalle_zero.training.evaluator import load_image
+
+    out = []
+    for stem in stems:
+        path = data_dir / "images" / f"{stem}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        out.append(load_image(path).float() / 255.0)  # (3, H, W)
+    x = torch.stack(out)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0, 1)
+
+
+def asked_labels(rows: Sequence[dict[str, Any]], head: str, *, holdout_only: bool = False) -> list[str | None]:
+    """The label of ``head`` each caption asks for (None: no single label, or not the held-out part).
+
+    ``holdout_only`` keeps only the attribute an unseen-composition item was held out for
+    (``holdout`` "tone" for the tone head, "style" for the style head).
+    """
+    from dalle_zero.training.evaluator import field_label
+
+    out: list[str | None] = []
+    for r in rows:
+        if holdout_only and r.get("holdout") != head:
+            out.append(None)
+        else:
+            out.append(field_label(r, head))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+@torch.no_grad()
+def generate_for_captions(
+    pipeline: Any,
+    captions: Sequence[str],
+    config: EvalConfig,
+    *,
+    generator: torch.Generator,
+    progress: Any = None,
+) -> tuple[Tensor, Tensor | None]:
+    """One image per caption: ``float[N, 3, S, S]`` and reranker scores ``float[N]`` (or None).
+
+    Different captions share a sampling batch (much faster than one caption at a time); with
+    ``config.candidates`` > 1 the pipeline's CLIP keeps the best candidate of each caption.
+    """
+    from dalle_zero.sampling.generate import generate_image_tokens
+    from dalle_zero.sampling.rerank import rerank
+
+    m = config.candidates
+    if m > 1 and pipeline.clip is None:
+        raise ValueError(f"candidates={m} needs a CLIP reranker in the model folder, and it has none")
+    text = pipeline.tokenizer.encode(list(captions))  # (N, Tt)
+    rows = text.repeat_interleave(m, dim=0)  # (N*m, Tt): candidates of a caption are adjacent
+    grid = pipeline.transformer.config.image_grid
+    device = pipeline.device
+    images = []
+    for lo in range(0, len(rows), config.batch_size):
+        ids = rows[lo : lo + config.batch_size].to(device)
+        tokens = generate_image_tokens(
+            pipeline.transformer,
+            ids,
+            generator=generator,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            guidance_scale=config.guidance_scale,
+        )  # (b, Ti)
+        images.append(pipeline._decode(tokens.view(-1, grid, grid)))  # (b, 3, S, S)
+        if progress is not None:
+            progress.update(len(ids))
+    pixels = torch.cat(images)  # (N*m, 3, S, S)
+    if m == 1:
+        return pixels, None
+    best, scores = [], []
+    for i, caption in enumerate(captions):
+        cand = pixels[i * m : (i + 1) * m]
+        s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, cand, top=1)
+        best.append(cand[order[0]])
+        scores.append(s[order[0]])
+    return torch.stack(best), torch.stack(scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+@torch.no_grad()
+def prior_bits(pipeline: Any, captions: Sequence[str], real: Tensor, *, batch_size: int = 64) -> dict[str, float]:
+    """Held-out bits per image token and per non-pad text token of the prior on real (caption, image) pairs."""
+    model = pipeline.transformer
+    device = pipeline.device
+    text = pipeline.tokenizer.encode(list(captions))  # (N, Tt)
+    img_sum = txt_sum = 0.0
+    img_n = txt_n = 0
+    was = model.training
+    model.eval()
+    try:
+        for lo in range(0, len(text), batch_size):
+            t = text[lo : lo + batch_size].to(device)
+            codes = pipeline.dvae.encode(real[lo : lo + batch_size].to(device)).flatten(1)  # (b, Ti)
+            text_logits, image_logits = model(t, codes)  # (b, Tt, Vt), (b, Ti, Vi)
+            img_sum += F.cross_entropy(image_logits.flatten(0, 1).float(), codes.flatten(), reduction="sum").item()
+            img_n += codes.numel()
+            keep = t.flatten() != pipeline.tokenizer.pad_id
+            ce = F.cross_entropy(text_logits.flatten(0, 1).float(), t.flatten(), reduction="none")
+            txt_sum += ce[keep].sum().item()
+            txt_n += int(keep.sum())
+    finally:
+        model.train(was)
+    return {
+        "bits_per_image_token": metrics.nats_to_bits(img_sum / max(img_n, 1)),
+        "bits_per_text_token": metrics.nats_to_bits(txt_sum / max(txt_n, 1)) if txt_n else math.nan,
+    }
+
+
+@torch.no_grad()
+def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[dict[str, float], Tensor]:
+    """PSNR, SSIM, codebook perplexity and usage of the hard-code round trip; and the reconstructions."""
+    device = next(dvae.parameters()).device
+    codes, recons = [], []
+    for b in real.split(batch_size):
+        c = dvae.encode(b.to(device))  # (b, h, w)
+        codes.append(c.cpu())
+        recons.append(dvae.decode(c).float().clamp(0, 1).cpu())
+    recon = torch.cat(recons)
+    stats = metrics.codebook_stats(torch.cat(codes), dvae.config.vocab_size)
+    out = {
+        "n_images": len(real),
+        "psnr": metrics.psnr(recon, real),
+        "ssim": metrics.ssim(recon, real),
+        "codebook_perplexity": stats.perplexity,
+        "codebook_usage": stats.usage,
+        "codes_used": stats.used,
+        "vocab_size": dvae.config.vocab_size,
+    }
+    return out, recon
+
+
+def attribute_figures(evaluator: nn.Module, s: SplitSamples) -> dict[str, Any]:
+    """Tone / style read-outs of the generated and the real images (per head the evaluator has)."""
+    out: dict[str, Any] = {}
+    heads = evaluator.config.head_names
+    for head in ("tone", "style"):
+        if head not in heads:
+            continue
+        asked = asked_labels(s.rows, head)
+        out[f"{head}_accuracy"], out[f"{head}_n"] = metrics.attribute_accuracy(evaluator, s.fake, head, asked)
+        out[f"real_{head}_accuracy"], _ = metrics.attribute_accuracy(evaluator, s.real, head, asked)
+    if s.split == "unseen_compositions":
+        right = total = 0.0
+        right_real = 0.0
+        for head in ("tone", "style"):
+            if head not in heads:
+                continue
+            asked = asked_labels(s.rows, head, holdout_only=True)
+            acc, n = metrics.attribute_accuracy(evaluator, s.fake, head, asked)
+            acc_real, _ = metrics.attribute_accuracy(evaluator, s.real, head, asked)
+            out[f"heldout_{head}_accuracy"], out[f"heldout_{head}_n"] = acc, n
+            out[f"real_heldout_{head}_accuracy"] = acc_real
+            if n:
+                right += acc * n
+                right_real += acc_real * n
+                total += n
+        out["heldout_attribute_accuracy"] = right / total if total else math.nan
+        out["real_heldout_attribute_accuracy"] = right_real / total if total else math.nan
+        out["heldout_attribute_n"] = int(total)
+    return out
+
+
+def split_figures(
+    s: SplitSamples,
+    evaluator: nn.Module,
+    config: EvalConfig,
+    *,
+    r_precision_clip: nn.Module | None = None,
+    tokenizer: Any = None,
+    inception: tuple[nn.Module, nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Every per-split figure for one split's samples."""
+    out: dict[str, Any] = {"n_images": len(s.fake)}
+    if len(s.fake) >= 2:
+        out["fid"] = metrics.fid(s.real, s.fake, evaluator)
+        out["kid_mean"], out["kid_std"] = metrics.kid(s.real, s.fake, evaluator, subsets=config.kid_subsets)
+        out["is_mean"], out["is_std"] = metrics.inception_score(s.fake, evaluator)
+        out["real_is_mean"], _ = metrics.inception_score(s.real, evaluator)
+        out["is_head"] = evaluator.config.resolved_score_head
+        if inception is not None:
+            features, logits = inception
+            out["standard_fid"] = metrics.fid(s.real, s.fake, features, batch_size=32)
+            out["standard_is_mean"], out["standard_is_std"] = metrics.inception_score(s.fake, logits, batch_size=32)
+    if s.scores is not None:
+        out["reranker_score_mean"] = float(s.scores.mean())
+    if r_precision_clip is not None and len(set(s.captions)) >= 2:
+        tok = tokenizer.with_text_seq_len(r_precision_clip.config.text_seq_len)
+        ids = tok.encode(list(s.captions))
+        g = torch.Generator().manual_seed(config.seed)
+        out["r_precision"] = metrics.r_precision(
+            r_precision_clip, s.fake, ids, n_distractors=config.r_precision_distractors, generator=g
+        )
+        out["real_r_precision"] = metrics.r_precision(
+            r_precision_clip,
+            s.real,
+            ids,
+            n_distractors=config.r_precision_distractors,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+    out.update(attribute_figures(evaluator, s))
+    return out
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """True if two models hold identical parameters (e.g. the reranker passed again as the R-precision CLIP)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
+    )
+
+
+def evaluate_model(
+    pipeline: Any,
+    data_dir: str | Path,
+    evaluator: nn.Module,
+    *,
+    config: EvalConfig | None = None,
+    r_precision_clip: nn.Module | None = None,
+    inception: tuple[nn.Module, nn.Module] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a :class:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline` on ``data_dir``.
+
+    ``evaluator``: a frozen EmojiEvaluator (in-house FID/KID/IS features and tone/style read-out).
+    ``r_precision_clip``: a DalleCLIP trained apart from the reranker (R-precision is skipped without
+    one; the reranker itself is refused). ``inception``: ``(features module, logits module)`` from
+    :class:`~dalle_zero.evaluation.inception.TorchScriptInception` for standard FID/IS.
+    With ``out_dir``, grids of generated and real images are written to ``out_dir/samples``.
+    Returns a JSON-ready dict: ``{"splits": {name: figures}, "dvae": figures, "settings": ...}``.
+    """
+    from tqdm.auto import tqdm
+
+    from dalle_zero.evaluation.report import save_image_grid
+    from dalle_zero.training.evaluator import read_metadata
+
+    config = config or EvalConfig()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+    if r_precision_clip is not None and pipeline.clip is not None and same_weights(r_precision_clip, pipeline.clip):
+        raise ValueError("the R-precision CLIP is the model's reranker: train a separate CLIP (another seed)")
+    t0 = time.perf_counter()
+    meta = read_metadata(data_dir)
+    splits = read_splits(data_dir)
+    size = pipeline.dvae.config.image_size
+    evaluator.eval()
+    plan: dict[str, list[str]] = {}
+    for name in config.splits:
+        if name not in splits:
+            raise ValueError(f"{data_dir / 'splits.json'}: no split {name!r} (splits: {sorted(splits)})")
+        if splits[name]:
+            plan[name] = pick_evenly(splits[name], config.samples)
+        else:
+            logger.info("split %r is empty: skipped", name)
+    generator = torch.Generator().manual_seed(config.seed)
+    total = sum(len(v) for v in plan.values()) * config.candidates
+    bar = tqdm(total=total, desc="eval: sampling", unit="img", disable=not progress, dynamic_ncols=True)
+    results: dict[str, Any] = {"splits": {}}
+    samples: dict[str, SplitSamples] = {}
+    try:
+        for name, stems in plan.items():
+            rows = [meta[s] for s in stems]
+            captions = [str(r["caption"]) for r in rows]
+            real = load_real_images(data_dir, stems, size)
+            fake, scores = generate_for_captions(pipeline, captions, config, generator=generator, progress=bar)
+            samples[name] = SplitSamples(name, stems, captions, rows, real, fake, scores)
+    finally:
+        bar.close()
+    for name, s in tqdm(samples.items(), desc="eval: figures", unit="split", disable=not progress):
+        figures = split_figures(
+            s,
+            evaluator,
+            config,
+            r_precision_clip=r_precision_clip,
+            tokenizer=pipeline.tokenizer,
+            inception=inception,
+        )
+        figures.update(prior_bits(pipeline, s.captions, s.real))
+        results["splits"][name] = figures
+        if out_dir is not None and config.grid_images:
+            k = min(config.grid_images, len(s.fake))
+            save_image_grid(s.fake[:k], Path(out_dir) / "samples" / f"{name}_generated.png", nrow=8, scale=2)
+            save_image_grid(s.real[:k], Path(out_dir) / "samples" / f"{name}_real.png", nrow=8, scale=2)
+    dvae_stems = pick_evenly(splits.get(config.dvae_split) or [], config.dvae_images)
+    if dvae_stems and config.dvae_images:
+        real = load_real_images(data_dir, dvae_stems, size)
+        results["dvae"], recon = dvae_figures(pipeline.dvae, real)
+        results["dvae"]["split"] = config.dvae_split
+        if out_dir is not None:
+            k = min(16, len(real))
+            pairs = torch.stack([real[:k], recon[:k]], dim=1).flatten(0, 1)  # original, reconstruction, ...
+            save_image_grid(pairs, Path(out_dir) / "samples" / "dvae_reconstructions.png", nrow=8, scale=3)
+    results["samples"] = {name: s.captions for name, s in samples.items()}
+    results["settings"] = {**config.to_dict(), "data": str(data_dir), "seconds": time.perf_counter() - t0}
+    results["note"] = IN_HOUSE_NOTE
+    return results
+
+
+def read_splits(data_dir: Path) -> dict[str, list[str]]:
+    """``{split name: stems}`` from ``data_dir/splits.json``."""
+    path = data_dir / "splits.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (is {data_dir} a dataset built by `dalle data emoji`?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object of split name -> stems")
+    return {str(k): [str(s) for s in v] for k, v in data.items()}
+
+
+def json_ready(value: Any) -> Any:
+    """A copy with NaN/inf floats as None and tuples as lists (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,199 @@
+"""``dalle eval`` on a tiny model folder and the synthetic emoji dataset: figures, files, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dalle_zero.cli.main import main
+from dalle_zero.evaluation.evaluate import EvalConfig, evaluate_model, pick_evenly
+from dalle_zero.evaluation.figures import figure_rows
+from dalle_zero.models.clip import CLIPConfig, DalleCLIP
+from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
+from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig
+from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
+from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+from dalle_zero.tokenizers.bpe import BPETokenizer
+from dalle_zero.training.evaluator import label_heads, read_metadata
+from tests.demo_data import make_emoji_dataset
+from tests.pipelines.tiny import randomize_
+
+
+def _clip(vocab: int, seq: int, seed: int) -> DalleCLIP:
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_vocab_size=vocab,
+        text_seq_len=seq,
+        text_n_layer=1,
+        text_n_head=2,
+        text_n_embd=32,
+        image_size=32,
+        image_widths=(8, 16),
+        embed_dim=32,
+    )
+    return DalleCLIP(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A dataset, a model folder (random weights), an evaluator folder and a second CLIP folder."""
+    root = tmp_path_factory.mktemp("eval_cli")
+    data = make_emoji_dataset(root)
+    meta = read_metadata(data)
+    tok = BPETokenizer.train([r["caption"] for r in meta.values()], vocab_size=300, text_seq_len=16, min_frequency=1)
+    torch.manual_seed(0)
+    dvae = DiscreteVAE(DVAEConfig(image_size=32, group_count=3, n_blk_per_group=1, n_hid=8, n_init=8, vocab_size=32))
+    prior = randomize_(
+        DalleTransformer(
+            TransformerConfig(
+                n_layer=2,
+                n_head=2,
+                n_embd=32,
+                text_vocab_size=tok.vocab_size,
+                text_seq_len=16,
+                image_vocab_size=32,
+                image_grid=8,
+                conv_kernel_size=3,
+            )
+        ),
+        seed=3,
+        std=0.1,
+    )
+    TextToImagePipeline(tok, dvae.eval(), prior, _clip(tok.vocab_size, 16, 1)).save_pretrained(root / "model")
+    rows = [meta[s] for s in json.loads((data / "splits.json").read_text())["train"]]
+    torch.manual_seed(2)
+    EmojiEvaluator(
+        EvaluatorConfig(image_size=32, widths=(8, 16), heads=label_heads(rows, ("category", "tone", "style")))
+    ).save_pretrained(root / "evaluator" / "model")
+    _clip(tok.vocab_size, 16, 7).save_pretrained(root / "rclip")
+    return {
+        "root": root,
+        "data": data,
+        "model": root / "model",
+        "evaluator": root / "evaluator",
+        "clip": root / "rclip",
+    }
+
+
+class _FakeInception(nn.Module):
+    """The interface of a TorchScript Inception-v3 (299 px, 0..255) with random weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 7, stride=8)
+        self.proj = nn.Linear(16, 2048)
+        self.fc = nn.Linear(2048, 1008)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        f = torch.relu(self.proj(torch.relu(self.conv((img - 128.0) / 128.0)).mean(dim=(2, 3))))
+        if return_features:
+            return f
+        return torch.softmax(self.fc(f), dim=1)
+
+
+def _argv(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "eval",
+        "--model",
+        str(tiny["model"]),
+        "--data",
+        str(tiny["data"]),
+        "--evaluator",
+        str(tiny["evaluator"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_eval_cli_writes_finite_figures_for_every_split_and_a_report(tiny, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(_argv(tiny, out, "--clip", str(tiny["clip"]), "--samples", "6", "--candidates", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "in-house" in printed and "report:" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["splits"]) == {"train", "validation", "unseen_compositions", "unseen_concepts"}
+    for split, f in results["splits"].items():
+        for key in (
+            "fid",
+            "kid_mean",
+            "is_mean",
+            "r_precision",
+            "bits_per_image_token",
+            "bits_per_text_token",
+            "reranker_score_mean",
+        ):
+            assert math.isfinite(f[key]), (split, key, f[key])
+        assert f["fid"] >= 0 and 1.0 <= f["is_mean"] and 0.0 <= f["r_precision"] <= 1.0
+        assert (out / "samples" / f"{split}_generated.png").is_file()
+    comp = results["splits"]["unseen_compositions"]
+    assert comp["heldout_attribute_n"] > 0 and 0.0 <= comp["heldout_attribute_accuracy"] <= 1.0
+    d = results["dvae"]
+    assert math.isfinite(d["psnr"]) and 0 < d["codebook_perplexity"] <= 32 and 0 < d["codebook_usage"] <= 1
+    html = (out / "report.html").read_text()
+    assert "not comparable to published FID" in html and "R-precision" in html
+    assert (out / "samples" / "dvae_reconstructions.png").is_file()
+
+
+@pytest.mark.slow
+def test_eval_cli_adds_standard_fid_and_is_with_a_torchscript_inception(tiny, tmp_path):
+    torch.manual_seed(0)
+    inception = tmp_path / "inception.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_FakeInception()).save(str(inception))
+    out = tmp_path / "eval"
+    argv = _argv(tiny, out, "--split", "unseen_concepts", "--samples", "4", "--inception", str(inception))
+    assert main(argv) == 0
+    f = json.loads((out / "results.json").read_text())["splits"]["unseen_concepts"]
+    assert math.isfinite(f["standard_fid"]) and f["standard_fid"] >= 0
+    assert 1.0 <= f["standard_is_mean"] <= 1008
+    assert "Inception-v3" in (out / "report.html").read_text()
+
+
+def test_evaluation_is_repeatable_with_the_same_seed(tiny):
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    evaluator = EmojiEvaluator.from_pretrained(tiny["evaluator"] / "model")
+    config = EvalConfig(splits=("unseen_concepts",), samples=4, dvae_images=4, kid_subsets=3)
+    a = evaluate_model(pipeline, tiny["data"], evaluator, config=config, progress=False)
+    b = evaluate_model(pipeline, tiny["data"], evaluator, config=config, progress=False)
+    assert a["splits"] == b["splits"]
+    assert a["samples"]["unseen_concepts"] == b["samples"]["unseen_concepts"]
+    assert any("FID" in r.name for r in figure_rows(a))
+
+
+def test_the_reranker_is_refused_as_the_r_precision_model(tiny):
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    evaluator = EmojiEvaluator.from_pretrained(tiny["evaluator"] / "model")
+    with pytest.raises(ValueError, match="reranker"):
+        evaluate_model(pipeline, tiny["data"], evaluator, r_precision_clip=pipeline.clip, progress=False)
+
+
+def test_pick_evenly_is_deterministic_and_spread():
+    items = [f"s{i}" for i in range(10)]
+    assert pick_evenly(items, 3) == ["s0", "s4", "s9"]
+    assert pick_evenly(items, 20) == items
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--model", "--model: model folder not found"),
+        ("--data", "--data: data folder not found"),
+        ("--evaluator", "--evaluator: folder not found"),
+    ],
+)
+def test_missing_folders_are_one_line_errors(tiny, tmp_path, capsys, flag, message):
+    args = {"--model": tiny["model"], "--data": tiny["data"], "--evaluator": tiny["evaluator"]}
+    args[flag] = tmp_path / "missing"
+    argv = ["eval", *[x for k, v in args.items() for x in (k, str(v))], "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dalle: error: {message}") and err.count("\n") == 1

@@ -1,0 +1,140 @@
+"""``dalle demo`` end to end at a tiny size on a synthetic emoji dataset (no network), with resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dalle_zero.cli.main import main
+from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
+from dalle_zero.demo.budget import plan_steps, stage_seconds
+from dalle_zero.demo.config import TRAIN_STAGES
+from dalle_zero.demo.runner import STAGES
+from dalle_zero.training import loop as loop_module
+from tests.demo_data import make_emoji_dataset
+
+
+@pytest.fixture(scope="module")
+def emoji(tmp_path_factory) -> Path:
+    return make_emoji_dataset(tmp_path_factory.mktemp("demo_data"))
+
+
+def _finite_numbers(value: object) -> list[float]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _finite_numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _finite_numbers(v)]
+    return [value] if isinstance(value, float) else []
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_stages(emoji, tmp_path, monkeypatch):
+    config = load_demo_config("demo_tiny")
+    out = tmp_path / "demo"
+    logs: list[str] = []
+
+    # 1. interrupt the prior after 2 of its steps, as a killed run would be (the loop checkpoints and returns)
+    real_train = loop_module.train
+
+    def stop_the_prior_early(*args, **kwargs):
+        if Path(args[3]).name == "prior":
+            kwargs["stop_after"] = 2
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "train", stop_the_prior_early)
+    with pytest.raises(DemoInterrupted, match="prior stopped at step 2"):
+        run_demo(out, config, data=emoji, progress=False, log=logs.append)
+    before_prior = list(STAGES)[: list(STAGES).index("prior")]
+    assert all((out / "stages" / f"{s}.json").is_file() for s in before_prior)
+    assert not (out / "stages" / "prior.json").exists()
+    planned = json.loads((out / "stages" / "prior.plan.json").read_text())["steps"]
+    assert 4 <= planned <= 10  # from the measured rate, clamped by the tiny preset
+
+    # 2. run again: finished stages are skipped, the prior resumes from its checkpoint and the demo ends
+    monkeypatch.setattr(loop_module, "train", real_train)
+    logs.clear()
+    report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
+    skipped = [line for line in logs if line.endswith("skipped")]
+    assert len(skipped) == len(before_prior)
+    prior_rows = [json.loads(x) for x in (out / "runs" / "prior" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in prior_rows) == planned
+    assert json.loads((out / "stages" / "prior.json").read_text())["steps"] == planned
+
+    # 3. every artefact exists and every figure is finite
+    assert report == out / "report.html" and report.is_file()
+    for stage in STAGES:
+        assert (out / "stages" / f"{stage}.json").is_file(), stage
+    for stage in TRAIN_STAGES:
+        assert (out / "runs" / stage / "model" / "config.json").is_file(), stage
+        assert (out / "plots" / f"{stage}_curves.png").is_file(), stage
+    assert (out / "model" / "pipeline.json").is_file()
+    showcase = json.loads((out / "showcase.json").read_text())
+    for split in ("train", "unseen_compositions", "unseen_concepts"):
+        entries = showcase["splits"][split]
+        assert entries, split
+        for e in entries:
+            assert len(e["images"]) == config.showcase_n and all((out / p).is_file() for p in e["images"])
+            assert e["scores"] == sorted(e["scores"], reverse=True)
+    i2i = showcase["image_to_image"]
+    assert i2i is not None and (out / i2i["original"]).is_file() and i2i["completions"]
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert set(results["splits"]) == {"train", "validation", "unseen_compositions", "unseen_concepts"}
+    for split, figures in results["splits"].items():
+        for key in ("fid", "kid_mean", "is_mean", "r_precision", "bits_per_image_token", "bits_per_text_token"):
+            assert figures[key] is not None and math.isfinite(figures[key]), (split, key)
+    assert all(math.isfinite(x) for x in _finite_numbers(results["dvae"]))
+    html = report.read_text()
+    for text in (
+        "dVAE reconstructions",
+        "Training curves",
+        "unseen compositions",
+        "unseen concepts",
+        "Image-to-image",
+        "in-house",
+        "not comparable to published FID",
+        "reranker",
+    ):
+        assert text in html, text
+
+    # 4. a third run finds everything done and only rewrites the report
+    logs.clear()
+    run_demo(out, config, data=emoji, progress=False, log=logs.append)
+    assert sum(line.endswith("skipped") for line in logs) == len(STAGES)
+
+
+def test_demo_refuses_to_resume_with_other_settings(emoji, tmp_path):
+    config = load_demo_config("demo_tiny")
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo_config.json").write_text(
+        json.dumps({"config": config.replace(minutes=2.0).to_dict(), "data": str(emoji.resolve())})
+    )
+    with pytest.raises(ValueError, match="other settings.*minutes"):
+        run_demo(out, config, data=emoji, progress=False, log=lambda s: None)
+
+
+def test_demo_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--data", str(tmp_path / "nope"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dalle: error: --data: data folder not found") and err.count("\n") == 1
+
+
+def test_steps_are_the_stage_share_of_the_time_left_times_the_measured_rate():
+    # 600 s left, this stage has 0.5 of the remaining shares (0.5 + 0.25 + 0.25) -> 300 s
+    seconds = stage_seconds(0.5, [0.5, 0.25, 0.25], 600.0)
+    assert seconds == pytest.approx(300.0)
+    assert plan_steps(seconds, 2.0, safety=0.9, min_steps=10, max_steps=10_000) == 540
+    assert plan_steps(seconds, 2.0, safety=0.9, min_steps=10, max_steps=100) == 100
+    assert plan_steps(0.0, 2.0, safety=0.9, min_steps=10, max_steps=100) == 10
+    assert stage_seconds(0.5, [0.5], -5.0) == 0.0
+
+
+def test_the_default_preset_fits_the_issue_budget():
+    config = load_demo_config("demo")
+    assert config.minutes <= 15
+    assert config.eval.splits == ("train", "validation", "unseen_compositions", "unseen_concepts")
+    assert config.showcase_candidates > config.showcase_n
+    assert config.stage("clip").config["loop"]["seed"] != config.stage("eval_clip").config["loop"]["seed"]
