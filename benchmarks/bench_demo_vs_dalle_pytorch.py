@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Our demo prior vs a DALLE-pytorch prior trained on the same tokens for the same minutes (issue 5).
 
-    python benchmarks/bench_demo_vs_dalle_pytorch.py --demo /work/demo_run [--out DIR]
+    python benchmarks/bench_demo_vs_dalle_pytorch.py --demo demo [--out DIR]
 
 Reads a finished ``dalle demo`` folder and:
 
@@ -161,7 +161,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--demo", default="/work/demo_run", help="a finished `dalle demo` folder")
+    parser.add_argument("--demo", default="demo", help="a finished `dalle demo` folder")
     parser.add_argument("--out", default=None, help="output folder (default DEMO/bench_dalle_pytorch)")
     parser.add_argument("--seconds", type=float, default=None, help="DALLE-pytorch training time (default: ours)")
     parser.add_argument("--samples", type=int, default=None, help="captions per split (default: the demo's eval)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """dVAE speed on CPU: our DiscreteVAE vs DALLE-pytorch's DiscreteVAE on the shared `dvae` bench config.
 
-The bench config (/work/shared/bench/README.md): 64 px images -> 16x16 tokens, 512 codes, batch 16;
+The bench config (../shared/bench/README.md): 64 px images -> 16x16 tokens, 512 codes, batch 16;
 DALLE-pytorch's model there is DiscreteVAE(image_size=64, num_layers=2, num_tokens=512,
 codebook_dim=256, hidden_dim=64, num_resnet_blocks=1) = 536,963 parameters. Ours at a comparable
 size: DVAEConfig(image_size=64, group_count=3, n_blk_per_group=1, n_hid=48, n_init=64,
@@ -37,7 +37,7 @@ from pathlib import Path
 THREADS = 2
 BATCH = 16
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE_BENCH = Path("/work/shared/bench/bench_dalle_pytorch.py")
+REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "bench_dalle_pytorch.py"
 OURS = dict(image_size=64, group_count=3, n_blk_per_group=1, n_hid=48, n_init=64, vocab_size=512)
 
 
