@@ -44,6 +44,8 @@ from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "unseen_compositions", "unseen_concepts")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig(Config):
     """What ``dalle eval`` measures and how many samples it draws."""
