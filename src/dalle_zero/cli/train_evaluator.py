@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         load_image,
         read_split,
     )
-    from dalle_zero.training.loop import train
+    from dalle_zero.training.loop import last_validation, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = EvaluatorTrainConfig.from_json_file(args.config) if args.config else EvaluatorTrainConfig()
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         model, task, cfg.loop, out, train_config=cfg, resume=args.resume, progress=not args.no_progress
     )
 
-    final = _last_validation_row(out / "metrics.jsonl")
+    final = last_validation(out)
     if final:
         (out / "evaluator_accuracy.json").write_text(json.dumps(final, indent=2) + "\n")
         print("held-out accuracy (real images never trained on):")
@@ -110,15 +110,3 @@ def _raw_json(path: str | None) -> dict:
     except (OSError, json.JSONDecodeError):
         return {}  # EvaluatorTrainConfig.from_json_file has already reported a bad file
     return data if isinstance(data, dict) else {}
-
-
-def _last_validation_row(path: Path) -> dict[str, float]:
-    """The validation metrics of the last evaluated step, without the ``val/`` prefix."""
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for row in reversed(rows):
-        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
-        if vals:
-            return vals
-    return {}

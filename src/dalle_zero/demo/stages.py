@@ -30,7 +30,7 @@ from dalle_zero.demo import budget
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
 from dalle_zero.io import atomic_write_text
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import LoopConfig, TrainTask
+from dalle_zero.training.loop import LoopConfig, TrainTask, last_validation
 
 logger = logging.getLogger(__name__)
 
@@ -313,19 +313,6 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def last_validation(run_dir: Path) -> dict[str, float]:
-    """The ``val/`` metrics of the last evaluated step of a run (prefix removed)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for row in reversed(rows):
-        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
-        if vals:
-            return vals
-    return {}
 
 
 @contextlib.contextmanager

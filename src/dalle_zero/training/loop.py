@@ -302,6 +302,19 @@ def _log(run_dir: Path, step: int, row: dict[str, float], ctx: distributed.DistC
         f.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
 
 
+def last_validation(run_dir: str | Path) -> dict[str, float]:
+    """The ``val/`` metrics of the last evaluated step in ``run_dir/metrics.jsonl``, prefix removed."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in reversed(rows):
+        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
+        if vals:
+            return vals
+    return {}
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
     if not path.is_file():
