@@ -36,9 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
-REF_VENV = os.path.expanduser("~/.venv-dalle-pytorch")
+ROOT, SHARED_BENCH, REF_VENV = common.ROOT, common.SHARED_BENCH, common.REF_VENV
 
 # (d, layers, heads, text_seq_len, image_grid, batch, warmup, reps) as in bench_dalle_pytorch.py
 CONFIGS = {

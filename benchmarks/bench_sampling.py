@@ -39,9 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
-REF_VENV = os.path.expanduser("~/.venv-dalle-pytorch")
+ROOT, SHARED_BENCH, REF_VENV = common.ROOT, common.SHARED_BENCH, common.REF_VENV
 
 # as bench_dalle_pytorch.py: (d, layers, heads, text_seq_len, image_grid, dVAE image size); reps per batch
 CONFIGS = {

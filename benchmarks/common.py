@@ -16,7 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+# the project root, the shared reference harness beside it, and the reference implementation's venv
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_BENCH = ROOT.parent / "shared" / "bench"
+REF_VENV = os.path.expanduser("~/.venv-dalle-pytorch")
 
 THREADS = 2  # the reference harness pins 2 threads; we do the same for like-for-like figures
 
