@@ -48,24 +48,11 @@ CONFIGS = {
     ),
 }
 VARIANTS = ("fp32-full", "bf16-full", "fp32-paper", "bf16-paper")
-TEXT_VOCAB, IMAGE_VOCAB = 1000, 512
+TEXT_VOCAB, IMAGE_VOCAB = common.TEXT_VOCAB, common.IMAGE_VOCAB
 
 
 def model_config(section: str, pattern: str):  # -> TransformerConfig
-    from dalle_zero.models.transformer import TransformerConfig
-
-    c = CONFIGS[section]
-    return TransformerConfig(
-        n_layer=c["n_layer"],
-        n_head=c["n_head"],
-        n_embd=c["n_embd"],
-        text_vocab_size=TEXT_VOCAB,
-        text_seq_len=c["text_seq_len"],
-        image_vocab_size=IMAGE_VOCAB,
-        image_grid=c["image_grid"],
-        mlp_ratio=6,
-        attn_pattern=("full",) * c["n_layer"] if pattern == "full" else None,
-    )
+    return common.reference_transformer_config(CONFIGS[section], pattern)
 
 
 def model_flops_per_step(model, batch: int) -> float:

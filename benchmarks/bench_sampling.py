@@ -49,28 +49,18 @@ CONFIGS = {
     "large32": dict(n_embd=512, n_layer=8, n_head=8, text_seq_len=64, image_grid=32, image_size=128, reps={1: 1, 8: 1}),
 }
 RUNS = ("1:full", "8:full", "1:paper")
-TEXT_VOCAB, IMAGE_VOCAB = 1000, 512
+TEXT_VOCAB, IMAGE_VOCAB = common.TEXT_VOCAB, common.IMAGE_VOCAB
 
 
 def build(section: str, pattern: str):  # -> (DalleTransformer, DiscreteVAE)
     import torch
 
     from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
-    from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
+    from dalle_zero.models.transformer import DalleTransformer
 
     c = CONFIGS[section]
     torch.manual_seed(0)
-    config = TransformerConfig(
-        n_layer=c["n_layer"],
-        n_head=c["n_head"],
-        n_embd=c["n_embd"],
-        text_vocab_size=TEXT_VOCAB,
-        text_seq_len=c["text_seq_len"],
-        image_vocab_size=IMAGE_VOCAB,
-        image_grid=c["image_grid"],
-        mlp_ratio=6,
-        attn_pattern=("full",) * c["n_layer"] if pattern == "full" else None,
-    )
+    config = common.reference_transformer_config(c, pattern)
     model = DalleTransformer(config).eval()
     with torch.no_grad():  # fresh heads are zero (uniform samples); random weights look like a real model
         model.image_head.weight.normal_(0, 0.02)

@@ -143,3 +143,29 @@ def run_child(cmd: list[str], *, timeout: float | None = None, echo: bool = True
 def python_for(venv: str | None) -> str:
     """The interpreter of ``venv`` (a virtualenv folder), or this one."""
     return os.path.join(venv, "bin", "python") if venv else sys.executable
+
+
+# the reference harness uses 1000 text ids and 512 image codes in every transformer section
+TEXT_VOCAB, IMAGE_VOCAB = 1000, 512
+
+
+def reference_transformer_config(dims: dict[str, int], pattern: str) -> Any:
+    """Our TransformerConfig equal in size to a DALLE-pytorch section of bench_dalle_pytorch.py.
+
+    ``dims`` holds n_layer, n_head, n_embd, text_seq_len and image_grid. Their feed-forward is GEGLU
+    with mult 4 (12·d² weights), so ours uses ``mlp_ratio=6`` (also 12·d²). ``pattern`` is "full" or
+    "paper" (row, column, ..., conv last).
+    """
+    from dalle_zero.models.transformer import TransformerConfig
+
+    return TransformerConfig(
+        n_layer=dims["n_layer"],
+        n_head=dims["n_head"],
+        n_embd=dims["n_embd"],
+        text_vocab_size=TEXT_VOCAB,
+        text_seq_len=dims["text_seq_len"],
+        image_vocab_size=IMAGE_VOCAB,
+        image_grid=dims["image_grid"],
+        mlp_ratio=6,
+        attn_pattern=("full",) * dims["n_layer"] if pattern == "full" else None,
+    )
