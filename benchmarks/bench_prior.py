@@ -75,9 +75,11 @@ def child(section: str, variant: str, profile: str | None) -> None:
     import torch
 
     from dalle_zero.models.transformer import DalleTransformer
+    from dalle_zero.training.allocator import keep_freed_memory
     from dalle_zero.training.prior import make_optimizer
 
     common.set_threads()
+    malloc_tuned = keep_freed_memory()  # as dalle_zero.training.loop.train does on CPU
     precision, pattern = variant.split("-")
     c = CONFIGS[section]
     label = f"{section}.ours.{variant}"
@@ -122,6 +124,7 @@ def child(section: str, variant: str, profile: str | None) -> None:
         tokens_per_s=round(tokens / med, 1),
         params=sum(p.numel() for p in model.parameters()),
         attn_pattern=list(cfg.attn_pattern),
+        malloc_keeps_freed_memory=malloc_tuned,
         model_flops_per_step=flops,
         achieved_flops=round(flops / med),
         matmul_peak_flops_now=round(peak),
@@ -185,6 +188,11 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--reference-quick", action="store_true", help="pass --quick to their harness")
     ap.add_argument("--profile-dir", default=None, help="write a torch.profiler table per configuration here")
+    ap.add_argument(
+        "--reference-malloc-too",
+        action="store_true",
+        help="also run their harness with glibc's mmap and trimming off (what our training loop sets in-process)",
+    )
     ap.add_argument("--out", default=None, help="also write every row to this JSONL file")
     ap.add_argument(
         "--wait-quiet",
@@ -239,7 +247,11 @@ def main() -> None:
                 measure(cmd, python=py)
         if not args.skip_reference:
             cmd = [ref_python, str(SHARED_BENCH / "bench_dalle_pytorch.py"), "--sections", section]
-            measure(cmd + (["--quick"] if args.reference_quick else []), implementation="dalle_pytorch")
+            cmd += ["--quick"] if args.reference_quick else []
+            measure(cmd, implementation="dalle_pytorch")
+            if args.reference_malloc_too:
+                with common.env(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**31 - 1)):
+                    measure(cmd, implementation="dalle_pytorch", malloc="keep_freed_memory")
     rows += summarize(rows, sections, args.variants.split(","), ours)
     if args.out:
         with open(args.out, "w") as f:

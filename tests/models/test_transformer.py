@@ -113,9 +113,10 @@ def test_zero_initialised_heads_give_uniform_predictions():
     assert not text_logits.any() and not image_logits.any()
 
 
+@pytest.mark.parametrize("kernel", ["sdpa_dense", "sdpa_banded"])
 @pytest.mark.parametrize("name", PATTERNS)
-def test_changing_a_token_never_changes_earlier_logits(name):
-    model = random_model(tiny_config(attn_pattern=PATTERNS[name]))
+def test_changing_a_token_never_changes_earlier_logits(name, kernel):
+    model = random_model(tiny_config(attn_pattern=PATTERNS[name])).set_attention_kernel(kernel)
     text, image = batch()
     with torch.no_grad():
         base_text, base_image = model(text, image)
@@ -133,9 +134,10 @@ def test_changing_a_token_never_changes_earlier_logits(name):
             torch.testing.assert_close(il[:, : j + 1], base_image[:, : j + 1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kernel", ["sdpa_dense", "sdpa_banded"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_one_layer_model_depends_on_exactly_the_masked_positions(kind):
-    model = random_model(tiny_config(n_layer=1, attn_pattern=(kind,)))
+def test_one_layer_model_depends_on_exactly_the_masked_positions(kind, kernel):
+    model = random_model(tiny_config(n_layer=1, attn_pattern=(kind,))).set_attention_kernel(kernel)
     text, image = batch()
     with torch.no_grad():
         _, base = model(text, image)
@@ -146,6 +148,29 @@ def test_one_layer_model_depends_on_exactly_the_masked_positions(kind):
             m = torch.arange(GRID * GRID)
             allowed = stream_pair_allowed(kind, TT + m, torch.tensor(TT + 1 + j), TT + 1, GRID, 3)
             assert torch.equal(changed, allowed), (kind, j)
+
+
+@pytest.mark.parametrize("name", ["row", "column", "conv", "paper"])
+def test_banded_kernel_gives_the_dense_kernels_logits_and_gradients(name):
+    model = random_model(tiny_config(attn_pattern=PATTERNS[name]))
+    text, image = batch()
+    results = []
+    for kernel in ("sdpa_dense", "sdpa_banded"):
+        model.set_attention_kernel(kernel).zero_grad()
+        loss, _ = model.loss(text, image)
+        loss.backward()
+        results.append([loss] + [p.grad.clone() for p in model.parameters()])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_kernel_bands_the_row_and_column_layers_of_a_32x32_stream():
+    kinds = ("row", "column", "conv")
+    cfg = tiny_config(n_layer=3, text_seq_len=64, image_grid=32, attn_pattern=kinds, conv_kernel_size=11)
+    model = DalleTransformer(cfg)
+    masks = [model._mask(p, cfg.stream_len, torch.device("cpu")) for p in model.patterns]
+    assert [type(m).__name__ for m in masks] == ["BandedLayout", "BandedLayout", "Tensor"]
+    assert model._mask(model.patterns[0], 20, torch.device("cpu")).shape == (20, 20)  # prefixes: dense
 
 
 @pytest.mark.parametrize("name", ["row", "column", "conv", "paper"])

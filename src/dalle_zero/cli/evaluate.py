@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.cli.options import add_sampling_arguments
+
 HELP = "evaluate a model folder: in-house FID/KID/IS, R-precision, tone/style accuracy, bits per token"
 
 
@@ -35,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=1, help="images drawn per caption, best kept (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (paper: 1)")
-    parser.add_argument("--top-k", type=int, help="keep the K most likely image codes per step")
+    add_sampling_arguments(parser)
     parser.add_argument("--inception", help="TorchScript Inception-v3 file for standard FID/IS (optional)")
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: 1 or all cores, whichever is faster right now)"
@@ -133,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance_scale,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

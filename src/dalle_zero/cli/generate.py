@@ -20,6 +20,8 @@ import math
 import re
 from pathlib import Path
 
+from dalle_zero.cli.options import add_sampling_arguments
+
 HELP = "generate images from captions with a model folder (from `dalle assemble`)"
 
 
@@ -29,15 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, default=4, help="images to keep per caption (default 4)")
     parser.add_argument("--candidates", type=int, help="samples drawn per caption, reranked by CLIP (>= -n)")
     parser.add_argument("--seed", type=int, help="random seed (default: drawn at random and recorded)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (paper: 1)")
-    parser.add_argument("--top-k", type=int, help="keep the K most likely image codes per step")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling: keep codes up to probability P")
-    parser.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=1.0,
-        help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions)",
-    )
+    add_sampling_arguments(parser)
     parser.add_argument("--prime-image", help="image whose top rows are kept (image-to-image)")
     parser.add_argument("--prime-rows", type=int, help="token rows of --prime-image to keep (default: half the grid)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples drawn at once (default 8)")

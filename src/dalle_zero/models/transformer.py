@@ -34,7 +34,8 @@ from torch.utils.checkpoint import checkpoint
 
 from dalle_zero.config import Config, check_float, check_int
 from dalle_zero.io import PretrainedModel
-from dalle_zero.nn.attention import KERNELS, KVCache, LayerCache, build_block_mask
+from dalle_zero.nn.attention import KERNELS, SDPA_KERNELS, KVCache, LayerCache, build_block_mask
+from dalle_zero.nn.banded import BandedLayout
 from dalle_zero.nn.block import TransformerBlock
 from dalle_zero.nn.embeddings import PAD_ID, ImageEmbedding, TextEmbedding
 from dalle_zero.nn.masks import KINDS, AttentionPattern, paper_layer_pattern
@@ -144,8 +145,12 @@ class DalleTransformer(PretrainedModel):
     # ---- options (not part of the weights) ----
 
     def set_attention_kernel(self, kernel: str) -> DalleTransformer:
-        """ "sdpa" (dense bool mask; any device, backward everywhere), "flex" (flex_attention BlockMask;
-        compiled on CUDA, eager on CPU, forward only on CPU) or "flex_compiled" (always compiled)."""
+        """ "sdpa" (default; any device, backward everywhere: causal SDPA for full layers, over whole
+        training streams banded attention for sparse layers whose windows are small enough to gain
+        (``BandedLayout.worthwhile``: row and column at 32×32), a dense bool mask otherwise),
+        "sdpa_dense" (a dense mask for every sparse layer), "sdpa_banded" (banded for every sparse layer
+        over whole streams), "flex" (flex_attention BlockMask; compiled on CUDA, eager on CPU, forward
+        only on CPU) or "flex_compiled" (always compiled)."""
         if kernel not in KERNELS:
             raise ValueError(f"attention kernel must be one of {list(KERNELS)}, got {kernel!r}")
         self.kernel = kernel
@@ -158,11 +163,20 @@ class DalleTransformer(PretrainedModel):
 
     def _mask(self, pattern: AttentionPattern, length: int, device: torch.device) -> Any:
         """The mask for the first ``length`` positions: dense masks are built once at full length and
-        cropped (a causal mask's top-left corner is the mask of the shorter stream), block masks per length."""
-        if self.kernel == "sdpa":
+        cropped (a causal mask's top-left corner is the mask of the shorter stream), banded layouts for
+        whole training streams only (other lengths are rare: scoring prefixes), block masks per length."""
+        if self.kernel in SDPA_KERNELS:
             if pattern.kind == "full":
                 return None  # plain causal: SDPA's is_causal path needs no mask and runs faster
-            key: tuple[Any, ...] = (pattern.kind, str(device), self.kernel)
+            if self.kernel != "sdpa_dense" and length == self.config.stream_len:
+                key: tuple[Any, ...] = (pattern.kind, "banded", str(device), self.kernel)
+                if key not in self._masks:
+                    layout = BandedLayout.build(pattern, length, device)
+                    use = self.kernel == "sdpa_banded" or layout.worthwhile()
+                    self._masks[key] = layout if use else None
+                if self._masks[key] is not None:
+                    return self._masks[key]
+            key = (pattern.kind, str(device), "dense")
             if key not in self._masks:
                 self._masks[key] = pattern.dense(self.config.stream_len, device=device)
             return self._masks[key][:length, :length]

@@ -2,6 +2,9 @@
 
 Kernels, all derived from one :class:`~dalle_zero.nn.masks.AttentionPattern`:
 
+- ``None`` for the causal "full" pattern -> ``F.scaled_dot_product_attention(is_causal=True)``;
+- a :class:`~dalle_zero.nn.banded.BandedLayout` -> :func:`~dalle_zero.nn.banded.banded_attention`
+  (row and column layers: each block of image queries reads only its window of keys; differentiable);
 - a dense ``BoolTensor[T, T]`` mask -> ``F.scaled_dot_product_attention`` (CPU training and anything
   needing a backward pass on CPU: flex_attention has no CPU backward in torch 2.13);
 - a flex_attention ``BlockMask`` -> ``flex_attention`` (GPU training; on CPU forward only, eager
@@ -26,10 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dalle_zero.nn.banded import BandedLayout, banded_attention
 from dalle_zero.nn.masks import AttentionPattern
 
 FLEX_KERNELS = ("flex", "flex_compiled")
-KERNELS = ("sdpa", *FLEX_KERNELS)
+# "sdpa": banded sparse layers where that pays (BandedLayout.worthwhile), else dense masks
+SDPA_KERNELS = ("sdpa", "sdpa_dense", "sdpa_banded")
+KERNELS = (*SDPA_KERNELS, *FLEX_KERNELS)
 
 
 @functools.cache
@@ -150,11 +156,13 @@ class SelfAttention(nn.Module):
         b, _, t, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
 
-    def forward(self, x: Tensor, mask: Tensor | Any, *, kernel: str = "sdpa") -> Tensor:
-        """x: Tensor[B, T, C]; mask: BoolTensor[T, T] or None for causal (kernel "sdpa"), or a BlockMask."""
+    def forward(self, x: Tensor, mask: Tensor | BandedLayout | Any, *, kernel: str = "sdpa") -> Tensor:
+        """x: Tensor[B, T, C]; mask: for the SDPA kernels a BoolTensor[T, T], a BandedLayout, or None for
+        causal (the "full" pattern: it equals the lower triangle); for the flex kernels a BlockMask."""
         q, k, v = self._qkv(x)
-        if kernel == "sdpa":
-            # mask None = the causal "full" pattern (it equals the lower triangle)
+        if isinstance(mask, BandedLayout):
+            y = banded_attention(q, k, v, mask)
+        elif kernel in SDPA_KERNELS:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         elif kernel in FLEX_KERNELS:
             if q.device.type == "cpu" and q.requires_grad:

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dalle_zero.config import Config, check_choice, check_float, check_int
 from dalle_zero.io import PretrainedModel, atomic_write_text, load_state_dict_strict
+from dalle_zero.training import allocator, distributed
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training import distributed
 from dalle_zero.training.ema import EMA
 from dalle_zero.training.sampler import ResumableBatchSampler
 
@@ -179,6 +179,8 @@ def train(
     distributed.barrier(ctx)
 
     torch.manual_seed(loop.seed + ctx.rank)
+    if ctx.device.type == "cpu":
+        allocator.keep_freed_memory()  # no page faults on every step's large activations
     model.to(ctx.device)
     if loop.activation_checkpointing:
         if not hasattr(model, "set_activation_checkpointing"):

@@ -1,0 +1,18 @@
+"""Command-line options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """--temperature, --top-k, --top-p, --guidance-scale (read as args.temperature, ...)."""
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (paper: 1)")
+    parser.add_argument("--top-k", type=int, help="keep the K most likely image codes per step")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling: keep codes up to probability P")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions)",
+    )
