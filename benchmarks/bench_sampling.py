@@ -12,7 +12,8 @@ uses ``mlp_ratio=6`` so that it holds the same 12·d² weights per layer as thei
 ``paper`` (row/column/.../conv).
 
 For each (section, batch, pattern) a fresh subprocess with 2 threads times
-``generate_image_tokens`` (temperature 1, no filters, fp32) and the dVAE decode of the result, and
+``generate_image_tokens`` (temperature 1, no filters; fp32, or with ``:int8`` the transformer's blocks
+as int8 weights, :meth:`DalleTransformer.quantize_int8`) and the dVAE decode of the result, and
 records the time of every token step (between consecutive sampled tokens; the first includes the
 prefill). Per-token "first" and "last" are medians over the first / last ``max(4, Ti/16)`` steps,
 exactly as their harness's ``per_step`` rows. At batch 1 the time per token is compared with a
@@ -48,7 +49,8 @@ CONFIGS = {
     ),
     "large32": dict(n_embd=512, n_layer=8, n_head=8, text_seq_len=64, image_grid=32, image_size=128, reps={1: 1, 8: 1}),
 }
-RUNS = ("1:full", "8:full", "1:paper")
+# batch:pattern[:int8] — pattern full (like-for-like with theirs) or paper; int8 = weight-only int8 blocks
+RUNS = ("1:full", "8:full", "1:paper", "1:full:int8", "1:paper:int8", "8:full:int8")
 TEXT_VOCAB, IMAGE_VOCAB = common.TEXT_VOCAB, common.IMAGE_VOCAB
 
 
@@ -77,7 +79,7 @@ def build(section: str, pattern: str):  # -> (DalleTransformer, DiscreteVAE)
 def bytes_per_token(model, position: int) -> tuple[int, int]:
     """(weight bytes, key/value cache bytes) a batch-1 decode step reads for image input ``position``."""
     c = model.config
-    weights = sum(p.numel() * p.element_size() for p in model.blocks.parameters())
+    weights = sum(p.numel() * p.element_size() for p in (*model.blocks.parameters(), *model.blocks.buffers()))
     weights += sum(p.numel() * p.element_size() for p in (*model.ln_f.parameters(), model.image_head.weight))
     weights += 3 * c.n_embd * 4  # one row each of the image token, row and column embeddings
     kv = 0
@@ -101,7 +103,7 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * 4 / min(times)
 
 
-def child(section: str, batch: int, pattern: str, threads: int) -> None:
+def child(section: str, batch: int, pattern: str, threads: int, precision: str = "fp32") -> None:
     import torch
 
     from dalle_zero.sampling.generate import generate_image_tokens
@@ -110,7 +112,9 @@ def child(section: str, batch: int, pattern: str, threads: int) -> None:
     c = CONFIGS[section]
     model, dvae = build(section, pattern)
     cfg = model.config
-    label = f"{section}.ours.b{batch}.{pattern}.t{threads}"
+    if precision == "int8":
+        model.quantize_int8()
+    label = f"{section}.ours.b{batch}.{run_name(pattern, precision)}.t{threads}"
     text = torch.randint(1, TEXT_VOCAB, (batch, cfg.text_seq_len), generator=torch.Generator().manual_seed(0))
     steps: list[float] = []
     stamp = [0.0]
@@ -193,7 +197,11 @@ def _find(rows: list[dict], metric: str) -> dict | None:
     return next((r for r in rows if r.get("metric") == metric), None)
 
 
-def summarize(rows: list[dict], sections: list[str], threads: list[int]) -> list[dict]:
+def run_name(pattern: str, precision: str = "fp32") -> str:
+    return pattern if precision == "fp32" else f"{pattern}.{precision}"
+
+
+def summarize(rows: list[dict], sections: list[str], threads: list[int], runs: list[str]) -> list[dict]:
     """Their seconds per image / ours (speed-ups; theirs always at 2 threads)."""
     out = []
 
@@ -208,36 +216,40 @@ def summarize(rows: list[dict], sections: list[str], threads: list[int]) -> list
         kv = {b: _find(rows, f"{s}.b{b}.manual_kv_cache_generate") for b in (1, 8)}
         est = _find(rows, f"{s}.b1.uncached_generate_estimate")
         for t in threads:
-            mine = {b: _find(rows, f"{s}.ours.b{b}.full.t{t}.generate") for b in (1, 8)}
-            for b in (1, 8):
-                if mine[b] is None:
+            for run in runs:
+                b, pattern, *precision = run.split(":")
+                name = f"b{b}.{run_name(pattern, *precision)}.t{t}"
+                mine = _find(rows, f"{s}.ours.{name}.generate")
+                if mine is None:
                     continue
-                ours = mine[b]["s_per_image"]
-                ratio(s, f"b{b}.t{t}_vs_generate_images", lib[b] and lib[b]["s_per_image"], ours)
+                b = int(b)
+                ours = mine["s_per_image"]
+                ratio(s, f"{name}_vs_generate_images", lib[b] and lib[b]["s_per_image"], ours)
                 ratio(
                     s,
-                    f"b{b}.t{t}_vs_their_manual_kv_cache",
+                    f"{name}_vs_their_manual_kv_cache",
                     kv[b] and kv[b]["value"] / b,
                     ours,
                     note="their forward(cache=) loop: what a working use_cache would give",
                 )
-            if est and mine[1]:
-                ratio(
-                    s,
-                    f"b1.t{t}_vs_generate_images_estimate",
-                    est["value"],
-                    mine[1]["tokens_s_per_image"],
-                    note="their uncached estimate excludes the dVAE decode, so ours does too; target >= 40",
-                )
-            if est and mine[8]:
-                ratio(s, f"b8.t{t}_per_image_vs_their_b1_estimate", est["value"], mine[8]["tokens_s_per_image"])
+                if est:
+                    ratio(
+                        s,
+                        f"{name}_vs_generate_images_b1_estimate",
+                        est["value"],
+                        mine["tokens_s_per_image"],
+                        note="their uncached batch-1 estimate excludes the dVAE decode, so ours does too; "
+                        "target >= 40 at batch 1",
+                    )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default="dalle_full,large32")
-    ap.add_argument("--runs", default=",".join(RUNS), help="batch:pattern list (pattern: full | paper)")
+    ap.add_argument(
+        "--runs", default=",".join(RUNS), help="batch:pattern[:int8] list (pattern: full | paper; int8 weights)"
+    )
     ap.add_argument("--threads", default="2", help="torch threads for our runs, a list (theirs: always 2)")
     ap.add_argument("--python", default=None, help="interpreter for our runs (default: the reference venv's)")
     ap.add_argument("--skip-reference", action="store_true")
@@ -253,8 +265,8 @@ def main() -> None:
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        section, batch, pattern, threads = args._child.split(":")
-        return child(section, int(batch), pattern, int(threads))
+        section, batch, pattern, *precision, threads = args._child.split(":")
+        return child(section, int(batch), pattern, int(threads), *precision)
 
     ref_python = common.python_for(REF_VENV)
     ours = args.python or (ref_python if os.path.exists(ref_python) else sys.executable)
@@ -273,7 +285,7 @@ def main() -> None:
         cmd = [ref_python, str(SHARED_BENCH / "bench_dalle_pytorch.py"), "--sections", args.sections]
         cmd += ["--quick"] if args.reference_quick else []
         rows += [dict(r, implementation="dalle_pytorch") for r in common.run_child(cmd)]
-    rows += summarize(rows, sections, threads)
+    rows += summarize(rows, sections, threads, args.runs.split(","))
     if args.out:
         with open(args.out, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

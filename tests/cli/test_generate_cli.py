@@ -73,6 +73,13 @@ def test_generate_is_reproducible_with_a_seed_and_primes_from_an_image(model_dir
     assert (tmp_path / "a" / png).read_bytes() == (tmp_path / "b" / png).read_bytes()
 
 
+def test_generate_samples_with_int8_weights_when_asked(model_dir, tmp_path):
+    out = tmp_path / "q"
+    assert main(f"generate --model {model_dir} -n 1 --seed 1 --int8 --out {out} --no-progress a-cat".split()) == 0
+    record = json.loads((out / "00_a-cat.json").read_text())
+    assert record["settings"]["int8"] is True and (out / "00_a-cat_00.png").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -81,6 +88,7 @@ def test_generate_is_reproducible_with_a_seed_and_primes_from_an_image(model_dir
         (["--model", "{model}", "a cat", "--prime-image", "{tmp}/missing.png"], "missing.png"),
         (["--model", "{model}", "a cat", "--temperature", "0"], "temperature"),
         (["--model", "{model}", "a cat", "-n", "4", "--candidates", "2"], "candidates"),
+        (["--model", "{model}", "a cat", "--int8", "--device", "cuda"], "--int8"),
     ],
 )
 def test_user_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):

@@ -149,6 +149,11 @@ class TextToImagePipeline:
                 m.to(device)
         return self
 
+    def quantize_int8(self) -> TextToImagePipeline:
+        """Int8 weight-only transformer blocks for faster CPU sampling, in place (DalleTransformer.quantize_int8)."""
+        self.transformer.quantize_int8()
+        return self
+
     # ---- captions and priming ----
 
     def encode_captions(self, prompts: list[str]) -> Tensor:
