@@ -80,11 +80,13 @@ def child(section: str, variant: str, profile: str | None) -> None:
 
     common.set_threads()
     malloc_tuned = keep_freed_memory()  # as dalle_zero.training.loop.train does on CPU
-    precision, pattern = variant.split("-")
+    precision, pattern, *kernel = variant.split("-")  # e.g. fp32-paper or fp32-paper-sdpa_dense
     c = CONFIGS[section]
     label = f"{section}.ours.{variant}"
     torch.manual_seed(0)
     model = DalleTransformer(model_config(section, pattern)).train()
+    if kernel:
+        model.set_attention_kernel(kernel[0])
     cfg = model.config
     opt = make_optimizer(
         model, lr=3e-4, betas=(0.9, 0.96), eps=1e-8, weight_decay=4.5e-2
@@ -177,7 +179,11 @@ def _find(rows: list[dict], metric: str, section: str | None = None) -> dict | N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default="dalle_full,large32")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="precision-pattern[-kernel] list, e.g. fp32-paper-sdpa_dense (kernel: default sdpa)",
+    )
     ap.add_argument(
         "--python",
         default=None,

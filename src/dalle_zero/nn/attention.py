@@ -21,7 +21,6 @@ transposed column attention; a conv window is gathered with an index tensor.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Any
 
@@ -180,7 +179,8 @@ class SelfAttention(nn.Module):
         if n == 1 and start >= pattern.text_len and pattern.kind != "full":
             kt, vt = cache.k[:, :, : pattern.text_len], cache.v[:, :, : pattern.text_len]
             kw, vw = cache.image_window(start)
-            y = _attend_two_parts(q, kt.to(q.dtype), vt.to(q.dtype), kw.to(q.dtype), vw.to(q.dtype))
+            keys, values = torch.cat([kt, kw], dim=2), torch.cat([vt, vw], dim=2)  # ~0.1-0.3 MB copies
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
         else:
             keys, values = cache.prefix(start + n)
             mask = None
@@ -189,15 +189,6 @@ class SelfAttention(nn.Module):
                 mask = pattern.allowed(qpos[:, None], torch.arange(start + n, device=x.device)[None, :])
             y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
         return self._out(y)
-
-
-def _attend_two_parts(q: Tensor, kt: Tensor, vt: Tensor, kw: Tensor, vw: Tensor) -> Tensor:
-    """Softmax attention of q[B, nh, 1, hs] over two key sets without concatenating the keys."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.cat([q @ kt.transpose(-1, -2), q @ kw.transpose(-1, -2)], dim=-1) * scale
-    weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, nh, 1, Tt + w)
-    t = kt.shape[2]
-    return weights[..., :t] @ vt + weights[..., t:] @ vw
 
 
 class KVCache:

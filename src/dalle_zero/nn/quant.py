@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
 # the CPU kernel reads the inner dimension in blocks of 16 (other widths crash it in torch 2.13)
 K_MULTIPLE = 16
 
