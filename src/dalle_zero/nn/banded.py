@@ -1,7 +1,7 @@
 """Block-banded attention for the sparse image layers: each image block reads its own key window.
 
 A dense boolean mask makes ``F.scaled_dot_product_attention`` compute every (query, key) score and
-throw most of them away: at a 32×32 grid a row layer keeps ~100 of ~1,088 keys per query. The row,
+throw most of them away: at a 32×32 grid a row layer keeps ~100 of up to 1,088 keys per query. The row,
 column and conv patterns of :mod:`dalle_zero.nn.masks` are *bands* once the image positions are in
 the right order (raster order for row and conv; column-major for column, the paper's transposed
 column attention): an image query only sees the text and a few earlier blocks of ``grid_size``
@@ -12,11 +12,11 @@ from the same predicate (:meth:`AttentionPattern.allowed`). Outputs equal the de
 rounding; text queries run causal attention over the text alone.
 
 Keys per image query drop from up to ``L`` to ``text_len + (back + 1)·grid_size`` (row: back 1;
-column: back 0; conv 11×11: back 6). Measured on 2 CPU cores at a 32×32 grid with 64 text
-positions (forward + backward, batch 4, 8 heads × 64): fp32 row 66 ms and column 62 ms per layer vs
-163 / 165 ms with a dense mask and 115 ms for plain causal attention; the conv window is too wide to
-gain, so :meth:`BandedLayout.worthwhile` says when to use it. Everything is differentiable (training
-on CPU, where flex_attention has no backward).
+column: back 0; conv 11×11: back 6). Measured by ``benchmarks/bench_attention.py`` on 2 CPU cores at a
+32×32 grid with 65 text positions (forward + backward, batch 4, 8 heads × 64, fp32): row 73 ms and
+column 70 ms per layer against 167 / 164 ms with a dense mask and 116 ms for causal attention; the conv
+window is too wide to gain, so :meth:`BandedLayout.worthwhile` says when to use it. Everything is
+differentiable (training on CPU, where flex_attention has no backward).
 """
 
 from __future__ import annotations
