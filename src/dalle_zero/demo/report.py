@@ -131,7 +131,8 @@ def write_report(
                 f"Samples: {SPLIT_TITLES.get(split, split)}",
                 f"For each caption: the real image (never trained on unless the split is the training split), then "
                 f"the best {len(entries[0]['images'])} of {showcase['candidates']} samples by the reranker, "
-                "with its score (cosine similarity of CLIP embeddings).",
+                "with its score (cosine similarity of CLIP embeddings); classifier-free guidance scale "
+                f"{showcase.get('guidance_scale', 1.0):g} (1 = none).",
             )
             for e in entries:
                 report.raw_html(f"<h4>{html.escape(e['caption'])}</h4>")

@@ -55,9 +55,15 @@ def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
         n=c.showcase_n,
         candidates=c.showcase_candidates,
         seed=c.seed,
+        guidance_scale=c.eval.guidance_scale,  # the sampling settings of the evaluation
         progress=ctx.progress,
     )
-    record: dict[str, Any] = {"candidates": c.showcase_candidates, "splits": gallery, "image_to_image": None}
+    record: dict[str, Any] = {
+        "candidates": c.showcase_candidates,
+        "guidance_scale": c.eval.guidance_scale,
+        "splits": gallery,
+        "image_to_image": None,
+    }
     row = pick_prime_image(meta, splits)
     if row is not None:
         record["image_to_image"] = render_image_to_image(
@@ -70,6 +76,7 @@ def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
             candidates=c.showcase_candidates,
             prime_rows=c.prime_rows,
             seed=c.seed,
+            guidance_scale=c.eval.guidance_scale,
         )
     atomic_write_text(ctx.out / "showcase.json", json.dumps(record, indent=2) + "\n")
     return {"captions": sum(len(v) for v in gallery.values())}
@@ -227,13 +234,15 @@ def _run_stages(ctx: st.DemoContext, done: dict[str, dict[str, Any]], log: Calla
 
 def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:
     """The ``dalle`` commands that reproduce or extend what the demo did."""
+    g = config.eval.guidance_scale
+    guidance = f" --guidance-scale {g:g}" if g != 1.0 else ""
     return [
         f"dalle demo --out {out} --minutes {config.minutes:g}",
         f'dalle generate --model {out / "model"} "grinning face, noto style (smileys & emotion, face smiling)" '
-        f"-n 4 --candidates {config.showcase_candidates}",
+        f"-n 4 --candidates {config.showcase_candidates}{guidance}",
         f"dalle eval --model {out / 'model'} --data {data} --evaluator {out / 'runs' / 'evaluator'} "
-        f"--clip {out / 'runs' / 'eval_clip'} --samples {config.eval.samples} --candidates {config.eval.candidates} "
-        f"--out {out / 'eval'}",
+        f"--clip {out / 'runs' / 'eval_clip'} --samples {config.eval.samples} --candidates {config.eval.candidates}"
+        f"{guidance} --out {out / 'eval'}",
     ]
 
 

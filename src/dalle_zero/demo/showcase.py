@@ -72,6 +72,7 @@ def render_showcase(
     n: int,
     candidates: int,
     seed: int,
+    guidance_scale: float = 1.0,
     progress: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Generate and save the gallery.
@@ -89,7 +90,14 @@ def render_showcase(
             entries = []
             for i, row in enumerate(rows):
                 caption = str(row["caption"])
-                out = pipeline(caption, n=n, candidates=candidates, seed=seed + i, batch_size=min(candidates, 32))
+                out = pipeline(
+                    caption,
+                    n=n,
+                    candidates=candidates,
+                    seed=seed + i,
+                    guidance_scale=guidance_scale,
+                    batch_size=min(candidates, 32),
+                )
                 real = load_real_images(data_dir, [row["stem"]], size)[0]
                 folder = Path("images") / split
                 real_path = save_png(real, out_dir / folder / f"{i:02d}_real.png")
@@ -154,6 +162,7 @@ def render_image_to_image(
     candidates: int,
     prime_rows: int | None,
     seed: int,
+    guidance_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Prime the top rows of ``row``'s image and complete it for two captions; save the PNGs."""
     size = pipeline.dvae.config.image_size
@@ -187,6 +196,7 @@ def render_image_to_image(
             seed=seed + k,
             prime_image=real,
             prime_rows=rows,
+            guidance_scale=guidance_scale,
             batch_size=min(candidates, 32),
         )
         paths = [
