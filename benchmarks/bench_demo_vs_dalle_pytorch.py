@@ -167,6 +167,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="captions per split (default: the demo's eval)")
     parser.add_argument("--candidates", type=int, default=None, help="samples per caption (default: the demo's)")
     parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="our classifier-free guidance (default 1 = none, as their sampling; the demo's own eval may use more)",
+    )
+    parser.add_argument(
         "--evaluator", help="evaluator run/model folder to score with (default: the demo's runs/evaluator)"
     )
     parser.add_argument("--venv", default=os.path.expanduser("~/.venv-dalle-pytorch"))
@@ -212,6 +218,7 @@ def compare(args: argparse.Namespace) -> None:
         splits=HELD_OUT,
         samples=args.samples or config.eval.samples,
         candidates=args.candidates or config.eval.candidates,
+        guidance_scale=args.guidance_scale,  # theirs samples unguided: like-for-like by default
     )
     data = Path(json.loads((demo / "stages" / "data.json").read_text())["data"])
     prior_stage = json.loads((demo / "stages" / "prior.json").read_text())

@@ -142,12 +142,12 @@ def test_eval_cli_writes_finite_figures_for_every_split_and_a_report(tiny, tmp_p
     assert (out / "samples" / "dvae_reconstructions.png").is_file()
 
 
-def test_eval_cli_passes_guidance_and_nucleus_settings_to_the_sampler(tiny, tmp_path):
+def test_eval_cli_passes_guidance_nucleus_and_int8_settings_to_the_sampler(tiny, tmp_path):
     out = tmp_path / "eval"
-    argv = _argv(tiny, out, "--split", "validation", "--samples", "3", "--guidance-scale", "2.5", "--top-p", "0.9")
-    assert main(argv) == 0
+    extra = ("--split", "validation", "--samples", "3", "--guidance-scale", "2.5", "--top-p", "0.9", "--int8")
+    assert main(_argv(tiny, out, *extra)) == 0
     settings = json.loads((out / "results.json").read_text())["settings"]
-    assert settings["guidance_scale"] == 2.5 and settings["top_p"] == 0.9
+    assert settings["guidance_scale"] == 2.5 and settings["top_p"] == 0.9 and settings["int8"] is True
     assert main(_argv(tiny, tmp_path / "bad", "--guidance-scale", "-1")) == 2  # a one-line error, no traceback
 
 

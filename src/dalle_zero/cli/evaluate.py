@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="torch threads (default: 1 or all cores, whichever is faster right now)"
     )
     parser.add_argument("--out", required=True, help="output folder (results.json, report.html, samples/)")
+    parser.add_argument(
+        "--int8", action="store_true", help="evaluate the prior with int8 weight-only blocks (`dalle generate --int8`)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             TorchScriptInception.from_file(args.inception, output="logits"),
         )
     pipeline = TextToImagePipeline.from_pretrained(model)
+    if args.int8:
+        pipeline.quantize_int8()
     if args.threads is None:
         from dalle_zero.demo.budget import fastest_thread_count
 
@@ -150,7 +155,13 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     results["settings"].update(
-        {"model": str(model), "evaluator": str(args.evaluator), "clip": args.clip, "inception": args.inception}
+        {
+            "model": str(model),
+            "evaluator": str(args.evaluator),
+            "clip": args.clip,
+            "inception": args.inception,
+            "int8": args.int8,
+        }
     )
     results = json_ready(results)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
