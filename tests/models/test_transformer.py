@@ -164,6 +164,20 @@ def test_banded_kernel_gives_the_dense_kernels_logits_and_gradients(name):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_banded_kernel_trains_under_bf16_autocast_like_the_dense_kernel():
+    model = random_model(tiny_config(attn_pattern=PATTERNS["paper"]))
+    text, image = batch()
+    losses = []
+    for kernel in ("sdpa_dense", "sdpa_banded"):
+        model.set_attention_kernel(kernel).zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = model.loss(text, image)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=0.02)
+
+
 def test_default_kernel_bands_the_row_and_column_layers_of_a_32x32_stream():
     kinds = ("row", "column", "conv")
     cfg = tiny_config(n_layer=3, text_seq_len=64, image_grid=32, attn_pattern=kinds, conv_kernel_size=11)
