@@ -44,18 +44,31 @@ def test_flex_kernel_refuses_a_cpu_backward_with_a_clear_error():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("column_major", [True, False])
-def test_cached_steps_equal_the_masked_full_pass(kind, column_major):
+@pytest.mark.parametrize("layout", ["default", "stream_order"])
+def test_cached_steps_equal_the_masked_full_pass(kind, layout):
     pattern = AttentionPattern(kind, 3, 5, 3)
     attn = make_attention()
     length = pattern.length - 1
     x = torch.randn(3, length, 16, generator=torch.Generator().manual_seed(2))
-    cache = LayerCache(pattern, 3, 2, 8, length, column_major=column_major)
+    default = layout == "default"  # row: ring of grid + 1 slots; column: column-major slots
+    cache = LayerCache(pattern, 3, 2, 8, length, column_major=default, ring=default)
     with torch.no_grad():
         full = attn(x, pattern.dense(length))
         prefix = attn.forward_cached(x[:, :5], cache, 0)  # text + 2 image positions in one call
         steps = [attn.forward_cached(x[:, s : s + 1], cache, s) for s in range(5, length)]
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_row_cache_is_a_ring_of_one_row_plus_one_after_the_text():
+    pattern = AttentionPattern("row", 3, 5, 3)
+    cache = LayerCache(pattern, 1, 1, 4, pattern.length)
+    assert cache.k.shape[2] == 3 + 5 + 1
+    keys = torch.arange(pattern.length, dtype=torch.float32).view(1, 1, -1, 1).expand(1, 1, -1, 4)
+    cache.write(0, keys[:, :, :12], keys[:, :, :12])  # text + image positions 0..8: the ring keeps 3..8
+    got, _ = cache.decode_keys(11)
+    assert sorted(got[0, 0, :, 0].tolist()) == [0, 1, 2, *range(6, 12)]
+    with pytest.raises(ValueError, match="ring"):
+        cache.prefix(12)
 
 
 def test_cache_rejects_writes_past_its_end():

@@ -13,9 +13,11 @@ Kernels, all derived from one :class:`~dalle_zero.nn.masks.AttentionPattern`:
 Incremental decoding uses :class:`LayerCache`, a pre-allocated key/value buffer per layer. A new image
 token in a row, column or conv layer reads only the text keys plus its window of image keys
 (:func:`~dalle_zero.nn.masks.image_key_window`), so the time per token stays flat along the image;
-in a full layer it reads every earlier key. Column layers store their image keys in column-major
-order so the window (earlier tokens of the same column) is one contiguous slice, like the paper's
-transposed column attention; a conv window is gathered with an index tensor.
+in a full layer it reads every earlier key. Row layers keep the text and a ring of the last
+``grid_size + 1`` image keys, so a step reads one contiguous slice (and the cache is short); column
+layers store their image keys in column-major order so the window (earlier tokens of the same column)
+is one contiguous slice, like the paper's transposed column attention; a conv window is gathered
+with an index tensor.
 """
 
 from __future__ import annotations
@@ -65,9 +67,15 @@ def build_block_mask(pattern: AttentionPattern, length: int, device: torch.devic
 class LayerCache:
     """Keys and values of one attention layer for stream positions ``[0, max_len)``.
 
-    ``k``, ``v``: Tensor[B, nh, slots, hs], zero-initialised. Column layers keep image keys in
-    column-major slots (``slots`` maps stream position -> buffer slot) unless ``column_major=False``
-    (then their window is gathered like conv's; measured slower); other layers use identity.
+    ``k``, ``v``: Tensor[B, nh, slots, hs], zero-initialised. Slots by kind:
+
+    - full and conv: one slot per stream position (conv windows are gathered with an index);
+    - row (``ring=True``, default): the text, then a ring of ``grid_size + 1`` slots holding the last
+      image positions, which are exactly a row query's window: a decode step reads one contiguous
+      slice and the cache is ``text_len + grid_size + 1`` slots long whatever the image size;
+    - column: image keys in column-major slots (``slots`` maps stream position -> slot) so a
+      column's earlier tokens are one slice, unless ``column_major=False`` (then gathered like conv's;
+      measured slower).
     """
 
     def __init__(
@@ -81,13 +89,15 @@ class LayerCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         column_major: bool = True,
+        ring: bool = True,
     ) -> None:
         self.pattern = pattern
         self.max_len = max_len
         self.slots: Tensor | None = None
-        n_slots = max_len
+        self.ring = pattern.grid_size + 1 if pattern.kind == "row" and ring else 0
+        t, g = pattern.text_len, pattern.grid_size
+        n_slots = min(max_len, t + self.ring) if self.ring else max_len
         if pattern.kind == "column" and column_major:
-            t, g = pattern.text_len, pattern.grid_size
             p = torch.arange(g * g, device=device)
             image_slots = t + (p % g) * g + p // g
             self.slots = torch.cat([torch.arange(t, device=device), image_slots])[:max_len]
@@ -96,13 +106,25 @@ class LayerCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self._window = pattern.window.to(device)
+        self._written = 0  # stream positions [0, _written) have been written
 
     def write(self, start: int, k: Tensor, v: Tensor) -> None:
         """Store k, v: Tensor[B, nh, n, hs] of stream positions start..start+n-1."""
         n = k.shape[2]
         if start + n > self.max_len:
             raise ValueError(f"cache holds {self.max_len} positions; cannot write {start}..{start + n - 1}")
-        if self.slots is None:
+        self._written = max(self._written, start + n)
+        if self.ring:
+            t = self.pattern.text_len
+            if start < t:  # text part
+                m = min(n, t - start)
+                self.k[:, :, start : start + m], self.v[:, :, start : start + m] = k[:, :, :m], v[:, :, :m]
+            lo = max(start, t, start + n - self.ring)  # older image positions would be overwritten anyway
+            if lo < start + n:
+                idx = t + (torch.arange(lo, start + n, device=self.k.device) - t) % self.ring
+                self.k.index_copy_(2, idx, k[:, :, lo - start :].to(self.k.dtype))
+                self.v.index_copy_(2, idx, v[:, :, lo - start :].to(self.v.dtype))
+        elif self.slots is None:
             self.k[:, :, start : start + n] = k
             self.v[:, :, start : start + n] = v
         else:
@@ -112,25 +134,35 @@ class LayerCache:
 
     def prefix(self, end: int) -> tuple[Tensor, Tensor]:
         """Keys and values of stream positions [0, end) in stream order: Tensor[B, nh, end, hs] each."""
+        if self.ring:
+            if self._written > self.pattern.text_len + self.ring:
+                raise ValueError("a row layer's ring cache keeps only the last grid_size + 1 image positions")
+            return self.k[:, :, :end], self.v[:, :, :end]
         if self.slots is None:
             return self.k[:, :, :end], self.v[:, :, :end]
         idx = self.slots[:end]
         return self.k.index_select(2, idx), self.v.index_select(2, idx)
 
-    def image_window(self, pos: int) -> tuple[Tensor, Tensor]:
-        """Image keys/values an image query at stream position ``pos`` attends to (order irrelevant)."""
+    def decode_keys(self, pos: int) -> tuple[Tensor, Tensor]:
+        """Every key/value an image query at stream position ``pos`` attends to: text + its image window
+        (order irrelevant), Tensor[B, nh, keys, hs] each."""
         t, g = self.pattern.text_len, self.pattern.grid_size
         p = pos - t
-        kind = self.pattern.kind
-        if kind == "row":  # contiguous in raster order
-            lo = t + max(0, p - g)
-            return self.k[:, :, lo : pos + 1], self.v[:, :, lo : pos + 1]
-        if self.slots is not None:  # column layer: contiguous in column-major slots
+        if self.ring:  # text + ring: one slice
+            end = t + min(p + 1, self.ring)
+            return self.k[:, :, :end], self.v[:, :, :end]
+        if self.pattern.kind == "full":
+            return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1]
+        if self.pattern.kind == "row":  # raster-order cache (ring=False): contiguous window
+            lo, hi = t + max(0, p - g), pos + 1
+        elif self.slots is not None:  # column layer: contiguous in column-major slots
             lo = t + (p % g) * g
-            return self.k[:, :, lo : lo + p // g + 1], self.v[:, :, lo : lo + p // g + 1]
-        offsets = self._window[self._window <= p]  # conv (or raster-order column): gather
-        idx = pos - offsets
-        return self.k.index_select(2, idx), self.v.index_select(2, idx)
+            hi = lo + p // g + 1
+        else:  # conv (or raster-order column): gather
+            idx = torch.cat([torch.arange(t, device=self.k.device), pos - self._window[self._window <= p]])
+            return self.k.index_select(2, idx), self.v.index_select(2, idx)
+        keys = torch.cat([self.k[:, :, :t], self.k[:, :, lo:hi]], dim=2)  # small copies (text + window)
+        return keys, torch.cat([self.v[:, :, :t], self.v[:, :, lo:hi]], dim=2)
 
 
 class SelfAttention(nn.Module):
@@ -176,13 +208,11 @@ class SelfAttention(nn.Module):
         q, k, v = self._qkv(x)
         cache.write(start, k, v)
         n, pattern = x.shape[1], cache.pattern
-        if n == 1 and start >= pattern.text_len and pattern.kind != "full":
-            kt, vt = cache.k[:, :, : pattern.text_len], cache.v[:, :, : pattern.text_len]
-            kw, vw = cache.image_window(start)
-            keys, values = torch.cat([kt, kw], dim=2), torch.cat([vt, vw], dim=2)  # ~0.1-0.3 MB copies
+        if n == 1 and start >= pattern.text_len:  # one image query: text + its window of image keys
+            keys, values = cache.decode_keys(start)
             y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
         else:
-            keys, values = cache.prefix(start + n)
+            keys, values = (k, v) if start == 0 else cache.prefix(start + n)  # prefill: the keys just made
             mask = None
             if n > 1:  # a single query may see every earlier position (text query or full layer)
                 qpos = torch.arange(start, start + n, device=x.device)
