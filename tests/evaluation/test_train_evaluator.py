@@ -79,16 +79,7 @@ def test_augmentation_is_reproducible_from_the_sample_seed(shapes):
     assert data[3]["pixels"].shape == (3, 16, 16)
 
 
-@pytest.fixture
-def one_thread():
-    """Small convolutions run faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_evaluator_trains_to_high_accuracy_on_coloured_shapes_in_seconds(shapes, tmp_path, one_thread):
+def test_evaluator_trains_to_high_accuracy_on_coloured_shapes_in_seconds(shapes, tmp_path):
     cfg = _config(shapes)
     task = EvaluatorTask.from_folder(cfg)
     assert set(task.eval_data) == {"validation", "unseen_compositions"}  # unseen_concepts is empty here
@@ -106,7 +97,7 @@ def test_evaluator_trains_to_high_accuracy_on_coloured_shapes_in_seconds(shapes,
 
 
 def test_train_evaluator_command_writes_a_model_and_prints_held_out_accuracy(
-    shapes, tmp_path, capsys, one_thread
+    shapes, tmp_path, capsys
 ):
     config = tmp_path / "evaluator.json"
     config.write_text(json.dumps({"model": {"widths": [8, 16]}, "loop": {"log_every": 5}}))

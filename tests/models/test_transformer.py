@@ -12,15 +12,6 @@ from dalle_zero.nn.masks import KINDS, stream_pair_allowed
 TT, GRID, VT, VI = 5, 4, 30, 12
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: one thread avoids OpenMP spin-waiting on a busy 2-core machine (10-50× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**changes) -> TransformerConfig:
     base = dict(
         n_layer=3,

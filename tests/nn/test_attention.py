@@ -7,15 +7,6 @@ from dalle_zero.nn.attention import LayerCache, SelfAttention, build_block_mask
 from dalle_zero.nn.masks import KINDS, AttentionPattern
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: one thread avoids OpenMP spin-waiting on a busy 2-core machine (10-50× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_attention(seed: int = 0) -> SelfAttention:
     torch.manual_seed(seed)
     attn = SelfAttention(16, 2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from dalle_zero.cli.main import main
@@ -15,14 +14,6 @@ from .test_clip_task import COLOURS, SHAPES, draw_shape
 
 # `dalle train clip` reads folders through the data package's ImageTextFolder
 pytest.importorskip("dalle_zero.data.folder")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

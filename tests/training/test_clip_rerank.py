@@ -15,15 +15,6 @@ from dalle_zero.training.loop import train
 from .test_clip_task import ShapePairs, _config, shapes_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small only lose from intra-op threads (70x slower per step on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return shapes_tokenizer()

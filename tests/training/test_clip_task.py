@@ -58,15 +58,6 @@ class ShapePairs(Dataset):
 TINY_MODEL = dict(text_n_layer=2, text_n_head=2, text_n_embd=32, image_size=16, image_widths=(8, 16), embed_dim=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small only lose from intra-op threads (70x slower per step on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def shapes_tokenizer() -> BPETokenizer:
     return BPETokenizer.train([it["caption"] for it in ShapePairs().items], vocab_size=280, text_seq_len=8)
 

@@ -51,15 +51,6 @@ def make_tokenizer(folder: Path, *, text_seq_len: int) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall when the machine is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("prior_data")
