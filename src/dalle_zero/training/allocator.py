@@ -3,10 +3,10 @@
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
 unmaps it on free, so a CPU training step that allocates the same large activations every time pays
 a page fault per 4 KiB page, every step (and freed heap tops are trimmed back to the OS too). With
-mmap disabled and trimming off, the process keeps its peak heap and reuses it: measured on the
-``large32`` prior (2 cores, fp32, the paper's attention pattern) 3.75 s per step against 4.5 s with
-the defaults. The cost is that the resident memory stays at its peak until the process ends, which
-a training process reaches on its first step anyway.
+mmap disabled and trimming off, the process keeps its peak heap and reuses it: the ``large32``
+prior's fp32 step with the paper pattern took 4.14 s against 5.42 s with the defaults
+(``benchmarks/bench_prior.py``, BENCHMARKS.md). The cost is that the resident memory stays at its
+peak until the process ends, which a training process reaches on its first step anyway.
 
 Applied by :func:`dalle_zero.training.loop.train` on CPU; ``DALLE_ZERO_MALLOC=default`` turns it off.
 A no-op where the C library has no ``mallopt`` (macOS, musl).
