@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.cli.options import add_sampling_arguments
+from dalle_zero.cli.options import add_sampling_arguments, sampling_settings
 
 HELP = "evaluate a model folder: in-house FID/KID/IS, R-precision, tone/style accuracy, bits per token"
 
@@ -137,10 +137,7 @@ def run(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         seed=args.seed,
         batch_size=args.batch_size,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        guidance_scale=args.guidance_scale,
+        **sampling_settings(args),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from dalle_zero.cli.options import add_sampling_arguments
+from dalle_zero.cli.options import add_sampling_arguments, sampling_settings
 
 HELP = "generate images from captions with a model folder (from `dalle assemble`)"
 
@@ -95,10 +95,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "n": args.n,
         "candidates": args.candidates,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "guidance_scale": args.guidance_scale,
+        **sampling_settings(args),
         "prime_image": args.prime_image,
         "prime_rows": args.prime_rows,
         "batch_size": args.batch_size,
@@ -109,10 +106,7 @@ def run(args: argparse.Namespace) -> int:
         n=args.n,
         candidates=args.candidates,
         seed=seed,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        guidance_scale=args.guidance_scale,
+        **sampling_settings(args),
         prime_image=args.prime_image,
         prime_rows=args.prime_rows,
         batch_size=args.batch_size,

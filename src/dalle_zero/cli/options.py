@@ -16,3 +16,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions)",
     )
+
+
+def sampling_settings(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """The options of :func:`add_sampling_arguments` as keyword arguments of the sampler/pipeline."""
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "guidance_scale": args.guidance_scale,
+    }
