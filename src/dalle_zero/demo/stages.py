@@ -139,6 +139,15 @@ def _with_loop(fields: dict[str, Any], steps: int) -> dict[str, Any]:
     return {**fields, "loop": loop}
 
 
+def _image_stage_fields(ctx: DemoContext, config: dict[str, Any], steps: int, **model: Any) -> dict[str, Any]:
+    """:func:`_with_loop` fields of a stage trained on the dataset's images: its folder, its image size
+    (unless the stage config sets one) and ``model`` overrides."""
+    fields = _with_loop(config, steps)
+    fields["data"] = str(_data(ctx))
+    fields["model"] = {"image_size": ctx.config.dataset.size, **(fields.get("model") or {}), **model}
+    return fields
+
+
 # ---------------------------------------------------------------------------------------------
 # training stages
 
@@ -189,11 +198,7 @@ def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
     cache: dict[str, Any] = {}
 
     def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
-        fields = _with_loop(spec.config, steps)
-        fields["data"] = str(_data(ctx))
-        model = dict(fields.get("model") or {})
-        model.setdefault("image_size", ctx.config.dataset.size)
-        fields["model"] = model
+        fields = _image_stage_fields(ctx, spec.config, steps)
         cfg = DVAETrainConfig.from_dict(fields, source="demo dvae stage")
         if "data" not in cache:
             cache["data"] = build_datasets(cfg)
@@ -223,14 +228,10 @@ def _clip_stage(ctx: DemoContext, name: str) -> dict[str, Any]:
     tokenizer = _tokenizer(ctx)
 
     def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
-        fields = _with_loop(spec.config, steps)
-        fields["data"] = str(_data(ctx))
+        fields = _image_stage_fields(
+            ctx, spec.config, steps, text_vocab_size=tokenizer.vocab_size, text_seq_len=tokenizer.text_seq_len
+        )
         fields["tokenizer"] = str(ctx.tokenizer_dir)
-        model = dict(fields.get("model") or {})
-        model["text_vocab_size"] = tokenizer.vocab_size
-        model["text_seq_len"] = tokenizer.text_seq_len
-        model.setdefault("image_size", ctx.config.dataset.size)
-        fields["model"] = model
         cfg = CLIPTrainConfig.from_dict(fields, source=f"demo {name} stage")
         return build_model(cfg), CLIPTask(cfg, tokenizer), cfg
 
@@ -255,11 +256,7 @@ def stage_evaluator(ctx: DemoContext) -> dict[str, Any]:
     cache: dict[str, Any] = {}
 
     def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
-        fields = _with_loop(spec.config, steps)
-        fields["data"] = str(_data(ctx))
-        model = dict(fields.get("model") or {})
-        model.setdefault("image_size", ctx.config.dataset.size)
-        fields["model"] = model
+        fields = _image_stage_fields(ctx, spec.config, steps)
         cfg = build_train_config(EvaluatorTrainConfig.from_dict(fields, source="demo evaluator stage"))
         if "task" not in cache:
             cache["task"] = EvaluatorTask.from_folder(cfg)
