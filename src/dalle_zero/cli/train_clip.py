@@ -9,7 +9,6 @@ in ``--out`` from its ``train_config.json`` (``--steps`` may extend it).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from dalle_zero.training.clip import CLIPTask, build_model
-    from dalle_zero.training.loop import train
+    from dalle_zero.training.loop import last_validation_step, train
 
     config, tokenizer = resolve_config(args)
     model = build_model(config)
@@ -86,13 +85,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    metrics = Path(args.out) / "metrics.jsonl"
-    if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        evals = [r for r in rows if any(k.startswith("val/") for k in r)]
-        if evals:
-            last = evals[-1]
-            shown = {k[4:]: v for k, v in last.items() if k.startswith("val/") and v is not None}
-            print(f"retrieval at step {last['step']}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()))
+    step, shown = last_validation_step(args.out)
+    if shown:
+        print(f"retrieval at step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()))
     print(f"wrote {model_dir}")
     return 0

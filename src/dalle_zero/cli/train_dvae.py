@@ -10,7 +10,6 @@ its ``train_config.json`` (``--steps`` may extend it).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.training.dvae import DVAETask, build_datasets
-    from dalle_zero.training.loop import train
+    from dalle_zero.training.loop import last_validation_step, train
 
     config = resolve_config(args)
     train_data, eval_data, note = build_datasets(config)
@@ -119,17 +118,13 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    metrics = Path(args.out) / "metrics.jsonl"
-    if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        evals = [r for r in rows if "val/psnr" in r]
-        if evals:
-            last = evals[-1]
-            print(
-                f"validation at step {last['step']}: PSNR {last['val/psnr']:.2f} dB, "
-                f"{last['val/recon_bpd']:.3f} bits/dim, codebook perplexity {last['val/perplexity']:.1f}, "
-                f"{100 * last['val/code_usage']:.1f}% of codes used"
-            )
+    step, last = last_validation_step(args.out)
+    if "psnr" in last:
+        print(
+            f"validation at step {step}: PSNR {last['psnr']:.2f} dB, "
+            f"{last['recon_bpd']:.3f} bits/dim, codebook perplexity {last['perplexity']:.1f}, "
+            f"{100 * last['code_usage']:.1f}% of codes used"
+        )
         grids = sorted((Path(args.out) / "samples").glob("dvae_recon_step_*.png"))
         if grids:
             print(f"reconstructions: {grids[-1]}")

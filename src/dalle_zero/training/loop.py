@@ -306,15 +306,20 @@ def _log(run_dir: Path, step: int, row: dict[str, float], ctx: distributed.DistC
 
 def last_validation(run_dir: str | Path) -> dict[str, float]:
     """The ``val/`` metrics of the last evaluated step in ``run_dir/metrics.jsonl``, prefix removed."""
+    return last_validation_step(run_dir)[1]
+
+
+def last_validation_step(run_dir: str | Path) -> tuple[int | None, dict[str, float]]:
+    """(step, metrics) of the last evaluated step, as :func:`last_validation`; (None, {}) if none."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        return {}
+        return None, {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for row in reversed(rows):
         vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
         if vals:
-            return vals
-    return {}
+            return row.get("step"), vals
+    return None, {}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
