@@ -54,13 +54,7 @@ class Config:
 
     @classmethod
     def from_json_file(cls: type[C], path: str | Path) -> C:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        data = read_json_file(path, missing=f"config file not found: {path}")
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k not in ("config_class", "model_type", "format_version")}
         return cls.from_dict(data, source=str(path))
@@ -81,10 +75,7 @@ def load_config_source(name_or_path: str | Path, *, prefix: str = "") -> tuple[d
             known = sorted(p.stem for p in PRESET_DIR.glob(f"{prefix}*.json"))
             raise FileNotFoundError(f"config {name!r} is neither a file nor a preset (presets: {known})")
         path = found[0]
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return {k: v for k, v in data.items() if k not in ("config_class", "model_type", "format_version")}, path
@@ -115,6 +106,18 @@ def _coerce(hint: Any, value: Any) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def read_json_file(path: str | Path, *, missing: str | None = None, error: type[Exception] = ValueError) -> Any:
+    """The parsed JSON of ``path``. With ``missing``, an absent file raises ``FileNotFoundError(missing)``;
+    a file that is not JSON raises ``error`` naming the file, the line and the problem."""
+    path = Path(path)
+    if missing is not None and not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 # ---- validation helpers: each raises ValueError naming the config, field and expectation ----

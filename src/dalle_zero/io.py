@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from dalle_zero.config import Config
+from dalle_zero.config import Config, read_json_file
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -121,12 +121,7 @@ def read_config_json(folder: str | Path, *, expected_model_type: str | None = No
     path = folder / CONFIG_NAME
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME} (is this a model folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json_file(path, missing=f"{folder}: no {CONFIG_NAME} (is this a model folder?)")
     got = data.get("model_type")
     if expected_model_type is not None and got != expected_model_type:
         raise ValueError(f"{path}: model_type is {got!r}, expected {expected_model_type!r}")

@@ -12,6 +12,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from dalle_zero.config import read_json_file
+
 HELP = "estimate parameters, FLOPs, memory and time of training a transformer config"
 
 
@@ -36,10 +38,7 @@ def load_transformer_config(name_or_path: str):  # -> TransformerConfig
         if not preset.is_file():
             raise FileNotFoundError(f"no config file or preset named {name_or_path!r}")
         path = Path(str(preset))
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json_file(path)
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if isinstance(data, dict):

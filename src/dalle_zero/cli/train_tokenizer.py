@@ -8,8 +8,9 @@ read, so held-out captions never shape the vocabulary.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from dalle_zero.config import read_json_file
 
 HELP = "train the BPE text tokenizer on the captions of an image-caption folder"
 
@@ -34,10 +35,7 @@ def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], st
     note = "all captions (no splits.json)"
     splits_path = root / "splits.json"
     if splits_path.is_file():
-        try:
-            splits = json.loads(splits_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{splits_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        splits = read_json_file(splits_path)
         if not isinstance(splits, dict) or split not in splits:
             known = sorted(splits) if isinstance(splits, dict) else []
             raise ValueError(f"{splits_path}: no split {split!r} (splits: {known})")

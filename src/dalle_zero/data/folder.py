@@ -15,7 +15,6 @@ restricts the dataset to those stems. Unusable samples are skipped and counted, 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from dalle_zero.config import read_json_file
 from dalle_zero.data.transforms import aspect_ratio_ok, pil_to_tensor, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -40,12 +40,7 @@ Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
 def read_splits(path: str | Path) -> dict[str, list[str]]:
     """``{split name: [stems]}`` from a ``splits.json`` file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"splits file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json_file(path, missing=f"splits file not found: {path}")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ValueError(f"{path}: expected an object mapping split names to lists of stems")
     return {str(k): [str(s) for s in v] for k, v in data.items()}

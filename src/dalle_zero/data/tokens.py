@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from dalle_zero.config import read_json_file
 from dalle_zero.errors import DataError
 from dalle_zero.io import atomic_directory
 
@@ -144,12 +145,8 @@ def read_token_index(folder: str | Path) -> dict[str, Any]:
     path = folder / INDEX_NAME
     if not folder.is_dir():
         raise FileNotFoundError(f"token folder not found: {folder}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {INDEX_NAME} (make token shards with `dalle encode`)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    missing = f"{folder}: no {INDEX_NAME} (make token shards with `dalle encode`)"
+    index = read_json_file(path, missing=missing, error=DataError)
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{path}: not a dalle-zero token index (format {index.get('format')!r})")
     if index.get("format_version", 0) > FORMAT_VERSION:

@@ -11,12 +11,11 @@ the spec fixes ``steps``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.data.emoji import EmojiDatasetConfig
 from dalle_zero.evaluation.evaluate import EvalConfig
 
@@ -110,10 +109,7 @@ def load_demo_config(name_or_path: str = "demo") -> DemoConfig:
             known = sorted(p.stem for p in PRESET_DIR.glob("demo*.json"))
             raise FileNotFoundError(f"demo config {name_or_path!r} is neither a file nor a preset (presets: {known})")
         path = preset
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     data.pop("config_class", None)

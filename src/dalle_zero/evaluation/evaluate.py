@@ -24,7 +24,6 @@ Figures from the evaluator are in-house: comparable between our own runs, never 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 
@@ -420,12 +419,7 @@ def evaluate_model(
 def read_splits(data_dir: Path) -> dict[str, list[str]]:
     """``{split name: stems}`` from ``data_dir/splits.json``."""
     path = data_dir / "splits.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is {data_dir} a dataset built by `dalle data emoji`?)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json_file(path, missing=f"{path} not found (is {data_dir} a dataset built by `dalle data emoji`?)")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object of split name -> stems")
     return {str(k): [str(s) for s in v] for k, v in data.items()}

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dalle_zero.config import read_json_file
 from dalle_zero.io import FORMAT_VERSION, atomic_directory
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
@@ -331,12 +332,8 @@ def read_pipeline_json(folder: Path) -> dict[str, str | None]:
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
     path = folder / PIPELINE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {PIPELINE_NAME} (is this a model folder from `dalle assemble`?)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    missing = f"{folder}: no {PIPELINE_NAME} (is this a model folder from `dalle assemble`?)"
+    data = read_json_file(path, missing=missing)
     if not isinstance(data, dict) or data.get("model_type") != "pipeline":
         raise ValueError(f"{path}: model_type is not 'pipeline'")
     if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.errors import DataError
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
 from dalle_zero.training import optim
@@ -141,12 +141,8 @@ def read_metadata(root: str | Path) -> dict[str, dict[str, Any]]:
 def read_split(root: str | Path, split: str) -> list[str]:
     """Stems of ``split`` from ``root/splits.json``."""
     path = Path(root) / "splits.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is {root} a dataset built by `dalle data emoji`?)")
-    try:
-        splits = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    missing = f"{path} not found (is {root} a dataset built by `dalle data emoji`?)"
+    splits = read_json_file(path, missing=missing, error=DataError)
     if not isinstance(splits, dict) or split not in splits:
         known = sorted(splits) if isinstance(splits, dict) else []
         raise DataError(f"{path}: no split {split!r} (splits: {known})")
