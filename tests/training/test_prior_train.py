@@ -213,24 +213,15 @@ def test_bad_train_config_values_raise(data, bad):
         _config(data, **bad)
 
 
-def test_cli_trains_resumes_and_saves_a_loadable_model(data, tmp_path, capsys):
+def _train_prior_argv(data: tuple[Path, Path], out: Path, config: str) -> list[str]:
     tokens, tok_dir = data
+    paths = ["--tokens", str(tokens), "--tokenizer", str(tok_dir), "--out", str(out)]
+    return ["train", "prior", *paths, "--config", config]
+
+
+def test_cli_trains_resumes_and_saves_a_loadable_model(data, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "prior",
-        "--tokens",
-        str(tokens),
-        "--tokenizer",
-        str(tok_dir),
-        "--out",
-        str(out),
-        "--config",
-        "tiny",
-        "--no-progress",
-        "--batch-size",
-        "4",
-    ]
+    args = [*_train_prior_argv(data, out, "tiny"), "--no-progress", "--batch-size", "4"]
     assert main([*args, "--steps", "6"]) == 0
     assert main([*args, "--steps", "8", "--resume", "--grad-accum", "2"]) == 0
     printed = capsys.readouterr().out
@@ -248,44 +239,16 @@ def test_cli_trains_resumes_and_saves_a_loadable_model(data, tmp_path, capsys):
 
 
 def test_cli_config_that_disagrees_with_the_data_is_a_one_line_error(data, tmp_path, capsys):
-    tokens, tok_dir = data
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"model": {"n_layer": 1, "n_head": 1, "n_embd": 8, "image_grid": GRID + 1}}))
-    code = main(
-        [
-            "train",
-            "prior",
-            "--tokens",
-            str(tokens),
-            "--tokenizer",
-            str(tok_dir),
-            "--out",
-            str(tmp_path / "run"),
-            "--config",
-            str(cfg),
-        ]
-    )
+    code = main(_train_prior_argv(data, tmp_path / "run", str(cfg)))
     err = capsys.readouterr().err
     assert code == 2
     assert f"model.image_grid is {GRID + 1} but token shards" in err and f"has {GRID}" in err
 
 
 def test_cli_unknown_preset_names_the_presets(data, tmp_path, capsys):
-    tokens, tok_dir = data
-    code = main(
-        [
-            "train",
-            "prior",
-            "--tokens",
-            str(tokens),
-            "--tokenizer",
-            str(tok_dir),
-            "--out",
-            str(tmp_path / "run"),
-            "--config",
-            "nonexistent",
-        ]
-    )
+    code = main(_train_prior_argv(data, tmp_path / "run", "nonexistent"))
     assert code == 2
     assert "tiny" in capsys.readouterr().err
 
