@@ -360,7 +360,7 @@ def resolve_component_dir(path: str | Path, component: str) -> Path:
         return path / sub
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():
-            data = json.loads((candidate / "config.json").read_text())
+            data = read_json_file(candidate / "config.json")  # a corrupt file: one-line error, no traceback
             expected = COMPONENT_TYPES[component]
             if data.get("model_type") != expected:
                 raise ValueError(
