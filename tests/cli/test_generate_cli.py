@@ -117,3 +117,15 @@ def test_assemble_refuses_a_component_of_the_wrong_kind(parts, tmp_path, capsys)
     )
     assert rc == 2
     assert "expected a 'dvae'" in capsys.readouterr().err
+
+
+def test_assemble_reports_a_corrupt_component_config_in_one_line(parts, tmp_path, capsys):
+    broken = tmp_path / "dvae"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    rc = main(
+        f"assemble --tokenizer {parts}/tokenizer --dvae {broken} --prior {parts}/prior_run --out {tmp_path}/m".split()
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not valid JSON" in err and "\n" not in err
+    assert not (tmp_path / "m").exists()
