@@ -138,3 +138,38 @@ def test_the_default_preset_fits_the_issue_budget():
     assert config.eval.splits == ("train", "validation", "unseen_compositions", "unseen_concepts")
     assert config.showcase_candidates > config.showcase_n
     assert config.stage("clip").config["loop"]["seed"] != config.stage("eval_clip").config["loop"]["seed"]
+
+
+def test_a_cached_evaluator_is_trained_once_per_dataset_and_settings_and_reused(emoji, tmp_path, monkeypatch):
+    from dalle_zero.demo.stages import DemoContext, evaluator_cache_dir, stage_evaluator
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    base = load_demo_config("demo_tiny")
+    spec = base.stage("evaluator").replace(cache=True)
+    config = base.replace(stages={**base.stages, "evaluator": spec})
+    first = stage_evaluator(DemoContext(tmp_path / "a", config, data=emoji, progress=False, log=lambda s: None))
+    cached = Path(first["cached"])
+    assert not first["reused"] and first["steps"] == spec.steps
+    assert cached.parent == tmp_path / "cache" / "dalle-zero" / "evaluators" and (cached / "finished.json").is_file()
+    model_a = (tmp_path / "a" / "runs" / "evaluator" / "model" / "model.safetensors").read_bytes()
+
+    # another demo folder reuses it without training, and gets the same model and accuracy
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached evaluator was trained again")
+
+    monkeypatch.setattr(loop_module, "train", no_training)
+    second = stage_evaluator(DemoContext(tmp_path / "b", config, data=emoji, progress=False, log=lambda s: None))
+    assert second["reused"] and second["cached"] == first["cached"] and second["accuracy"] == first["accuracy"]
+    assert (tmp_path / "b" / "runs" / "evaluator" / "model" / "model.safetensors").read_bytes() == model_a
+
+    # other settings or another dataset get another cache entry
+    other = dict(spec.config, lr=spec.config.get("lr", 2e-3) * 2)
+    assert evaluator_cache_dir(emoji, other) != cached
+    assert evaluator_cache_dir(emoji, spec.config) != cached  # the key includes the fixed step count
+
+
+def test_a_cached_stage_needs_a_fixed_step_count():
+    from dalle_zero.demo.config import StageSpec
+
+    with pytest.raises(ValueError, match="cache needs a fixed `steps`"):
+        StageSpec(share=0.1, cache=True)

@@ -135,6 +135,9 @@ def test_eval_cli_writes_finite_figures_for_every_split_and_a_report(tiny, tmp_p
         assert (out / "samples" / f"{split}_generated.png").is_file()
     comp = results["splits"]["unseen_compositions"]
     assert comp["heldout_attribute_n"] > 0 and 0.0 <= comp["heldout_attribute_accuracy"] <= 1.0
+    for prefix in ("real_", "recon_"):  # the same read-out on the real images and their dVAE round trip
+        assert 0.0 <= comp[f"{prefix}heldout_attribute_accuracy"] <= 1.0
+        assert 0.0 <= comp[f"{prefix}style_accuracy"] <= 1.0
     d = results["dvae"]
     assert math.isfinite(d["psnr"]) and 0 < d["codebook_perplexity"] <= 32 and 0 < d["codebook_usage"] <= 1
     html = (out / "report.html").read_text()

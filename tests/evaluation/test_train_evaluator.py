@@ -13,6 +13,7 @@ from dalle_zero.training.evaluator import (
     IGNORE,
     EvaluatorTask,
     EvaluatorTrainConfig,
+    LabelledImages,
     build_train_config,
     field_label,
     head_accuracy,
@@ -77,6 +78,31 @@ def test_augmentation_is_reproducible_from_the_sample_seed(shapes):
     assert torch.equal(a["pixels"], b["pixels"]) and a["pixels"].shape == (3, 16, 16)
     assert torch.equal(a["labels"], c["labels"])
     assert data[3]["pixels"].shape == (3, 16, 16)
+
+
+def test_blur_augmentation_softens_some_images_and_keeps_range_and_seed_reproducibility(shapes):
+    images = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    images[0, :, 4:12, 4:12] = 255  # a sharp white square on black
+    labels = torch.zeros(1, 1, dtype=torch.long)
+    sharp = LabelledImages(images, labels, augment=True, max_shift=0, hflip=False)
+    always = LabelledImages(images, labels, augment=True, max_shift=0, hflip=False, blur_prob=1.0, max_blur=1.5)
+    half = LabelledImages(images, labels, augment=True, max_shift=0, hflip=False, blur_prob=0.5, max_blur=1.5)
+    original = images[0].float() / 255
+    assert all(torch.equal(sharp[(0, seed)]["pixels"], original) for seed in range(20))
+    blurred = [always[(0, seed)]["pixels"] for seed in range(20)]
+    for x in blurred:
+        assert x.shape == (3, 16, 16) and 0.0 <= x.min() and x.max() <= 1.0
+        assert 0.0 < x[0, 4, 4] < 1.0 and x[0, 0, 0] < 0.01  # the edge is soft, the far corner stays black
+    assert len({round(float(x[0, 3, 8]), 6) for x in blurred}) > 5  # the radius varies with the seed
+    assert torch.equal(always[(0, 7)]["pixels"], blurred[7])
+    n_blurred = sum(not torch.equal(half[(0, seed)]["pixels"], original) for seed in range(200))
+    assert 70 < n_blurred < 130
+
+
+@pytest.mark.parametrize(("field", "value"), [("blur_prob", 1.5), ("blur_prob", -0.1), ("max_blur", -1.0)])
+def test_bad_blur_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        EvaluatorTrainConfig(**{field: value})
 
 
 def test_evaluator_trains_to_high_accuracy_on_coloured_shapes_in_seconds(shapes, tmp_path):

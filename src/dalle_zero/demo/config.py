@@ -31,6 +31,9 @@ class StageSpec(Config):
     min_steps: int = 10
     max_steps: int = 100_000
     steps: int | None = None  # a fixed step count (no calibration); None: from the time budget
+    # Train once per dataset and settings, keep the run in the user cache and reuse it (needs `steps`):
+    # for the evaluator, a yardstick that stays the same whatever `--minutes` the demo is given.
+    cache: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # fields of the stage's train config
 
     def __post_init__(self) -> None:
@@ -39,6 +42,10 @@ class StageSpec(Config):
         check_int(self, "max_steps", min_value=self.min_steps)
         if self.steps is not None:
             check_int(self, "steps", min_value=1)
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"StageSpec.cache must be true or false, got {self.cache!r}")
+        if self.cache and self.steps is None:
+            raise ValueError("StageSpec.cache needs a fixed `steps`: a cached model must not depend on the time budget")
         if not isinstance(self.config, dict):
             raise ValueError(f"StageSpec.config must be a JSON object, got {type(self.config).__name__}")
 

@@ -152,12 +152,15 @@ def _image_stage_fields(ctx: DemoContext, config: dict[str, Any], steps: int, **
 # training stages
 
 
-def train_stage(ctx: DemoContext, name: str, build: StageBuilder) -> dict[str, Any]:
-    """Plan (once), train (resuming), and check a training stage; see the module docstring."""
+def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Path | None = None) -> dict[str, Any]:
+    """Plan (once), train (resuming), and check a training stage; see the module docstring.
+
+    The run goes to ``run_dir`` (default ``ctx.run_dir(name)``).
+    """
     from dalle_zero.training.loop import train
 
     spec = ctx.config.stage(name)
-    run_dir = ctx.run_dir(name)
+    run_dir = ctx.run_dir(name) if run_dir is None else run_dir
     plan_path = ctx.out / "stages" / f"{name}.plan.json"
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
@@ -265,9 +268,56 @@ def stage_evaluator(ctx: DemoContext) -> dict[str, Any]:
             net = EmojiEvaluator(cfg.model)
         return net, task, cfg
 
-    result = train_stage(ctx, "evaluator", build)
-    result["accuracy"] = last_validation(ctx.run_dir("evaluator"))
+    run_dir = ctx.run_dir("evaluator")
+    if not spec.cache:
+        result = train_stage(ctx, "evaluator", build)
+    else:
+        assert spec.steps is not None  # StageSpec checks it
+        cached = evaluator_cache_dir(_data(ctx), _with_loop(spec.config, spec.steps))
+        done = cached / "finished.json"
+        reuse = done.is_file()
+        if reuse:
+            ctx.log(f"  reusing the evaluator trained before for this dataset: {cached}")
+            result = {"steps": spec.steps, "train_seconds": 0.0, "rate": None, "seconds": None}
+        else:
+            ctx.log(f"  trained once for this dataset and kept in {cached}")
+            result = train_stage(ctx, "evaluator", build, run_dir=cached)
+            atomic_write_text(done, json.dumps({"steps": spec.steps, "seconds": result["train_seconds"]}) + "\n")
+        _copy_run(cached, run_dir)
+        result.update(cached=str(cached), reused=reuse)
+    result["accuracy"] = last_validation(run_dir)
     return result
+
+
+def evaluator_cache_dir(data: Path, fields: dict[str, Any]) -> Path:
+    """``~/.cache/dalle-zero/evaluators/<dataset>-<key>``: one evaluator run per dataset and settings.
+
+    The key hashes the dataset's ``splits.json`` and ``metadata.jsonl`` (so a rebuilt or different
+    dataset gets its own evaluator) and the stage's train-config fields (so do other settings).
+    """
+    import hashlib
+
+    from dalle_zero.data.npm import default_cache_dir
+
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    for name in ("splits.json", "metadata.jsonl"):
+        h.update((data / name).read_bytes())
+    return default_cache_dir().parent / "evaluators" / f"{data.name}-{h.hexdigest()[:12]}"
+
+
+def _copy_run(source: Path, dest: Path) -> None:
+    """The finished run's model, config and metrics into ``dest`` (replacing it), written whole or not at all."""
+    import shutil
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(source / "model", tmp / "model")
+    for name in ("metrics.jsonl", "train_config.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
 
 
 def stage_prior(ctx: DemoContext) -> dict[str, Any]:

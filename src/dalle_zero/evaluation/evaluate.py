@@ -90,6 +90,7 @@ class SplitSamples:
     real: Tensor  # float[N, 3, S, S] in [0, 1] (S: the dVAE's image size)
     fake: Tensor  # float[N, 3, S, S] in [0, 1]
     scores: Tensor | None  # float[N] reranker scores of the kept images (None: no reranking)
+    recon: Tensor | None = None  # float[N, 3, S, S]: the real images through the dVAE and back
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,16 +227,23 @@ def prior_bits(pipeline: Any, captions: Sequence[str], real: Tensor, *, batch_si
 
 
 @torch.no_grad()
-def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[dict[str, float], Tensor]:
-    """PSNR, SSIM, codebook perplexity and usage of the hard-code round trip; and the reconstructions."""
+def round_trip(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+    """``(codes long[N, h, w], reconstructions float[N, 3, S, S] in [0, 1])``: real images through the
+    dVAE's hard codes and back, the best any prior over those codes can do."""
     device = next(dvae.parameters()).device
     codes, recons = [], []
     for b in real.split(batch_size):
         c = dvae.encode(b.to(device))  # (b, h, w)
         codes.append(c.cpu())
         recons.append(dvae.decode(c).float().clamp(0, 1).cpu())
-    recon = torch.cat(recons)
-    stats = metrics.codebook_stats(torch.cat(codes), dvae.config.vocab_size)
+    return torch.cat(codes), torch.cat(recons)
+
+
+@torch.no_grad()
+def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[dict[str, float], Tensor]:
+    """PSNR, SSIM, codebook perplexity and usage of the hard-code round trip; and the reconstructions."""
+    codes, recon = round_trip(dvae, real, batch_size=batch_size)
+    stats = metrics.codebook_stats(codes, dvae.config.vocab_size)
     out = {
         "n_images": len(real),
         "psnr": metrics.psnr(recon, real),
@@ -249,33 +257,34 @@ def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tup
 
 
 def attribute_figures(evaluator: nn.Module, s: SplitSamples) -> dict[str, Any]:
-    """Tone / style read-outs of the generated and the real images (per head the evaluator has)."""
+    """Tone / style read-outs of the generated images, and of the same captions' real images
+    (``real_*``: how well the evaluator reads) and their dVAE reconstructions (``recon_*``: the most
+    a prior over the dVAE's codes could score), per head the evaluator has."""
     out: dict[str, Any] = {}
-    heads = evaluator.config.head_names
-    for head in ("tone", "style"):
-        if head not in heads:
-            continue
+    heads = [h for h in ("tone", "style") if h in evaluator.config.head_names]
+    views = {"": s.fake, "real_": s.real}
+    if s.recon is not None:
+        views["recon_"] = s.recon
+    for head in heads:
         asked = asked_labels(s.rows, head)
-        out[f"{head}_accuracy"], out[f"{head}_n"] = metrics.attribute_accuracy(evaluator, s.fake, head, asked)
-        out[f"real_{head}_accuracy"], _ = metrics.attribute_accuracy(evaluator, s.real, head, asked)
+        for prefix, images in views.items():
+            acc, n = metrics.attribute_accuracy(evaluator, images, head, asked)
+            out[f"{prefix}{head}_accuracy"] = acc
+        out[f"{head}_n"] = n
     if s.split == "unseen_compositions":
-        right = total = 0.0
-        right_real = 0.0
-        for head in ("tone", "style"):
-            if head not in heads:
-                continue
+        right = dict.fromkeys(views, 0.0)
+        total = 0
+        for head in heads:
             asked = asked_labels(s.rows, head, holdout_only=True)
-            acc, n = metrics.attribute_accuracy(evaluator, s.fake, head, asked)
-            acc_real, _ = metrics.attribute_accuracy(evaluator, s.real, head, asked)
-            out[f"heldout_{head}_accuracy"], out[f"heldout_{head}_n"] = acc, n
-            out[f"real_heldout_{head}_accuracy"] = acc_real
-            if n:
-                right += acc * n
-                right_real += acc_real * n
-                total += n
-        out["heldout_attribute_accuracy"] = right / total if total else math.nan
-        out["real_heldout_attribute_accuracy"] = right_real / total if total else math.nan
-        out["heldout_attribute_n"] = int(total)
+            for prefix, images in views.items():
+                acc, n = metrics.attribute_accuracy(evaluator, images, head, asked)
+                out[f"{prefix}heldout_{head}_accuracy"] = acc
+                right[prefix] += acc * n if n else 0.0
+            out[f"heldout_{head}_n"] = n
+            total += n
+        for prefix in views:
+            out[f"{prefix}heldout_attribute_accuracy"] = right[prefix] / total if total else math.nan
+        out["heldout_attribute_n"] = total
     return out
 
 
@@ -383,7 +392,8 @@ def evaluate_model(
             captions = [str(r["caption"]) for r in rows]
             real = load_real_images(data_dir, stems, size)
             fake, scores = generate_for_captions(pipeline, captions, config, generator=generator, progress=bar)
-            samples[name] = SplitSamples(name, stems, captions, rows, real, fake, scores)
+            _, recon = round_trip(pipeline.dvae, real)
+            samples[name] = SplitSamples(name, stems, captions, rows, real, fake, scores, recon)
     finally:
         bar.close()
     for name, s in tqdm(samples.items(), desc="eval: figures", unit="split", disable=not progress):

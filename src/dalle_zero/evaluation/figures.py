@@ -94,6 +94,12 @@ def figures(settings: dict[str, Any]) -> list[Figure]:
             real_key="real_heldout_attribute_accuracy",
         ),
         Figure(
+            "recon_heldout_attribute_accuracy",
+            "held-out tone/style of dVAE reconstructions ↑",
+            "the same read-out on the real images of those captions after a round trip through the dVAE's codes: "
+            "the most a prior over these codes could score, so the gap to the real images is the tokenizer's.",
+        ),
+        Figure(
             "bits_per_image_token",
             "bits per image token ↓",
             "cross-entropy (bits) of the prior on the dVAE codes of the real images, teacher-forced on their captions.",

@@ -12,8 +12,13 @@ measure of how well it reads category, skin tone and style. Labels come from the
   one-style dataset) is dropped, since it could only learn a constant;
 - a held-out label the training split never shows is ignored when scoring that head.
 
-Augmentation is light and label-preserving: a random shift of up to ``max_shift`` pixels (filled with
-the image's corner colour, the dataset background) and an optional horizontal flip, drawn from the
+Augmentation is label-preserving: a random shift of up to ``max_shift`` pixels (filled with the
+image's corner colour, the dataset background), an optional horizontal flip, and, for a share
+``blur_prob`` of the images, a Gaussian blur of radius drawn uniformly from ``(0, max_blur]`` pixels.
+The blur is there because the evaluator's job is to read *generated* images, and those are softer
+than the real ones (they pass through the dVAE): an evaluator that has only seen sharp images reads
+a dVAE reconstruction of a real "medium skin tone" image as some other tone, which measures
+sharpness rather than tone. It still learns from real images only. All draws come from the
 per-sample seed the loop's sampler hands out, so a resumed run sees the same batches.
 """
 
@@ -34,6 +39,7 @@ from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.errors import DataError
+from dalle_zero.evaluation.metrics import blur
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
 from dalle_zero.training import optim
 from dalle_zero.training.loop import LoopConfig, TrainTask
@@ -65,6 +71,8 @@ class EvaluatorTrainConfig(Config):
     augment: bool = True
     max_shift: int = 2
     hflip: bool = True
+    blur_prob: float = 0.5  # share of training images blurred (0: never)
+    max_blur: float = 1.5  # largest blur radius, pixels
     lr: float = 2e-3
     lr_end: float = 2e-5
     warmup_steps: int = 100
@@ -92,6 +100,8 @@ class EvaluatorTrainConfig(Config):
         check_int(self, "eval_max_images", min_value=1)
         check_int(self, "eval_batch_size", min_value=1)
         check_int(self, "max_shift", min_value=0)
+        check_float(self, "blur_prob", min_value=0.0, max_value=1.0)
+        check_float(self, "max_blur", min_value=0.0)
         check_int(self, "warmup_steps", min_value=0)
         check_float(self, "lr", min_value=0.0, strict_min=True)
         check_float(self, "lr_end", min_value=0.0)
@@ -195,6 +205,8 @@ class LabelledImages(Dataset):
         augment: bool = False,
         max_shift: int = 2,
         hflip: bool = True,
+        blur_prob: float = 0.0,
+        max_blur: float = 0.0,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
@@ -207,6 +219,8 @@ class LabelledImages(Dataset):
         self.augment = augment
         self.max_shift = max_shift
         self.hflip = hflip
+        self.blur_prob = blur_prob
+        self.max_blur = max_blur
 
     def __len__(self) -> int:
         return len(self.images)
@@ -228,6 +242,9 @@ class LabelledImages(Dataset):
             x = padded[:, s + dy : s + dy + x.shape[1], s + dx : s + dx + x.shape[2]]
         if self.hflip and bool(torch.rand((), generator=g) < 0.5):
             x = x.flip(-1)
+        if self.max_blur > 0 and bool(torch.rand((), generator=g) < self.blur_prob):
+            radius = self.max_blur * (1.0 - float(torch.rand((), generator=g)))  # in (0, max_blur]
+            x = blur(x[None], radius)[0]
         return x.contiguous()
 
 
@@ -367,6 +384,8 @@ class EvaluatorTask(TrainTask):
             augment=cfg.augment,
             max_shift=cfg.max_shift,
             hflip=cfg.hflip,
+            blur_prob=cfg.blur_prob,
+            max_blur=cfg.max_blur,
         )
         evals = {}
         known = json.loads((root / "splits.json").read_text())
