@@ -141,7 +141,7 @@ def test_the_default_preset_fits_the_issue_budget():
 
 
 def test_a_cached_evaluator_is_trained_once_per_dataset_and_settings_and_reused(emoji, tmp_path, monkeypatch):
-    from dalle_zero.demo.stages import DemoContext, evaluator_cache_dir, stage_evaluator
+    from dalle_zero.demo.stages import DemoContext, stage_cache_dir, stage_evaluator
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     base = load_demo_config("demo_tiny")
@@ -150,7 +150,7 @@ def test_a_cached_evaluator_is_trained_once_per_dataset_and_settings_and_reused(
     first = stage_evaluator(DemoContext(tmp_path / "a", config, data=emoji, progress=False, log=lambda s: None))
     cached = Path(first["cached"])
     assert not first["reused"] and first["steps"] == spec.steps
-    assert cached.parent == tmp_path / "cache" / "dalle-zero" / "evaluators" and (cached / "finished.json").is_file()
+    assert cached.parent == tmp_path / "cache" / "dalle-zero" / "evaluator" and (cached / "finished.json").is_file()
     model_a = (tmp_path / "a" / "runs" / "evaluator" / "model" / "model.safetensors").read_bytes()
 
     # another demo folder reuses it without training, and gets the same model and accuracy
@@ -164,8 +164,13 @@ def test_a_cached_evaluator_is_trained_once_per_dataset_and_settings_and_reused(
 
     # other settings or another dataset get another cache entry
     other = dict(spec.config, lr=spec.config.get("lr", 2e-3) * 2)
-    assert evaluator_cache_dir(emoji, other) != cached
-    assert evaluator_cache_dir(emoji, spec.config) != cached  # the key includes the fixed step count
+    assert stage_cache_dir("evaluator", emoji, other) != cached
+    assert stage_cache_dir("evaluator", emoji, spec.config) != cached  # the key includes the fixed step count
+    vocab = tmp_path / "tokenizer.json"  # an input file (a CLIP's tokenizer) is part of the key
+    vocab.write_text("a")
+    keyed = stage_cache_dir("eval_clip", emoji, spec.config, [vocab])
+    vocab.write_text("b")
+    assert stage_cache_dir("eval_clip", emoji, spec.config, [vocab]) != keyed
 
 
 def test_a_cached_stage_needs_a_fixed_step_count():

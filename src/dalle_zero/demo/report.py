@@ -79,9 +79,9 @@ def stage_details(name: str, summary: dict[str, Any]) -> str:
             if k.endswith(("tone_acc", "style_acc", "/category_acc")) and not k.startswith("train")
         }
         parts.append("held-out real-image accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
-        if summary.get("cached"):
-            verb = "reused from" if summary.get("reused") else "trained once and kept in"
-            parts.append(f"{verb} {summary['cached']}, the same yardstick for every demo on this dataset")
+    if summary.get("cached"):
+        verb = "reused from" if summary.get("reused") else "trained once and kept in"
+        parts.append(f"{verb} {summary['cached']}, the same yardstick for every demo on this dataset")
     return "; ".join(p for p in parts if p)
 
 

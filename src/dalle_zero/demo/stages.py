@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +238,7 @@ def _clip_stage(ctx: DemoContext, name: str) -> dict[str, Any]:
         cfg = CLIPTrainConfig.from_dict(fields, source=f"demo {name} stage")
         return build_model(cfg), CLIPTask(cfg, tokenizer), cfg
 
-    return train_stage(ctx, name, build)
+    return cached_train_stage(ctx, name, build, inputs=[ctx.tokenizer_dir / "tokenizer.json"])
 
 
 def stage_clip(ctx: DemoContext) -> dict[str, Any]:
@@ -268,41 +268,53 @@ def stage_evaluator(ctx: DemoContext) -> dict[str, Any]:
             net = EmojiEvaluator(cfg.model)
         return net, task, cfg
 
-    run_dir = ctx.run_dir("evaluator")
-    if not spec.cache:
-        result = train_stage(ctx, "evaluator", build)
-    else:
-        assert spec.steps is not None  # StageSpec checks it
-        cached = evaluator_cache_dir(_data(ctx), _with_loop(spec.config, spec.steps))
-        done = cached / "finished.json"
-        reuse = done.is_file()
-        if reuse:
-            ctx.log(f"  reusing the evaluator trained before for this dataset: {cached}")
-            result = {"steps": spec.steps, "train_seconds": 0.0, "rate": None, "seconds": None}
-        else:
-            ctx.log(f"  trained once for this dataset and kept in {cached}")
-            result = train_stage(ctx, "evaluator", build, run_dir=cached)
-            atomic_write_text(done, json.dumps({"steps": spec.steps, "seconds": result["train_seconds"]}) + "\n")
-        _copy_run(cached, run_dir)
-        result.update(cached=str(cached), reused=reuse)
-    result["accuracy"] = last_validation(run_dir)
+    result = cached_train_stage(ctx, "evaluator", build)
+    result["accuracy"] = last_validation(ctx.run_dir("evaluator"))
     return result
 
 
-def evaluator_cache_dir(data: Path, fields: dict[str, Any]) -> Path:
-    """``~/.cache/dalle-zero/evaluators/<dataset>-<key>``: one evaluator run per dataset and settings.
+def cached_train_stage(
+    ctx: DemoContext, name: str, build: StageBuilder, *, inputs: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """:func:`train_stage`, or, for a spec with ``cache``, train once into the user cache and reuse.
 
-    The key hashes the dataset's ``splits.json`` and ``metadata.jsonl`` (so a rebuilt or different
-    dataset gets its own evaluator) and the stage's train-config fields (so do other settings).
+    A cached stage (the evaluator and the R-precision CLIP: yardsticks, not parts of the model) is
+    trained with its fixed step count in :func:`stage_cache_dir`, marked finished there, and copied
+    into ``runs/<name>``; a later demo on the same dataset, settings and ``inputs`` copies it again.
+    """
+    spec = ctx.config.stage(name)
+    if not spec.cache:
+        return train_stage(ctx, name, build)
+    assert spec.steps is not None  # StageSpec checks it
+    cached = stage_cache_dir(name, _data(ctx), _with_loop(spec.config, spec.steps), inputs)
+    done = cached / "finished.json"
+    reuse = done.is_file()
+    if reuse:
+        ctx.log(f"  reusing the run trained before for this dataset: {cached}")
+        result = {"steps": spec.steps, "train_seconds": 0.0, "rate": None, "seconds": None}
+    else:
+        ctx.log(f"  trained once for this dataset and kept in {cached}")
+        result = train_stage(ctx, name, build, run_dir=cached)
+        atomic_write_text(done, json.dumps({"steps": spec.steps, "seconds": result["train_seconds"]}) + "\n")
+    _copy_run(cached, ctx.run_dir(name))
+    return {**result, "cached": str(cached), "reused": reuse}
+
+
+def stage_cache_dir(name: str, data: Path, fields: dict[str, Any], inputs: Sequence[Path] = ()) -> Path:
+    """``~/.cache/dalle-zero/<name>/<dataset>-<key>``: one run per dataset, settings and input files.
+
+    The key hashes the stage's train-config fields, the dataset's ``splits.json`` and
+    ``metadata.jsonl`` (a rebuilt or different dataset gets its own run) and ``inputs`` (e.g. the
+    BPE tokenizer a CLIP reads captions with).
     """
     import hashlib
 
     from dalle_zero.data.npm import default_cache_dir
 
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-    for name in ("splits.json", "metadata.jsonl"):
-        h.update((data / name).read_bytes())
-    return default_cache_dir().parent / "evaluators" / f"{data.name}-{h.hexdigest()[:12]}"
+    for path in (data / "splits.json", data / "metadata.jsonl", *inputs):
+        h.update(Path(path).read_bytes())
+    return default_cache_dir().parent / name / f"{data.name}-{h.hexdigest()[:12]}"
 
 
 def _copy_run(source: Path, dest: Path) -> None:

@@ -229,7 +229,7 @@ def prior_bits(pipeline: Any, captions: Sequence[str], real: Tensor, *, batch_si
 @torch.no_grad()
 def round_trip(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[Tensor, Tensor]:
     """``(codes long[N, h, w], reconstructions float[N, 3, S, S] in [0, 1])``: real images through the
-    dVAE's hard codes and back, the best any prior over those codes can do."""
+    dVAE's hard codes and back: what a prior that drew exactly those codes would produce."""
     device = next(dvae.parameters()).device
     codes, recons = [], []
     for b in real.split(batch_size):
@@ -258,8 +258,10 @@ def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tup
 
 def attribute_figures(evaluator: nn.Module, s: SplitSamples) -> dict[str, Any]:
     """Tone / style read-outs of the generated images, and of the same captions' real images
-    (``real_*``: how well the evaluator reads) and their dVAE reconstructions (``recon_*``: the most
-    a prior over the dVAE's codes could score), per head the evaluator has."""
+    (``real_*``: how well the evaluator reads) and their dVAE reconstructions (``recon_*``: what a
+    prior that drew exactly the real images' codes would score; a reference for what the tokenizer
+    loses, not a bound, since a prior can draw more typical colours than one image's codes), per head
+    the evaluator has."""
     out: dict[str, Any] = {}
     heads = [h for h in ("tone", "style") if h in evaluator.config.head_names]
     views = {"": s.fake, "real_": s.real}

@@ -97,7 +97,8 @@ def figures(settings: dict[str, Any]) -> list[Figure]:
             "recon_heldout_attribute_accuracy",
             "held-out tone/style of dVAE reconstructions ↑",
             "the same read-out on the real images of those captions after a round trip through the dVAE's codes: "
-            "the most a prior over these codes could score, so the gap to the real images is the tokenizer's.",
+            "what a prior that drew exactly the real images' codes would score, so the gap to the real images "
+            "is what the tokenizer loses (not a bound: a prior can draw more typical colours than one image's codes).",
         ),
         Figure(
             "bits_per_image_token",
