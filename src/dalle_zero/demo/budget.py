@@ -58,7 +58,7 @@ def measure_steps_per_second(model: nn.Module, task: TrainTask, loop: LoopConfig
 
 
 def fastest_thread_count(
-    candidates: Sequence[int] | None = None, *, repeats: int = 3, margin: float = 1.5
+    candidates: Sequence[int] | None = None, *, repeats: int = 5, margin: float = 1.2
 ) -> tuple[int, dict[int, float]]:
     """The torch intra-op thread count that runs a small transformer-like workload fastest right now.
 
@@ -66,7 +66,9 @@ def fastest_thread_count(
     operation can make 2 threads several times *slower* than 1 (measured here: a prior training step
     1.8 s with 1 thread vs 5 s with 2; cached sampling 0.75 s vs 45 s), while on a quiet machine 2
     threads are at most about twice as fast. So more threads are chosen only when they are at least
-    ``margin`` times faster than the fewest. Returns ``(chosen, {n: seconds})`` and leaves torch set to it.
+    ``margin`` times faster than the fewest (the best of ``repeats`` timings each: with a 1.5 margin
+    and 2 repeats, timing noise on a quiet machine once put a whole dVAE stage on 1 thread).
+    Returns ``(chosen, {n: seconds})`` and leaves torch set to it.
     """
     import os
 

@@ -218,7 +218,7 @@ def _run_stages(ctx: st.DemoContext, done: dict[str, dict[str, Any]], log: Calla
             continue
         log(title)
         t0 = time.perf_counter()
-        threads, timings = budget.fastest_thread_count(repeats=2)
+        threads, timings = budget.fastest_thread_count()
         if len(timings) > 1:
             log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
         summary = fn(ctx)
