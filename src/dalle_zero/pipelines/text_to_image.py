@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from dalle_zero.config import read_json_file
-from dalle_zero.io import FORMAT_VERSION, atomic_directory
+from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, resolve_model_dir
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.transformer import DalleTransformer
@@ -358,13 +358,11 @@ def resolve_component_dir(path: str | Path, component: str) -> Path:
         if not sub:
             raise ValueError(f"{path}: this pipeline has no {component}")
         return path / sub
-    for candidate in (path, path / "model"):
-        if (candidate / "config.json").is_file():
-            data = read_json_file(candidate / "config.json")  # a corrupt file: one-line error, no traceback
-            expected = COMPONENT_TYPES[component]
-            if data.get("model_type") != expected:
-                raise ValueError(
-                    f"{candidate}: holds a {data.get('model_type')!r} model, expected a {expected!r} for --{component}"
-                )
-            return candidate
-    raise FileNotFoundError(f"{path}: neither a {component} model folder nor a run folder with model/ inside")
+    model_dir = resolve_model_dir(path)  # the folder itself, or a training run's model/
+    data = read_json_file(model_dir / CONFIG_NAME)  # a corrupt file: one-line error, no traceback
+    expected = COMPONENT_TYPES[component]
+    if data.get("model_type") != expected:
+        raise ValueError(
+            f"{model_dir}: holds a {data.get('model_type')!r} model, expected a {expected!r} for --{component}"
+        )
+    return model_dir
