@@ -90,22 +90,20 @@ def render_showcase(
             entries = []
             for i, row in enumerate(rows):
                 caption = str(row["caption"])
-                out = pipeline(
+                folder = out_dir / "images" / split
+                paths, scores = _sample_and_save(
+                    pipeline,
                     caption,
+                    folder,
+                    f"{i:02d}",
+                    out_dir,
                     n=n,
                     candidates=candidates,
                     seed=seed + i,
                     guidance_scale=guidance_scale,
-                    batch_size=min(candidates, 32),
                 )
                 real = load_real_images(data_dir, [row["stem"]], size)[0]
-                folder = Path("images") / split
-                real_path = save_png(real, out_dir / folder / f"{i:02d}_real.png")
-                paths = [
-                    str(save_png(img, out_dir / folder / f"{i:02d}_{j}.png").relative_to(out_dir))
-                    for j, img in enumerate(out.images[0])
-                ]
-                scores = out.scores[0]
+                real_path = save_png(real, folder / f"{i:02d}_real.png")
                 entries.append(
                     {
                         "caption": caption,
@@ -113,7 +111,7 @@ def render_showcase(
                         "holdout": row.get("holdout"),
                         "real": str(real_path.relative_to(out_dir)),
                         "images": paths,
-                        "scores": None if scores is None else [round(float(s), 4) for s in scores],
+                        "scores": scores,
                         "seed": seed + i,
                     }
                 )
@@ -189,25 +187,49 @@ def render_image_to_image(
         "completions": [],
     }
     for k, caption in enumerate(captions):
-        out = pipeline(
+        paths, scores = _sample_and_save(
+            pipeline,
             caption,
+            folder,
+            str(k),
+            out_dir,
             n=n,
             candidates=candidates,
             seed=seed + k,
+            guidance_scale=guidance_scale,
             prime_image=real,
             prime_rows=rows,
-            guidance_scale=guidance_scale,
-            batch_size=min(candidates, 32),
         )
-        paths = [
-            str(save_png(img, folder / f"{k}_{j}.png").relative_to(out_dir)) for j, img in enumerate(out.images[0])
-        ]
-        scores = out.scores[0]
-        result["completions"].append(
-            {
-                "caption": caption,
-                "images": paths,
-                "scores": None if scores is None else [round(float(s), 4) for s in scores],
-            }
-        )
+        result["completions"].append({"caption": caption, "images": paths, "scores": scores})
     return result
+
+
+def _sample_and_save(
+    pipeline: Any,
+    caption: str,
+    folder: Path,
+    prefix: str,
+    out_dir: Path,
+    *,
+    n: int,
+    candidates: int,
+    seed: int,
+    guidance_scale: float,
+    **prime: Any,
+) -> tuple[list[str], list[float] | None]:
+    """The reranker's best ``n`` of ``candidates`` images for ``caption`` (``prime`` as the pipeline takes
+    it), saved as ``folder/<prefix>_<j>.png``: their paths relative to ``out_dir`` and rounded scores."""
+    out = pipeline(
+        caption,
+        n=n,
+        candidates=candidates,
+        seed=seed,
+        guidance_scale=guidance_scale,
+        batch_size=min(candidates, 32),
+        **prime,
+    )
+    paths = [
+        str(save_png(img, folder / f"{prefix}_{j}.png").relative_to(out_dir)) for j, img in enumerate(out.images[0])
+    ]
+    scores = out.scores[0]
+    return paths, None if scores is None else [round(float(s), 4) for s in scores]
