@@ -32,7 +32,7 @@ class StageSpec(Config):
     max_steps: int = 100_000
     steps: int | None = None  # a fixed step count (no calibration); None: from the time budget
     # Train once per dataset and settings, keep the run in the user cache and reuse it (needs `steps`):
-    # for the evaluator, a yardstick that stays the same whatever `--minutes` the demo is given.
+    # for the evaluator and the R-precision CLIP, yardsticks that stay the same whatever `--minutes` is.
     cache: bool = False
     config: dict[str, Any] = field(default_factory=dict)  # fields of the stage's train config
 

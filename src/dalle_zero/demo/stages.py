@@ -28,7 +28,7 @@ from torch import nn
 from dalle_zero.config import Config
 from dalle_zero.demo import budget
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
-from dalle_zero.io import atomic_write_text
+from dalle_zero.io import atomic_directory, atomic_write_text
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.loop import LoopConfig, TrainTask, last_validation
 
@@ -321,15 +321,11 @@ def _copy_run(source: Path, dest: Path) -> None:
     """The finished run's model, config and metrics into ``dest`` (replacing it), written whole or not at all."""
     import shutil
 
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(source / "model", tmp / "model")
-    for name in ("metrics.jsonl", "train_config.json"):
-        if (source / name).is_file():
-            shutil.copy2(source / name, tmp / name)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    with atomic_directory(dest) as tmp:
+        shutil.copytree(source / "model", tmp / "model")
+        for name in ("metrics.jsonl", "train_config.json"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
 
 
 def stage_prior(ctx: DemoContext) -> dict[str, Any]:
