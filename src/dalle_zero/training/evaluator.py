@@ -388,7 +388,7 @@ class EvaluatorTask(TrainTask):
             max_blur=cfg.max_blur,
         )
         evals = {}
-        known = json.loads((root / "splits.json").read_text())
+        known = read_json_file(root / "splits.json", error=DataError)
         for split in cfg.eval_splits:
             if not known.get(split):
                 logger.info("split %r is missing or empty in %s: not evaluated", split, root)
