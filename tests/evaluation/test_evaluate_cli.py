@@ -145,6 +145,14 @@ def test_eval_cli_writes_finite_figures_for_every_split_and_a_report(tiny, tmp_p
     assert (out / "samples" / "dvae_reconstructions.png").is_file()
 
 
+def test_eval_cli_with_a_relative_out_folder_writes_its_report(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(_argv(tiny, Path("runs/eval"), "--samples", "4", "--split", "validation")) == 0
+    html = (tmp_path / "runs" / "eval" / "report.html").read_text()
+    assert 'src="samples/validation_generated.png"' in html
+    assert (tmp_path / "runs" / "eval" / "samples" / "validation_generated.png").is_file()
+
+
 def test_eval_cli_passes_guidance_nucleus_and_int8_settings_to_the_sampler(tiny, tmp_path):
     out = tmp_path / "eval"
     extra = ("--split", "validation", "--samples", "3", "--guidance-scale", "2.5", "--top-p", "0.9", "--int8")

@@ -69,6 +69,7 @@ def write_eval_report(results: dict[str, Any], out_dir: Path, *, title: str = "d
     from dalle_zero.evaluation.figures import IN_HOUSE_NOTE, SPLIT_TITLES, dvae_rows, figure_table_html
     from dalle_zero.evaluation.report import HtmlReport
 
+    out_dir = Path(out_dir).resolve()  # image paths below are built from it: relative ones would be prefixed twice
     report = HtmlReport(title, out_dir)
     report.paragraph(IN_HOUSE_NOTE, note=True)
     report.section("Figures")

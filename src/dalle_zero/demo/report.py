@@ -94,6 +94,7 @@ def write_report(
     header: dict[str, Any],
 ) -> Path:
     """Write ``out/report.html`` (and its plots) from the demo's records; returns its path."""
+    out = Path(out).resolve()  # image paths below are built from it: relative ones would be prefixed twice
     report = HtmlReport("dalle-zero demo", out)
     report.paragraph(
         f"Trained from scratch on this machine in {header['wall_minutes']:.1f} minutes of wall time "
