@@ -12,7 +12,9 @@ from dalle_zero.training.clip import (
     CLIPPairs,
     CLIPTask,
     CLIPTrainConfig,
+    WithSiblings,
     build_model,
+    collate_pairs,
     retrieval_accuracy,
     shift_augment,
 )
@@ -91,6 +93,55 @@ def test_augmentation_is_a_small_shift_reproducible_from_the_sample_seed(tokeniz
     assert torch.equal(pairs[(0, 11)]["pixels"], pairs[(0, 11)]["pixels"])
     shifted = [not torch.equal(pairs[(1, s)]["pixels"], ShapePairs()[1]["pixels"]) for s in range(10)]
     assert any(shifted)
+
+
+def test_blur_softens_a_share_of_images_reproducibly_from_the_sample_seed(tokenizer):
+    sharp = CLIPPairs(ShapePairs(), tokenizer, image_size=16)
+    always = CLIPPairs(ShapePairs(), tokenizer, image_size=16, blur_prob=1.0, max_blur=1.5)
+    half = CLIPPairs(ShapePairs(), tokenizer, image_size=16, blur_prob=0.5, max_blur=1.5)
+    edges = lambda x: (x[:, :, 1:] - x[:, :, :-1]).abs().sum()  # noqa: E731
+    assert all(edges(always[(i, 3)]["pixels"]) < edges(sharp[(i, 3)]["pixels"]) for i in range(12))
+    assert torch.equal(always[(4, 9)]["pixels"], always[(4, 9)]["pixels"])
+    blurred = [not torch.equal(half[(0, s)]["pixels"], sharp[(0, s)]["pixels"]) for s in range(40)]
+    assert 8 <= sum(blurred) <= 32
+
+
+def _shape_siblings(tokenizer, k: int) -> WithSiblings:
+    """Shape pairs grouped by shape: a red square's siblings are the squares of other colours."""
+    data = ShapePairs()
+    groups = [it["stem"].split("_")[1] for it in data.items]
+    return WithSiblings(CLIPPairs(data, tokenizer, image_size=16), groups, k)
+
+
+def test_siblings_are_other_images_of_the_same_concept_drawn_from_the_sample_seed(tokenizer):
+    siblings = _shape_siblings(tokenizer, k=2)
+    items = siblings[(0, 7)]  # item 0: "a red square"
+    assert [it["caption"] for it in items][0] == "a red square" and len(items) == 3
+    assert all(c.endswith("square") for c in (it["caption"] for it in items))
+    assert len({it["caption"] for it in items}) == 3  # never the item itself again
+    assert [it["caption"] for it in siblings[(0, 7)]] == [it["caption"] for it in items]
+    assert len({tuple(it["caption"] for it in siblings[(0, s)]) for s in range(20)}) > 1
+    assert len(_shape_siblings(tokenizer, k=10)[(0, 1)]) == 4  # as many as the concept has
+    lonely = WithSiblings(CLIPPairs(ShapePairs(), tokenizer, image_size=16), [None] * 12, 3)
+    assert len(lonely[(5, 0)]) == 1
+    with pytest.raises(ValueError, match="11 group keys for 12 items"):
+        WithSiblings(CLIPPairs(ShapePairs(), tokenizer, image_size=16), [None] * 11, 3)
+
+
+def test_collate_keeps_one_pair_per_caption(tokenizer):
+    siblings = _shape_siblings(tokenizer, k=3)
+    batch = collate_pairs([siblings[(0, 1)], siblings[(3, 2)], siblings[(1, 3)]])  # two groups of squares
+    captions = [tokenizer.decode(ids) for ids in batch["ids"]]
+    assert len(captions) == len(set(captions)) and batch["pixels"].shape == (len(captions), 3, 16, 16)
+    assert sorted(captions) == sorted({f"a {c} {s}" for c in COLOURS for s in ("square", "circle")})
+
+
+def test_siblings_need_the_group_of_every_item(tokenizer, tmp_path):
+    task = CLIPTask(_config(tokenizer, siblings=2), tokenizer, train_data=ShapePairs())
+    with pytest.raises(ValueError, match="pass the group of every training item"):
+        task.train_dataset()
+    with pytest.raises(ValueError, match="siblings must be"):
+        _config(tokenizer, siblings=-1)
 
 
 def test_bpe_dropout_is_off_unless_configured(tokenizer):

@@ -3,7 +3,18 @@
 :class:`CLIPTask` trains a :class:`~dalle_zero.models.clip.DalleCLIP` with CLIP's symmetric
 contrastive loss over in-batch pairs (per process: with DDP each rank contrasts its own batch),
 AdamW with linear warm-up then cosine decay, optional light augmentation (a random shift of a few
-pixels; no flips, since "left arrow" must stay left) and BPE dropout off unless asked for.
+pixels; no flips, since "left arrow" must stay left; a Gaussian blur of some images) and BPE dropout
+off unless asked for.
+
+Hard negatives (``siblings``): a reranker's job is to tell apart candidates for *one* caption, which
+differ in details such as a skin tone or a drawing style, yet a random batch of 64 pairs almost never
+holds two images of the same subject, so in-batch contrast teaches the subject and little else. With
+``siblings = k`` every drawn pair brings up to ``k`` other images of the same concept
+(``metadata.jsonl``'s ``concept`` field: the same emoji in other tones and styles) into the batch, so
+the loss has to read exactly the attributes the reranker must rank by. The per-step cost is that of a
+batch of ``batch_size · (1 + k)`` pairs at most; pairs whose caption already is in the batch are dropped.
+The blur (``blur_prob``, ``max_blur``) is the evaluator's: generated images come out of the dVAE
+softer than the real ones the reranker is trained on.
 ``evaluate`` reports retrieval accuracy on held-out pairs: image→text and text→image, top-1 and
 top-5, among ``eval_max_pairs`` candidates (a hit is any candidate with the true caption, so
 duplicate captions are not counted as misses).
@@ -16,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.evaluation.metrics import blur
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP, contrastive_loss
 from dalle_zero.sampling.rerank import resize_pixels
 from dalle_zero.tokenizers.bpe import BPETokenizer
@@ -58,6 +70,9 @@ class CLIPTrainConfig(Config):
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     augment_shift: int = 2  # random shift of up to this many pixels (0 = no augmentation)
+    blur_prob: float = 0.0  # share of training images blurred (0: never)
+    max_blur: float = 1.5  # largest blur radius, pixels
+    siblings: int = 0  # hard negatives: other images of each drawn item's concept added to the batch
     bpe_dropout: bool = False
 
     def __post_init__(self) -> None:
@@ -68,6 +83,9 @@ class CLIPTrainConfig(Config):
         check_float(self, "eps", min_value=0.0, strict_min=True)
         check_int(self, "eval_max_pairs", min_value=2)
         check_int(self, "augment_shift", min_value=0)
+        check_float(self, "blur_prob", min_value=0.0, max_value=1.0)
+        check_float(self, "max_blur", min_value=0.0)
+        check_int(self, "siblings", min_value=0)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"CLIPTrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
 
@@ -96,10 +114,13 @@ class CLIPPairs(Dataset):
         image_size: int,
         *,
         augment_shift: int = 0,
+        blur_prob: float = 0.0,
+        max_blur: float = 0.0,
         bpe_dropout: bool = False,
     ) -> None:
         self.base, self.tokenizer, self.image_size = base, tokenizer, image_size
         self.augment_shift, self.bpe_dropout = augment_shift, bpe_dropout
+        self.blur_prob, self.max_blur = blur_prob, max_blur
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -110,8 +131,68 @@ class CLIPPairs(Dataset):
         g = torch.Generator().manual_seed(seed)
         pixels = resize_pixels(item["pixels"][None].float(), self.image_size)[0]  # (3, S, S)
         pixels = shift_augment(pixels, self.augment_shift, g)
+        if self.max_blur > 0 and bool(torch.rand((), generator=g) < self.blur_prob):
+            pixels = blur(pixels[None], self.max_blur * (1.0 - float(torch.rand((), generator=g))))[0]
         ids = self.tokenizer.encode(item["caption"], dropout=self.bpe_dropout, generator=g)[0]  # (Tt,)
-        return {"ids": ids, "pixels": pixels}
+        return {"ids": ids, "pixels": pixels, "caption": item["caption"]}
+
+
+class WithSiblings(Dataset):
+    """Item ``i`` of ``pairs`` followed by up to ``k`` other items of its group: a list of items.
+
+    ``groups[i]`` is item ``i``'s group key (None: a group of its own). The siblings are drawn without
+    replacement from the sample seed, so a key ``(i, seed)`` always gives the same list.
+    """
+
+    def __init__(self, pairs: Dataset, groups: list[str | None], k: int) -> None:
+        if len(groups) != len(pairs):  # type: ignore[arg-type]
+            raise ValueError(f"{len(groups)} group keys for {len(pairs)} items")  # type: ignore[arg-type]
+        self.pairs, self.groups, self.k = pairs, groups, k
+        members: dict[str, list[int]] = {}
+        for i, key in enumerate(groups):
+            if key is not None:
+                members.setdefault(key, []).append(i)
+        self.members = members
+
+    def __len__(self) -> int:
+        return len(self.pairs)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> list[dict[str, Any]]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        group = self.groups[index]
+        others = [j for j in self.members.get(group, []) if j != index] if group is not None else []
+        g = torch.Generator().manual_seed(seed)
+        picks = [others[int(j)] for j in torch.randperm(len(others), generator=g)[: self.k]]
+        sibling_seeds = torch.randint(0, 2**62, (len(picks),), generator=g).tolist()
+        return [self.pairs[(index, seed)]] + [self.pairs[(j, s)] for j, s in zip(picks, sibling_seeds)]
+
+
+def concept_groups(data: str | Path, stems: Sequence[str]) -> list[str | None]:
+    """The ``concept`` of each stem from ``data/metadata.jsonl`` (None where it has none)."""
+    from dalle_zero.training.evaluator import read_metadata
+
+    try:
+        meta = read_metadata(data)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"CLIPTrainConfig.siblings needs the concept of every image: {e}") from None
+    groups = [meta.get(stem, {}).get("concept") for stem in stems]
+    if not any(groups):
+        path = Path(data) / "metadata.jsonl"
+        raise ValueError(f"{path}: no 'concept' field for any image (CLIPTrainConfig.siblings)")
+    return [None if c is None else str(c) for c in groups]
+
+
+def collate_pairs(items: list[Any]) -> dict[str, torch.Tensor]:
+    """Stack CLIP items (or lists of them, from :class:`WithSiblings`) into ``{ids, pixels}``, keeping
+    the first item of every caption: a repeated caption would be a false negative of the contrastive loss."""
+    flat = [x for it in items for x in (it if isinstance(it, list) else [it])]
+    seen: set[str] = set()
+    keep = []
+    for x in flat:
+        if x["caption"] not in seen:
+            seen.add(x["caption"])
+            keep.append(x)
+    return {"ids": torch.stack([x["ids"] for x in keep]), "pixels": torch.stack([x["pixels"] for x in keep])}
 
 
 def _folder_dataset(root: str, split: str) -> Dataset:
@@ -124,7 +205,8 @@ class CLIPTask(TrainTask):
     """The CLIP stage for :func:`dalle_zero.training.loop.train`.
 
     ``train_data`` / ``eval_data`` (base datasets of ``{pixels, caption}`` dicts) default to the
-    ``ImageTextFolder`` splits of ``config.data``; tests pass in-memory datasets instead.
+    ``ImageTextFolder`` splits of ``config.data``; tests pass in-memory datasets instead, and with
+    ``config.siblings`` the ``groups`` of their items (default: the concepts in ``metadata.jsonl``).
     """
 
     def __init__(
@@ -134,8 +216,10 @@ class CLIPTask(TrainTask):
         *,
         train_data: Dataset | None = None,
         eval_data: Mapping[str, Dataset] | None = None,
+        groups: list[str | None] | None = None,
     ) -> None:
         self.config = config
+        self._groups = groups  # group key of each train_data item for ``siblings`` (default: concepts)
         self.tokenizer = tokenizer.with_text_seq_len(config.model.text_seq_len)
         if self.tokenizer.vocab_size > config.model.text_vocab_size:
             raise ValueError(
@@ -150,9 +234,27 @@ class CLIPTask(TrainTask):
     def train_dataset(self) -> Dataset:
         c = self.config
         base = self._train_data if self._train_data is not None else _folder_dataset(c.data, c.train_split)
-        return CLIPPairs(
-            base, self.tokenizer, c.model.image_size, augment_shift=c.augment_shift, bpe_dropout=c.bpe_dropout
+        pairs = CLIPPairs(
+            base,
+            self.tokenizer,
+            c.model.image_size,
+            augment_shift=c.augment_shift,
+            blur_prob=c.blur_prob,
+            max_blur=c.max_blur,
+            bpe_dropout=c.bpe_dropout,
         )
+        if c.siblings == 0:
+            return pairs
+        groups = self._groups
+        if groups is None:
+            stems = getattr(base, "stems", None)
+            if stems is None:
+                raise ValueError("CLIPTrainConfig.siblings: pass the group of every training item (groups=)")
+            groups = concept_groups(c.data, stems)
+        return WithSiblings(pairs, groups, c.siblings)
+
+    def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        return collate_pairs(items)
 
     def eval_datasets(self) -> dict[str, Dataset]:
         if self._eval_data is None:
