@@ -68,3 +68,18 @@ def test_cli_reports_missing_inputs_in_one_line(folder, tmp_path, capsys):
     assert code == 2 and "neither a file nor a preset" in capsys.readouterr().err
     code = main(["train", "clip", "--out", str(tmp_path / "r")])
     assert code == 2 and "--data is required" in capsys.readouterr().err
+
+
+def test_cli_dvae_shows_half_the_images_as_the_dvae_decodes_them(folder, tmp_path, capsys):
+    from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
+
+    data, tok = folder
+    dvae = DiscreteVAE(DVAEConfig(image_size=16, group_count=2, n_blk_per_group=1, n_hid=8, n_init=8, vocab_size=16))
+    dvae.save_pretrained(tmp_path / "dvae" / "model")  # a run folder's layout
+    run = tmp_path / "run"
+    args = ["train", "clip", "--data", str(data), "--tokenizer", str(tok), "--out", str(run), "--config", "clip_tiny"]
+    assert main([*args, "--dvae", str(tmp_path / "dvae"), "--steps", "3", "--batch-size", "4", "--no-progress"]) == 0
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["dvae"] == str((tmp_path / "dvae" / "model").resolve()) and config["recon_prob"] == 0.5
+    code = main([*args[:-4], "--out", str(tmp_path / "r2"), "--dvae", str(tmp_path / "nope"), "--config", "clip_tiny"])
+    assert code == 2 and "dalle: error: model or run folder not found" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from dalle_zero.training.clip import (
     CLIPPairs,
     CLIPTask,
     CLIPTrainConfig,
+    ReconstructedImages,
     WithSiblings,
     build_model,
     collate_pairs,
@@ -142,6 +143,30 @@ def test_siblings_need_the_group_of_every_item(tokenizer, tmp_path):
         task.train_dataset()
     with pytest.raises(ValueError, match="siblings must be"):
         _config(tokenizer, siblings=-1)
+
+
+def test_reconstructed_images_show_a_share_of_items_as_the_dvae_decodes_them():
+    from dalle_zero.evaluation.evaluate import round_trip
+    from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
+
+    torch.manual_seed(0)
+    dvae = DiscreteVAE(DVAEConfig(image_size=16, group_count=2, n_blk_per_group=1, n_hid=8, n_init=8, vocab_size=16))
+    data = ShapePairs()
+    always = ReconstructedImages(data, dvae.eval(), 1.0, batch_size=5)  # batches that do not divide the 12 items
+    _, expected = round_trip(dvae, torch.stack([it["pixels"] for it in data.items]))
+    for i in range(12):
+        item = always[(i, 3)]
+        assert item["caption"] == data.items[i]["caption"]
+        assert (item["pixels"] - expected[i]).abs().max() <= 0.5 / 255 + 1e-6  # stored as uint8
+    never = ReconstructedImages(data, dvae, 0.0)
+    assert all(torch.equal(never[(i, 1)]["pixels"], data.items[i]["pixels"]) for i in range(12))
+    half = ReconstructedImages(data, dvae, 0.5)
+    shown = [not torch.equal(half[(0, s)]["pixels"], data.items[0]["pixels"]) for s in range(40)]
+    assert 8 <= sum(shown) <= 32 and shown == [not torch.equal(half[(0, s)]["pixels"], data.items[0]["pixels"])
+                                              for s in range(40)]  # fmt: skip
+    assert data.items[0]["pixels"].min() >= 0  # the base dataset is left as it was
+    with pytest.raises(ValueError, match="recon_prob > 0 needs a dvae"):
+        CLIPTrainConfig(model=CLIPConfig(text_vocab_size=300, text_seq_len=8, **TINY_MODEL), recon_prob=0.5)
 
 
 def test_bpe_dropout_is_off_unless_configured(tokenizer):

@@ -21,6 +21,9 @@ HELP = "train the CLIP-style reranker on image-caption pairs"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="image-caption folder (with splits.json for held-out evaluation)")
     parser.add_argument("--tokenizer", help="tokenizer folder (from `dalle train tokenizer`)")
+    parser.add_argument(
+        "--dvae", help="dVAE run or model folder: show a share (recon_prob, default 0.5) of the images as it decodes"
+    )
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, model/)")
     parser.add_argument("--config", default=None, help="preset name or JSON file (default: clip_emoji32)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -49,6 +52,11 @@ def resolve_config(args: argparse.Namespace) -> Any:
         data["data"] = str(Path(args.data).resolve())
     if args.tokenizer:
         data["tokenizer"] = str(Path(args.tokenizer).resolve())
+    if args.dvae:
+        from dalle_zero.io import resolve_model_dir
+
+        data["dvae"] = str(resolve_model_dir(args.dvae).resolve())
+        data.setdefault("recon_prob", 0.5)
     for name in ("data", "tokenizer"):
         if not data.get(name):
             raise ValueError(f"--{name} is required (the config names no {name} folder)")

@@ -235,6 +235,8 @@ def _clip_stage(ctx: DemoContext, name: str) -> dict[str, Any]:
             ctx, spec.config, steps, text_vocab_size=tokenizer.vocab_size, text_seq_len=tokenizer.text_seq_len
         )
         fields["tokenizer"] = str(ctx.tokenizer_dir)
+        if fields.get("recon_prob"):  # the reranker sees part of its images as the demo's dVAE decodes them
+            fields["dvae"] = str(ctx.run_dir("dvae") / "model")
         cfg = CLIPTrainConfig.from_dict(fields, source=f"demo {name} stage")
         return build_model(cfg), CLIPTask(cfg, tokenizer), cfg
 

@@ -15,6 +15,11 @@ the loss has to read exactly the attributes the reranker must rank by. The per-s
 batch of ``batch_size · (1 + k)`` pairs at most; pairs whose caption already is in the batch are dropped.
 The blur (``blur_prob``, ``max_blur``) is the evaluator's: generated images come out of the dVAE
 softer than the real ones the reranker is trained on.
+
+The dVAE's view (``dvae``, ``recon_prob``): the reranker only ever ranks images the dVAE decoded, so
+with a dVAE given, that share of the training images is shown as their round trip through its hard
+codes (:class:`ReconstructedImages`, computed once and kept in memory as uint8), the look every
+candidate will have.
 ``evaluate`` reports retrieval accuracy on held-out pairs: image→text and text→image, top-1 and
 top-5, among ``eval_max_pairs`` candidates (a hit is any candidate with the true caption, so
 duplicate captions are not counted as misses).
@@ -73,6 +78,8 @@ class CLIPTrainConfig(Config):
     blur_prob: float = 0.0  # share of training images blurred (0: never)
     max_blur: float = 1.5  # largest blur radius, pixels
     siblings: int = 0  # hard negatives: other images of each drawn item's concept added to the batch
+    dvae: str | None = None  # dVAE run or model folder for recon_prob
+    recon_prob: float = 0.0  # share of training images shown as their dVAE reconstruction
     bpe_dropout: bool = False
 
     def __post_init__(self) -> None:
@@ -86,6 +93,9 @@ class CLIPTrainConfig(Config):
         check_float(self, "blur_prob", min_value=0.0, max_value=1.0)
         check_float(self, "max_blur", min_value=0.0)
         check_int(self, "siblings", min_value=0)
+        check_float(self, "recon_prob", min_value=0.0, max_value=1.0)
+        if self.recon_prob > 0 and not self.dvae:
+            raise ValueError("CLIPTrainConfig.recon_prob > 0 needs a dvae (run or model folder)")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"CLIPTrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
 
@@ -135,6 +145,40 @@ class CLIPPairs(Dataset):
             pixels = blur(pixels[None], self.max_blur * (1.0 - float(torch.rand((), generator=g))))[0]
         ids = self.tokenizer.encode(item["caption"], dropout=self.bpe_dropout, generator=g)[0]  # (Tt,)
         return {"ids": ids, "pixels": pixels, "caption": item["caption"]}
+
+
+class ReconstructedImages(Dataset):
+    """``base`` with a share ``p`` of its items' pixels replaced by their dVAE round trip.
+
+    Which items are replaced is drawn from the sample seed. The reconstructions of all items are
+    computed once at construction (in batches, hard codes, ``uint8[N, 3, S, S]`` in memory, S the
+    dVAE's image size), so training pays nothing per step.
+    """
+
+    def __init__(self, base: Dataset, dvae: nn.Module, p: float, *, batch_size: int = 256) -> None:
+        from dalle_zero.evaluation.evaluate import round_trip
+
+        self.base, self.p = base, p
+        size = dvae.config.image_size  # type: ignore[union-attr]
+        n = len(base)  # type: ignore[arg-type]
+        recons = []
+        with torch.no_grad():
+            for lo in range(0, n, batch_size):
+                chunk = range(lo, min(n, lo + batch_size))
+                pixels = torch.stack([resize_pixels(base[(i, 0)]["pixels"][None].float(), size)[0] for i in chunk])
+                recons.append((round_trip(dvae, pixels)[1] * 255).round().to(torch.uint8))
+        self.recons = torch.cat(recons) if recons else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        item = dict(self.base[(index, seed)])
+        g = torch.Generator().manual_seed((int(seed) * 0x9E3779B1 + 7) % (2**63))
+        if bool(torch.rand((), generator=g) < self.p):
+            item["pixels"] = self.recons[index].float() / 255
+        return item
 
 
 class WithSiblings(Dataset):
@@ -234,6 +278,14 @@ class CLIPTask(TrainTask):
     def train_dataset(self) -> Dataset:
         c = self.config
         base = self._train_data if self._train_data is not None else _folder_dataset(c.data, c.train_split)
+        stems = getattr(base, "stems", None)
+        if c.recon_prob > 0:
+            from dalle_zero.io import resolve_model_dir
+            from dalle_zero.models.dvae import DiscreteVAE
+
+            assert c.dvae is not None  # CLIPTrainConfig checks it
+            dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
+            base = ReconstructedImages(base, dvae, c.recon_prob)
         pairs = CLIPPairs(
             base,
             self.tokenizer,
@@ -247,7 +299,6 @@ class CLIPTask(TrainTask):
             return pairs
         groups = self._groups
         if groups is None:
-            stems = getattr(base, "stems", None)
             if stems is None:
                 raise ValueError("CLIPTrainConfig.siblings: pass the group of every training item (groups=)")
             groups = concept_groups(c.data, stems)
