@@ -150,9 +150,10 @@ class CLIPPairs(Dataset):
 class ReconstructedImages(Dataset):
     """``base`` with a share ``p`` of its items' pixels replaced by their dVAE round trip.
 
-    Which items are replaced is drawn from the sample seed. The reconstructions of all items are
-    computed once at construction (in batches, hard codes, ``uint8[N, 3, S, S]`` in memory, S the
-    dVAE's image size), so training pays nothing per step.
+    Which items are replaced is drawn from the sample seed. The reconstructions of all items (of their
+    seed-0 view, which is every view for a folder without a random transform) are computed once at
+    construction (in batches, hard codes, ``uint8[N, 3, S, S]`` in memory, S the dVAE's image size), so
+    training pays nothing per step.
     """
 
     def __init__(self, base: Dataset, dvae: nn.Module, p: float, *, batch_size: int = 256) -> None:
@@ -264,6 +265,7 @@ class CLIPTask(TrainTask):
     ) -> None:
         self.config = config
         self._groups = groups  # group key of each train_data item for ``siblings`` (default: concepts)
+        self._recon: ReconstructedImages | None = None
         self.tokenizer = tokenizer.with_text_seq_len(config.model.text_seq_len)
         if self.tokenizer.vocab_size > config.model.text_vocab_size:
             raise ValueError(
@@ -280,12 +282,14 @@ class CLIPTask(TrainTask):
         base = self._train_data if self._train_data is not None else _folder_dataset(c.data, c.train_split)
         stems = getattr(base, "stems", None)
         if c.recon_prob > 0:
-            from dalle_zero.io import resolve_model_dir
-            from dalle_zero.models.dvae import DiscreteVAE
+            if self._recon is None:  # computed once per task (the demo's calibration and training share it)
+                from dalle_zero.io import resolve_model_dir
+                from dalle_zero.models.dvae import DiscreteVAE
 
-            assert c.dvae is not None  # CLIPTrainConfig checks it
-            dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
-            base = ReconstructedImages(base, dvae, c.recon_prob)
+                assert c.dvae is not None  # CLIPTrainConfig checks it
+                dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
+                self._recon = ReconstructedImages(base, dvae, c.recon_prob)
+            base = self._recon
         pairs = CLIPPairs(
             base,
             self.tokenizer,
