@@ -346,6 +346,16 @@ def blur(images: torch.Tensor, radius: float) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def random_blur(image: torch.Tensor, prob: float, max_radius: float, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation: with probability ``prob``, :func:`blur` one ``float[3, H, W]`` image by a
+    radius drawn uniformly from ``(0, max_radius]``; both draws come from ``generator`` (none when
+    ``max_radius`` is 0). Generated images come out of the dVAE softer than real ones."""
+    if max_radius > 0 and bool(torch.rand((), generator=generator) < prob):
+        radius = max_radius * (1.0 - float(torch.rand((), generator=generator)))  # in (0, max_radius]
+        return blur(image[None], radius)[0]
+    return image
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.errors import DataError
-from dalle_zero.evaluation.metrics import blur
+from dalle_zero.evaluation.metrics import random_blur
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
 from dalle_zero.training import optim
 from dalle_zero.training.loop import LoopConfig, TrainTask
@@ -242,9 +242,7 @@ class LabelledImages(Dataset):
             x = padded[:, s + dy : s + dy + x.shape[1], s + dx : s + dx + x.shape[2]]
         if self.hflip and bool(torch.rand((), generator=g) < 0.5):
             x = x.flip(-1)
-        if self.max_blur > 0 and bool(torch.rand((), generator=g) < self.blur_prob):
-            radius = self.max_blur * (1.0 - float(torch.rand((), generator=g)))  # in (0, max_blur]
-            x = blur(x[None], radius)[0]
+        x = random_blur(x, self.blur_prob, self.max_blur, g)
         return x.contiguous()
 
 
