@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.evaluation.metrics import blur
+from dalle_zero.evaluation.metrics import random_blur
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP, contrastive_loss
 from dalle_zero.sampling.rerank import resize_pixels
 from dalle_zero.tokenizers.bpe import BPETokenizer
@@ -141,8 +141,7 @@ class CLIPPairs(Dataset):
         g = torch.Generator().manual_seed(seed)
         pixels = resize_pixels(item["pixels"][None].float(), self.image_size)[0]  # (3, S, S)
         pixels = shift_augment(pixels, self.augment_shift, g)
-        if self.max_blur > 0 and bool(torch.rand((), generator=g) < self.blur_prob):
-            pixels = blur(pixels[None], self.max_blur * (1.0 - float(torch.rand((), generator=g))))[0]
+        pixels = random_blur(pixels, self.blur_prob, self.max_blur, g)
         ids = self.tokenizer.encode(item["caption"], dropout=self.bpe_dropout, generator=g)[0]  # (Tt,)
         return {"ids": ids, "pixels": pixels, "caption": item["caption"]}
 
@@ -265,7 +264,6 @@ class CLIPTask(TrainTask):
     ) -> None:
         self.config = config
         self._groups = groups  # group key of each train_data item for ``siblings`` (default: concepts)
-        self._recon: ReconstructedImages | None = None
         self.tokenizer = tokenizer.with_text_seq_len(config.model.text_seq_len)
         if self.tokenizer.vocab_size > config.model.text_vocab_size:
             raise ValueError(
@@ -282,14 +280,12 @@ class CLIPTask(TrainTask):
         base = self._train_data if self._train_data is not None else _folder_dataset(c.data, c.train_split)
         stems = getattr(base, "stems", None)
         if c.recon_prob > 0:
-            if self._recon is None:  # computed once per task (the demo's calibration and training share it)
-                from dalle_zero.io import resolve_model_dir
-                from dalle_zero.models.dvae import DiscreteVAE
+            from dalle_zero.io import resolve_model_dir
+            from dalle_zero.models.dvae import DiscreteVAE
 
-                assert c.dvae is not None  # CLIPTrainConfig checks it
-                dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
-                self._recon = ReconstructedImages(base, dvae, c.recon_prob)
-            base = self._recon
+            assert c.dvae is not None  # CLIPTrainConfig checks it
+            dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
+            base = ReconstructedImages(base, dvae, c.recon_prob)
         pairs = CLIPPairs(
             base,
             self.tokenizer,
