@@ -11,8 +11,9 @@ import pytest
 from dalle_zero.cli.main import main
 from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
 from dalle_zero.demo.budget import plan_steps, stage_seconds
-from dalle_zero.demo.config import TRAIN_STAGES
+from dalle_zero.demo.config import TRAIN_STAGES, StageSpec
 from dalle_zero.demo.runner import STAGES
+from dalle_zero.demo.stages import replan
 from dalle_zero.training import loop as loop_module
 from tests.demo_data import make_emoji_dataset
 
@@ -37,24 +38,32 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
     out = Path("demo")  # relative, as `dalle demo` is run by default (`--out demo`)
     logs: list[str] = []
 
-    # 1. interrupt the prior after 2 of its steps, as a killed run would be (the loop checkpoints and returns)
+    # 1. the prior trains 1 step (a tenth of its probe's plan), plans again from the rate it trained at,
+    # and is interrupted 2 steps later, as a killed run would be (the loop checkpoints and returns)
     real_train = loop_module.train
+    prior_calls: list[int | None] = []
 
     def stop_the_prior_early(*args, **kwargs):
         if Path(args[3]).name == "prior":
-            kwargs["stop_after"] = 2
+            prior_calls.append(kwargs.get("stop_after"))
+            if len(prior_calls) == 2:
+                kwargs["stop_after"] = 2
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(loop_module, "train", stop_the_prior_early)
-    with pytest.raises(DemoInterrupted, match="prior stopped at step 2"):
+    with pytest.raises(DemoInterrupted, match="prior stopped at step 3 of"):
         run_demo(out, config, data=emoji, progress=False, log=logs.append)
     before_prior = list(STAGES)[: list(STAGES).index("prior")]
     assert all((out / "stages" / f"{s}.json").is_file() for s in before_prior)
     assert not (out / "stages" / "prior.json").exists()
-    planned = json.loads((out / "stages" / "prior.plan.json").read_text())["steps"]
-    assert 4 <= planned <= 10  # from the measured rate, clamped by the tiny preset
+    plan = json.loads((out / "stages" / "prior.plan.json").read_text())
+    planned = plan["steps"]
+    assert prior_calls == [1, None] and plan["replanned"]["at"] == 1
+    assert 4 <= plan["replanned"]["probe_steps"] <= 10 and 4 <= planned <= 10  # clamped by the tiny preset
+    assert any("planned again at step 1" in line for line in logs)
 
-    # 2. run again: finished stages are skipped, the prior resumes from its checkpoint and the demo ends
+    # 2. run again: finished stages are skipped, the prior resumes from its checkpoint with the plan made
+    # before the interruption (no probe, no second re-plan) and the demo ends
     monkeypatch.setattr(loop_module, "train", real_train)
     logs.clear()
     report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
@@ -131,6 +140,21 @@ def test_steps_are_the_stage_share_of_the_time_left_times_the_measured_rate():
     assert plan_steps(seconds, 2.0, safety=0.9, min_steps=10, max_steps=100) == 100
     assert plan_steps(0.0, 2.0, safety=0.9, min_steps=10, max_steps=100) == 10
     assert stage_seconds(0.5, [0.5], -5.0) == 0.0
+
+
+def test_a_replan_gives_the_seconds_left_to_the_rate_the_stage_trained_at():
+    config = load_demo_config("demo")
+    spec = StageSpec(min_steps=20, max_steps=5_000)
+    plan = {"steps": 300, "rate": 3.0, "seconds": 120.0, "source": "time budget"}
+    # 30 steps took 10 s of training (4 s on top for the probe): 3 steps/s, 106 s left
+    again = replan(plan, 30, 10.0, 14.0, config, spec)
+    assert again["steps"] == 30 + math.floor(config.safety * 106.0 * 3.0)
+    assert again["replanned"] == {"at": 30, "rate": 3.0, "probe_steps": 300}
+    assert {k: again[k] for k in ("rate", "seconds", "source")} == {k: plan[k] for k in ("rate", "seconds", "source")}
+    assert replan(plan, 30, 0.1, 5.0, config, spec)["steps"] == 5_000  # clamped by the stage's max_steps
+    assert replan(plan, 10, 10.0, 130.0, config, spec)["steps"] == 20  # over budget: no more than min_steps
+    with pytest.raises(ValueError, match="replan_at must be <= 0.9"):
+        config.replace(replan_at=1.0)
 
 
 def test_the_default_preset_fits_the_issue_budget():

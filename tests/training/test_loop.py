@@ -56,6 +56,19 @@ def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path):
     assert (tmp_path / "model" / "config.json").is_file()
 
 
+def test_resuming_a_longer_run_is_no_warning_but_other_settings_are(tmp_path, caplog):
+    _run(tmp_path, steps=6, stop_after=3)
+    with caplog.at_level("INFO", logger="dalle_zero.training.loop"):
+        _run(tmp_path, steps=9, resume=True, checkpoint_every=3, stop_after=2)  # more steps, other intervals
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("resuming with loop {'steps': 9, 'checkpoint_every': 3}" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dalle_zero.training.loop"):
+        _run(tmp_path, steps=9, resume=True, checkpoint_every=3, batch_size=2)  # what the run learns changes
+    assert any(r.levelname == "WARNING" and "differs from the config" in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "train_config.json").read_text())["loop"]["batch_size"] == 2
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     _run(tmp_path, steps=5)
     with pytest.raises(ValueError, match="--resume"):

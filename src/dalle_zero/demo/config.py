@@ -58,6 +58,9 @@ class DemoConfig(Config):
     reserve_seconds: float = 120.0  # kept for encoding, sampling, evaluation and the report
     calibration_steps: int = 4  # timed optimizer steps per stage (after one warm-up step)
     safety: float = 0.85  # planned steps = safety · seconds · measured rate (checkpoints, evaluation)
+    # After this share of its planned steps a time-budgeted stage plans again from the rate it really
+    # trained at (a short probe misjudges it by up to a third); 0: keep the probe's plan.
+    replan_at: float = 0.1
     dataset: EmojiDatasetConfig = field(default_factory=lambda: EmojiDatasetConfig(styles=("google", "twitter")))
     vocab_size: int = 1024  # BPE tokens asked for (the captions may support fewer)
     text_seq_len: int = 40
@@ -76,6 +79,7 @@ class DemoConfig(Config):
         check_float(self, "reserve_seconds", min_value=0.0)
         check_int(self, "calibration_steps", min_value=1)
         check_float(self, "safety", min_value=0.0, max_value=1.0, strict_min=True)
+        check_float(self, "replan_at", min_value=0.0, max_value=0.9)
         check_int(self, "vocab_size", min_value=258)
         check_int(self, "text_seq_len", min_value=1)
         check_int(self, "min_frequency", min_value=1)

@@ -5,8 +5,10 @@ training, the shared training loop with each stage's task, the encoder, the pipe
 a small JSON-ready summary. Training stages go through :func:`train_stage`, which
 
 1. builds the stage's train config from the demo preset (data paths and vocabularies filled in),
-2. fixes the step count once: the spec's ``steps``, or its share of the time left times the steps
-   per second measured now (:mod:`dalle_zero.demo.budget`), saved to ``stages/<name>.plan.json``,
+2. fixes the step count: the spec's ``steps``, or its share of the time left times the steps per
+   second measured now (:mod:`dalle_zero.demo.budget`), saved to ``stages/<name>.plan.json``; a
+   time-budgeted stage plans once more after ``replan_at`` of those steps, from the rate it really
+   trained at (:func:`replan`), and that plan is kept for good,
 3. trains with the shared loop, resuming from the run's last checkpoint when run again,
 4. raises :class:`DemoInterrupted` if the loop stopped early (Ctrl-C), so the stage is not marked done.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from torch import nn
 
 from dalle_zero.config import Config
 from dalle_zero.demo import budget
-from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
+from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig, StageSpec
 from dalle_zero.io import atomic_directory, atomic_write_text
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.loop import LoopConfig, TrainTask, last_validation
@@ -162,6 +165,8 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
     spec = ctx.config.stage(name)
     run_dir = ctx.run_dir(name) if run_dir is None else run_dir
     plan_path = ctx.out / "stages" / f"{name}.plan.json"
+    t_stage = time.perf_counter()
+    planned_now = False
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
     elif spec.steps is not None:
@@ -176,6 +181,7 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
             seconds, rate, safety=ctx.config.safety, min_steps=spec.min_steps, max_steps=spec.max_steps
         )
         plan = {"steps": steps, "rate": rate, "seconds": seconds, "source": "time budget"}
+        planned_now = True
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
     steps = int(plan["steps"])
@@ -183,14 +189,45 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
         ctx.log(f"  {steps} steps planned ({plan['rate']:.2f} steps/s measured, {plan['seconds']:.0f} s budget)")
     else:
         ctx.log(f"  {steps} steps ({plan['source']})")
-    model, task, cfg = build(steps)
-    resume = run_dir.is_dir() and bool(ckpt.list_steps(run_dir))
     t0 = time.perf_counter()
-    train(model, task, cfg.loop, run_dir, train_config=cfg, resume=resume, progress=ctx.progress)  # type: ignore[attr-defined]
-    reached = max(ckpt.list_steps(run_dir), default=0)
-    if reached < steps:
-        raise DemoInterrupted(f"stage {name} stopped at step {reached} of {steps}")
+
+    def run(steps: int, stop_at: int | None = None) -> None:
+        model, task, cfg = build(steps)
+        start = max(ckpt.list_steps(run_dir), default=0) if run_dir.is_dir() else 0
+        stop_after = None if stop_at is None else stop_at - start
+        train(model, task, cfg.loop, run_dir, train_config=cfg, resume=start > 0,  # type: ignore[attr-defined]
+              progress=ctx.progress, stop_after=stop_after)
+        reached = max(ckpt.list_steps(run_dir), default=0)
+        if reached < (steps if stop_at is None else stop_at):
+            raise DemoInterrupted(f"stage {name} stopped at step {reached} of {steps}")
+
+    replan_step = math.ceil(ctx.config.replan_at * steps)
+    if planned_now and 0 < replan_step < steps:
+        run(steps, stop_at=replan_step)
+        plan = replan(plan, replan_step, time.perf_counter() - t0, time.perf_counter() - t_stage, ctx.config, spec)
+        atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
+        steps = int(plan["steps"])
+        rate = plan["replanned"]["rate"]
+        ctx.log(f"  {steps} steps planned again at step {replan_step} ({rate:.2f} steps/s trained)")
+    run(steps)
     return {"steps": steps, "train_seconds": time.perf_counter() - t0, **{k: plan[k] for k in ("rate", "seconds")}}
+
+
+def replan(
+    plan: dict[str, Any], reached: int, train_seconds: float, stage_seconds: float, config: DemoConfig, spec: StageSpec
+) -> dict[str, Any]:
+    """``plan`` with its step count set again from the rate the stage really trained at.
+
+    ``reached`` steps took ``train_seconds`` of training (data loading, a checkpoint and the loop's own
+    set-up included); ``stage_seconds`` have gone since the stage started (the probe too), out of the
+    plan's ``seconds``. The steps still to go are ``safety`` times the seconds left at that rate; the
+    previous figures are kept under ``replanned``.
+    """
+    rate = reached / max(train_seconds, 1e-9)
+    more = budget.plan_steps(plan["seconds"] - stage_seconds, rate, safety=config.safety, min_steps=1,
+                             max_steps=spec.max_steps)
+    steps = max(spec.min_steps, min(spec.max_steps, reached + more))
+    return {**plan, "steps": steps, "replanned": {"at": reached, "rate": rate, "probe_steps": plan["steps"]}}
 
 
 def stage_dvae(ctx: DemoContext) -> dict[str, Any]:

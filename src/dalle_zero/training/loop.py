@@ -149,10 +149,27 @@ def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> Non
             f"{run_dir} already holds a training run; pass --resume to continue it or choose a new --out"
         )
     if resume and cfg_path.is_file():
-        saved = json.loads(cfg_path.read_text())
-        if saved != json.loads(train_config.to_json()):
+        saved, new = json.loads(cfg_path.read_text()), json.loads(train_config.to_json())
+        before, after = _pop_schedule(saved), _pop_schedule(new)
+        if saved != new:
             logger.warning("%s differs from the config of this run; resuming with the new one", cfg_path)
+        elif before != after:  # the same run made longer or shorter (`--steps` on resume, a demo's re-plan)
+            changed = {k: v for k, v in after.items() if before.get(k) != v}
+            logger.info("%s: resuming with loop %s instead of %s", cfg_path, changed,
+                        {k: before.get(k) for k in changed})
     atomic_write_text(cfg_path, train_config.to_json())
+
+
+# loop fields that say how long a run is and how often it logs, evaluates and checkpoints, not what it learns
+_SCHEDULE_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _pop_schedule(config: dict[str, Any]) -> dict[str, Any]:
+    """Remove the :data:`_SCHEDULE_FIELDS` from a train config's JSON ``loop`` and return them."""
+    loop = config.get("loop")
+    if not isinstance(loop, dict):
+        return {}
+    return {k: loop.pop(k) for k in _SCHEDULE_FIELDS if k in loop}
 
 
 def train(
