@@ -12,13 +12,20 @@ import torch
 from torch import nn
 
 from dalle_zero.cli.main import main
-from dalle_zero.evaluation.evaluate import EvalConfig, evaluate_model, pick_evenly
+from dalle_zero.evaluation.evaluate import (
+    EvalConfig,
+    evaluate_model,
+    generate_for_captions,
+    pick_evenly,
+    sample_candidates,
+)
 from dalle_zero.evaluation.figures import figure_rows
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig
 from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+from dalle_zero.sampling.rerank import rerank
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training.evaluator import label_heads, read_metadata
 from tests.demo_data import make_emoji_dataset
@@ -187,6 +194,24 @@ def test_evaluation_is_repeatable_with_the_same_seed(tiny):
     assert a["splits"] == b["splits"]
     assert a["samples"]["unseen_concepts"] == b["samples"]["unseen_concepts"]
     assert any("FID" in r.name for r in figure_rows(a))
+
+
+def test_the_evaluation_keeps_the_rerankers_best_of_the_candidates_drawn_for_each_caption(tiny):
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    captions = ["a red apple, noto style", "a blue car, twemoji style"]
+    config = EvalConfig(candidates=3, batch_size=4)  # a sampling batch holds candidates of both captions
+    draw = torch.Generator().manual_seed(5)
+    tokens, pixels = sample_candidates(pipeline, captions, config, repeats=3, generator=draw)
+    grid = pipeline.transformer.config.image_grid
+    assert tokens.shape == (6, grid * grid) and pixels.shape == (6, 3, 32, 32)
+    torch.testing.assert_close(pixels, pipeline._decode(tokens.view(-1, grid, grid)))
+    again, _ = sample_candidates(pipeline, captions, config, repeats=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again, tokens)
+    best, scores = generate_for_captions(pipeline, captions, config, generator=torch.Generator().manual_seed(5))
+    for i, caption in enumerate(captions):
+        s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, pixels[3 * i : 3 * i + 3])
+        torch.testing.assert_close(best[i], pixels[3 * i + int(order[0])])
+        assert scores[i] == s.max()
 
 
 def test_the_reranker_is_refused_as_the_r_precision_model(tiny):

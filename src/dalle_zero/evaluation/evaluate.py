@@ -153,35 +153,15 @@ def generate_for_captions(
 ) -> tuple[Tensor, Tensor | None]:
     """One image per caption: ``float[N, 3, S, S]`` and reranker scores ``float[N]`` (or None).
 
-    Different captions share a sampling batch (much faster than one caption at a time); with
-    ``config.candidates`` > 1 the pipeline's CLIP keeps the best candidate of each caption.
+    With ``config.candidates`` > 1, :func:`sample_candidates` draws that many per caption and the
+    pipeline's CLIP keeps the best of each caption.
     """
-    from dalle_zero.sampling.generate import generate_image_tokens
     from dalle_zero.sampling.rerank import rerank
 
     m = config.candidates
     if m > 1 and pipeline.clip is None:
         raise ValueError(f"candidates={m} needs a CLIP reranker in the model folder, and it has none")
-    text = pipeline.tokenizer.encode(list(captions))  # (N, Tt)
-    rows = text.repeat_interleave(m, dim=0)  # (N*m, Tt): candidates of a caption are adjacent
-    grid = pipeline.transformer.config.image_grid
-    device = pipeline.device
-    images = []
-    for lo in range(0, len(rows), config.batch_size):
-        ids = rows[lo : lo + config.batch_size].to(device)
-        tokens = generate_image_tokens(
-            pipeline.transformer,
-            ids,
-            generator=generator,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            guidance_scale=config.guidance_scale,
-        )  # (b, Ti)
-        images.append(pipeline._decode(tokens.view(-1, grid, grid)))  # (b, 3, S, S)
-        if progress is not None:
-            progress.update(len(ids))
-    pixels = torch.cat(images)  # (N*m, 3, S, S)
+    _, pixels = sample_candidates(pipeline, captions, config, repeats=m, generator=generator, progress=progress)
     if m == 1:
         return pixels, None
     best, scores = [], []
@@ -191,6 +171,46 @@ def generate_for_captions(
         best.append(cand[order[0]])
         scores.append(s[order[0]])
     return torch.stack(best), torch.stack(scores)
+
+
+@torch.no_grad()
+def sample_candidates(
+    pipeline: Any,
+    captions: Sequence[str],
+    config: EvalConfig,
+    *,
+    repeats: int = 1,
+    generator: torch.Generator,
+    progress: Any = None,
+) -> tuple[Tensor, Tensor]:
+    """``repeats`` samples per caption, no reranking: image tokens ``long[N*repeats, Ti]`` and their
+    images ``float[N*repeats, 3, S, S]``, the samples of a caption adjacent.
+
+    Different captions share a sampling batch of ``config.batch_size`` (much faster than one caption
+    at a time); ``progress`` (a tqdm bar) is advanced by the images drawn.
+    """
+    from dalle_zero.sampling.generate import generate_image_tokens
+
+    text = pipeline.tokenizer.encode(list(captions)).repeat_interleave(repeats, dim=0)  # (N*repeats, Tt)
+    grid = pipeline.transformer.config.image_grid
+    device = pipeline.device
+    tokens, images = [], []
+    for lo in range(0, len(text), config.batch_size):
+        ids = text[lo : lo + config.batch_size].to(device)
+        t = generate_image_tokens(
+            pipeline.transformer,
+            ids,
+            generator=generator,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            guidance_scale=config.guidance_scale,
+        )  # (b, Ti)
+        tokens.append(t.cpu())
+        images.append(pipeline._decode(t.view(-1, grid, grid)))  # (b, 3, S, S)
+        if progress is not None:
+            progress.update(len(ids))
+    return torch.cat(tokens), torch.cat(images)
 
 
 # ---------------------------------------------------------------------------------------------
