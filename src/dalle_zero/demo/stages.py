@@ -224,9 +224,10 @@ def replan(
     previous figures are kept under ``replanned``.
     """
     rate = reached / max(train_seconds, 1e-9)
-    more = budget.plan_steps(plan["seconds"] - stage_seconds, rate, safety=config.safety, min_steps=1,
-                             max_steps=spec.max_steps)
-    steps = max(spec.min_steps, min(spec.max_steps, reached + more))
+    steps = reached + budget.plan_steps(
+        plan["seconds"] - stage_seconds, rate, safety=config.safety,
+        min_steps=max(1, spec.min_steps - reached), max_steps=spec.max_steps - reached,
+    )  # the spec's step bounds hold for the whole stage
     return {**plan, "steps": steps, "replanned": {"at": reached, "rate": rate, "probe_steps": plan["steps"]}}
 
 
