@@ -33,6 +33,8 @@ import torch
 
 @torch.no_grad()
 def main() -> None:
+    from tqdm.auto import tqdm
+
     from dalle_zero.evaluation.evaluate import EvalConfig, asked_labels, pick_evenly, read_splits, sample_candidates
     from dalle_zero.evaluation.metrics import to_float_images
     from dalle_zero.io import resolve_model_dir
@@ -75,7 +77,8 @@ def main() -> None:
             raise SystemExit(f"{cache} holds candidates of another model, captions or settings")
         pixels, tokens = saved["pixels"].float() / 255, saved["tokens"]
     else:
-        tokens, pixels = sample_candidates(pipeline, captions, config, repeats=m, generator=generator)
+        with tqdm(total=len(repeated), desc="sampling candidates", unit="img", dynamic_ncols=True) as bar:
+            tokens, pixels = sample_candidates(pipeline, captions, config, repeats=m, generator=generator, progress=bar)
         as_uint8 = (pixels * 255).round().to(torch.uint8)
         pixels = as_uint8.float() / 255  # as a PNG or the cache holds them, whether cached or not
         if cache is not None:
@@ -105,7 +108,7 @@ def main() -> None:
                            for i in order])
         for name, clip in rerankers.items()
     }  # name -> (n, m)
-    text = pipeline.tokenizer.encode(repeated)
+    text = pipeline.tokenizer.encode(captions).repeat_interleave(m, dim=0)  # (N*m, Tt), as sampled
     for mode in ("pmi", "likelihood"):
         s_all = prior_scores(pipeline.transformer, text, tokens, mode=mode)
         scores[f"prior_{mode}"] = s_all.view(len(captions), m)[order]
