@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from dalle_zero.cli.options import add_sampling_arguments, sampling_settings
+from dalle_zero.cli.options import add_sampling_arguments, load_pipeline, sampling_settings
 
 HELP = "generate images from captions with a model folder (from `dalle assemble`)"
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dalle_zero.io import atomic_write_text
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
+    from dalle_zero.pipelines.text_to_image import to_pil
 
     for caption in args.captions:
         if not caption.strip():
@@ -84,13 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prime_image is not None and not Path(args.prime_image).is_file():
         raise FileNotFoundError(f"--prime-image: image not found: {args.prime_image}")
     model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model: model folder not found: {model_dir}")
-    if args.int8 and torch.device(args.device).type != "cpu":
-        raise ValueError(f"--int8 is for sampling on the CPU, not on {args.device}")
-    pipeline = TextToImagePipeline.from_pretrained(model_dir, map_location=args.device)
-    if args.int8:
-        pipeline.quantize_int8()
+    pipeline = load_pipeline(args)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     settings = {
         "n": args.n,

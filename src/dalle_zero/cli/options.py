@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,3 +27,22 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, float | int | None]
         "top_p": args.top_p,
         "guidance_scale": args.guidance_scale,
     }
+
+
+def load_pipeline(args: argparse.Namespace) -> Any:
+    """The ``--model`` folder as a pipeline on ``--device`` (int8 with ``--int8``); user errors in one line."""
+    from pathlib import Path
+
+    import torch
+
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"--model: model folder not found: {model_dir}")
+    if args.int8 and torch.device(args.device).type != "cpu":
+        raise ValueError(f"--int8 is for sampling on the CPU, not on {args.device}")
+    pipeline = TextToImagePipeline.from_pretrained(model_dir, map_location=args.device)
+    if args.int8:
+        pipeline.quantize_int8()
+    return pipeline

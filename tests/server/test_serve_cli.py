@@ -1,0 +1,78 @@
+"""`dalle serve`: start-up mistakes are one-line errors; a real server process answers and stops on Ctrl-C or kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from dalle_zero.cli.main import main
+from tests.pipelines.tiny import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "model"
+    tiny_pipeline(clip=True).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "{tmp}/absent"], "--model: model folder not found"),
+        (["--model", "{tmp}"], "no pipeline.json"),
+        (["--model", "{model}", "--port", "70000"], "--port must be in [0, 65535]"),
+        (["--model", "{model}", "--max-images", "8", "--max-candidates", "4"], "--max-candidates (4) must be >="),
+        (["--model", "{model}", "--threads", "0"], "--threads must be >= 1"),
+        (["--model", "{model}", "--int8", "--device", "cuda"], "--int8"),
+    ],
+)
+def test_start_up_mistakes_are_one_line_errors(model_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, model=model_dir) for a in argv]
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dalle: error:") and message in err and "\n" not in err
+
+
+def test_a_port_in_use_is_a_one_line_error(model_dir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(model_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dalle: error: cannot listen on 127.0.0.1:{port}") and "\n" not in err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_the_command_prints_its_url_serves_and_stops_cleanly(model_dir, stop):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dalle_zero.cli.main", "serve", "--model", str(model_dir), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving on "):
+                break
+        assert lines and lines[-1].startswith("serving on http://127.0.0.1:"), "".join(lines)
+        assert "16 px images, 4x4 tokens, with a CLIP reranker" in lines[0]
+        url = lines[-1].split()[2]
+        with urllib.request.urlopen(url + "health", timeout=30) as response:
+            assert json.load(response)["model"] == "model"
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "Traceback" not in err
+    assert "GET /health" in err  # one log line per request
