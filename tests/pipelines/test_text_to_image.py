@@ -68,6 +68,22 @@ def test_priming_with_an_image_keeps_its_top_token_rows(pipeline, tmp_path):
     assert _same(out, from_tensor)
 
 
+def test_a_transparent_prime_image_is_primed_on_white_as_the_training_images_are(pipeline, tmp_path):
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (IMAGE_SIZE, IMAGE_SIZE), (0, 0, 0, 0))  # transparent black ...
+    rgba.paste((200, 30, 30, 255), (4, 4, 12, 12))  # ... around an opaque red square
+    rgba.save(tmp_path / "prime.png")
+    on_white = Image.new("RGB", rgba.size, (255, 255, 255))
+    on_white.paste((200, 30, 30), (4, 4, 12, 12))
+    on_black = rgba.convert("RGB")  # what dropping the alpha channel would give
+    kw = dict(n=2, seed=0, prime_rows=2)
+    from_file = pipeline("a red star", prime_image=tmp_path / "prime.png", **kw)
+    assert _same(from_file, pipeline("a red star", prime_image=on_white, **kw))
+    assert _same(from_file, pipeline("a red star", prime_image=rgba, **kw))
+    assert not torch.equal(pipeline.prime_tokens(on_black, 2), pipeline.prime_tokens(rgba, 2))
+
+
 def to_pil_roundtrip(image: torch.Tensor) -> torch.Tensor:
     """The tensor a PNG of ``image`` reads back as (8-bit quantised)."""
     return (image * 255).round()[None] / 255

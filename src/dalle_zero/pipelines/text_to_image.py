@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from dalle_zero.config import read_json_file
+from dalle_zero.data.transforms import to_rgb
 from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, resolve_model_dir
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
@@ -86,19 +87,22 @@ def load_image(path: str | Path, size: int) -> Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im.load()  # read before the file closes (to_rgb may return the same image)
+            im = to_rgb(im)
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
     return pil_to_tensor(im, size)
 
 
 def pil_to_tensor(image: Any, size: int) -> Tensor:
+    """A PIL image (any mode; transparent pixels go onto white, as in training) -> FloatTensor[1, 3, size, size]."""
     from PIL import Image
 
+    image = to_rgb(image)
     w, h = image.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    image = image.convert("RGB").crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.LANCZOS)
+    image = image.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.LANCZOS)
     data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
     return data.permute(2, 0, 1).unsqueeze(0).float() / 255.0  # (1, 3, size, size)
 
