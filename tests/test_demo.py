@@ -203,3 +203,47 @@ def test_a_cached_stage_needs_a_fixed_step_count():
 
     with pytest.raises(ValueError, match="cache needs a fixed `steps`"):
         StageSpec(share=0.1, cache=True)
+
+
+def test_the_reserve_is_the_measured_sampling_time_of_the_showcase_and_evaluation_kept_for_a_resume(
+    emoji, tmp_path, monkeypatch
+):
+    import torch
+
+    from dalle_zero.demo import budget, stages
+
+    config = load_demo_config("demo_tiny").replace(reserve_seconds=7.0)
+    ctx = stages.DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
+    stages.stage_tokenizer(ctx)
+    rng = torch.get_rng_state()
+    seconds = stages.plan_reserve(ctx)
+    assert torch.equal(torch.get_rng_state(), rng)  # the untrained probe models leave the global stream alone
+    record = json.loads((ctx.out / "stages" / "reserve.json").read_text())
+    splits = json.loads((emoji / "splits.json").read_text())
+    e = config.eval
+    assert record["eval_images"] == sum(min(e.samples, len(splits.get(s, []))) for s in e.splits) * e.candidates
+    assert record["showcase_images"] == (3 * config.showcase_captions + 1) * config.showcase_candidates
+    sampling = (record["eval_images"] + 2 * record["showcase_images"]) / record["images_per_second"]
+    assert record["images_per_second"] > 0 and record["fixed_seconds"] == 7.0
+    assert seconds == pytest.approx(7.0 + stages.TAIL_MARGIN * sampling) and seconds > 7.0
+    ctx.reserve = seconds
+    assert ctx.seconds_left() == pytest.approx(config.minutes * 60 - seconds)
+
+    # a resumed run reads the reserve it planned instead of measuring again
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the sampling rate was measured again")
+
+    monkeypatch.setattr(budget, "measure_sampling_rate", no_probe)
+    again = stages.DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
+    assert stages.plan_reserve(again) == seconds
+
+
+def test_the_sampling_rate_is_images_per_second_of_the_evaluation_path():
+    from dalle_zero.demo.budget import measure_sampling_rate
+    from dalle_zero.evaluation.evaluate import EvalConfig
+    from tests.pipelines.tiny import tiny_pipeline
+
+    rate = measure_sampling_rate(tiny_pipeline(), EvalConfig(batch_size=4, guidance_scale=2.0), ["a red star"])
+    assert math.isfinite(rate) and rate > 0
+    with pytest.raises(ValueError, match="captions"):
+        measure_sampling_rate(tiny_pipeline(), EvalConfig(batch_size=4), [])

@@ -14,6 +14,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +58,28 @@ def measure_steps_per_second(model: nn.Module, task: TrainTask, loop: LoopConfig
             if k > 0:  # the first step pays one-off costs
                 elapsed += time.perf_counter() - t0
     return steps / max(elapsed, 1e-9)
+
+
+@torch.no_grad()
+def measure_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str], *, images: int | None = None) -> float:
+    """Images per second that the evaluation draws with ``pipeline`` at ``config`` (an ``EvalConfig``).
+
+    One untimed warm-up batch of 8, then one timed batch of ``images`` (default ``config.batch_size``)
+    through :func:`~dalle_zero.evaluation.evaluate.sample_candidates`: sampling with the key/value
+    cache and guidance, then decoding. The cost does not depend on the weights, so an untrained
+    model of the same shapes times it before any stage has trained. Torch's global RNG is untouched.
+    """
+    from dalle_zero.evaluation.evaluate import sample_candidates
+
+    n = config.batch_size if images is None else images
+    if n < 1 or not captions:
+        raise ValueError(f"need captions and images >= 1, got {len(captions)} captions and images={n}")
+    picks = [captions[i % len(captions)] for i in range(n)]
+    generator = torch.Generator().manual_seed(0)
+    sample_candidates(pipeline, picks[:8], config, generator=generator)
+    t0 = time.perf_counter()
+    sample_candidates(pipeline, picks, config, generator=generator)
+    return n / max(time.perf_counter() - t0, 1e-9)
 
 
 def fastest_thread_count(

@@ -56,6 +56,7 @@ class DemoContext:
     elapsed: float = 0.0  # seconds spent by finished stages (all runs) plus this run's current stage start
     done: list[str] = field(default_factory=list)  # training stages already finished
     log: Callable[[str], None] = print
+    reserve: float | None = None  # seconds kept after training (plan_reserve); None: config.reserve_seconds
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -73,7 +74,8 @@ class DemoContext:
         return self.out / "model"
 
     def seconds_left(self) -> float:
-        return self.config.minutes * 60.0 - self.elapsed - self.config.reserve_seconds
+        reserve = self.config.reserve_seconds if self.reserve is None else self.reserve
+        return self.config.minutes * 60.0 - self.elapsed - reserve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +174,8 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
     elif spec.steps is not None:
         plan = {"steps": spec.steps, "rate": None, "seconds": None, "source": "fixed in the preset"}
     else:
+        if ctx.reserve is None:
+            ctx.reserve = plan_reserve(ctx)
         probe_model, probe_task, probe_cfg = build(spec.min_steps)
         loop: LoopConfig = probe_cfg.loop  # type: ignore[attr-defined]
         rate = budget.measure_steps_per_second(probe_model, probe_task, loop, steps=ctx.config.calibration_steps)
@@ -211,6 +215,70 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
         ctx.log(f"  {steps} steps planned again at step {replan_step} ({rate:.2f} steps/s trained)")
     run(steps)
     return {"steps": steps, "train_seconds": time.perf_counter() - t0, **{k: plan[k] for k in ("rate", "seconds")}}
+
+
+# Measured sampling time x this: the evaluation also extracts features, reads images, scores and
+# reports, and the machine's speed drifts (2026-12-02: 31 images/s sampled, 228 s for 6,400 in all).
+TAIL_MARGIN = 1.15
+
+
+def plan_reserve(ctx: DemoContext) -> float:
+    """The seconds kept after the training stages for the showcase, the evaluation and the report.
+
+    ``reserve_seconds`` from the preset, plus the time this machine takes to sample the images of the
+    showcase and of the evaluation: :func:`budget.measure_sampling_rate` times one evaluation batch
+    with an untrained prior, dVAE and tokenizer of the demo's shapes (sampling costs the same whatever
+    the weights), times :data:`TAIL_MARGIN`. A slower machine keeps more, so the demo still ends within
+    its minutes (a fixed 150 s let one on a machine half as fast end 53 s late). Measured once per
+    output folder and kept in ``stages/reserve.json`` (a resumed run keeps it).
+    """
+    path = ctx.out / "stages" / "reserve.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["seconds"])
+    from dalle_zero.cli.train_tokenizer import read_captions
+    from dalle_zero.evaluation.evaluate import read_splits
+
+    c = ctx.config
+    rate = budget.measure_sampling_rate(probe_pipeline(ctx), c.eval, read_captions(_data(ctx), "train")[0][:256])
+    sizes = {k: len(v) for k, v in read_splits(_data(ctx)).items()}
+    eval_images = sum(min(c.eval.samples, sizes.get(split, 0)) for split in c.eval.splits) * c.eval.candidates
+    # 3 showcase splits and the image-to-image example; drawn a caption at a time, about half as fast
+    showcase_images = (3 * c.showcase_captions + 1) * c.showcase_candidates
+    sampling = (eval_images + 2 * showcase_images) / rate
+    seconds = c.reserve_seconds + TAIL_MARGIN * sampling
+    record = {"seconds": seconds, "images_per_second": rate, "eval_images": eval_images,
+              "showcase_images": showcase_images, "fixed_seconds": c.reserve_seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    ctx.log(f"  {seconds:.0f} s kept for the showcase and the evaluation ({rate:.0f} images/s sampled)")
+    return seconds
+
+
+def probe_pipeline(ctx: DemoContext) -> Any:
+    """An untrained pipeline of the demo's shapes (its tokenizer, dVAE and prior configs), for timing."""
+    tokenizer = _tokenizer(ctx)
+    with _seeded(0):  # leaves torch's global stream as it was
+        return _probe_pipeline(ctx, tokenizer)
+
+
+def _probe_pipeline(ctx: DemoContext, tokenizer: Any) -> Any:
+    from dalle_zero.models.dvae import DiscreteVAE
+    from dalle_zero.models.transformer import DalleTransformer
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+    from dalle_zero.training.dvae import DVAETrainConfig
+    from dalle_zero.training.prior import PriorTrainConfig
+
+    dvae_fields = _image_stage_fields(ctx, ctx.config.stage("dvae").config, 1)
+    dvae = DiscreteVAE(DVAETrainConfig.from_dict(dvae_fields, source="demo dvae stage").model)
+    prior_fields = _with_loop(ctx.config.stage("prior").config, 1)
+    prior_fields["model"] = {
+        **(prior_fields.get("model") or {}),
+        "image_grid": dvae.config.grid_size, "image_vocab_size": dvae.config.vocab_size,
+        "text_vocab_size": tokenizer.vocab_size, "text_seq_len": tokenizer.text_seq_len,
+    }
+    prior_fields["tokens"] = str(ctx.tokens_dir)  # not read here
+    prior = DalleTransformer(PriorTrainConfig.from_dict(prior_fields, source="demo prior stage").model)
+    return TextToImagePipeline(tokenizer, dvae.eval(), prior.eval())
 
 
 def replan(
