@@ -2,7 +2,7 @@
 """How often the candidates for an unseen composition carry the asked tone/style, and how often reranking finds one.
 
     python benchmarks/bench_candidates.py --model MODEL --evaluator RUN_OR_MODEL --data DATASET \
-        [--clip RUN_OR_MODEL ...] [--samples 200] [--candidates 16] [--guidance-scale 3]
+        [--clip RUN_OR_MODEL ...] [--contrast K ...] [--samples 200] [--candidates 16] [--guidance-scale 3]
 
 For ``--samples`` captions of the unseen-composition split (picked as ``dalle eval`` picks them), the
 model draws ``--candidates`` images each, and the evaluator reads the held-out attribute of every
@@ -14,7 +14,9 @@ pair). For the first k candidates (k = 1, 2, 4, ... up to ``--candidates``) it r
 - ``rerank``: the share whose best-scoring candidate under the reranker is read as asked, for the
   model's own CLIP, every ``--clip`` and two rerankers that need no training, the prior's own
   log-likelihood of the candidate's tokens and their pointwise mutual information with the caption
-  (:func:`prior_scores`).
+  (:func:`prior_scores`); with ``--contrast K``, also each CLIP's posterior log p(caption | candidate)
+  among the caption and the K training captions nearest it by text embedding (0: all of them;
+  :func:`posterior_scores`).
 
 ``--cache FILE`` keeps the candidates (tokens and uint8 images), so rerankers trained later are
 compared on exactly the same ones.
@@ -55,6 +57,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="file to keep the candidates in and read them from next time")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--contrast", type=int, action="append", default=[],
+                    help="also rerank by the posterior against the K training captions nearest the asked one "
+                         "(0: all of them; repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -108,6 +113,13 @@ def main() -> None:
                            for i in order])
         for name, clip in rerankers.items()
     }  # name -> (n, m)
+    train_captions = sorted({str(meta[s]["caption"]) for s in splits["train"]})
+    for name, clip in rerankers.items():
+        for contrast in args.contrast:
+            scores[f"{name}|posterior@{contrast}"] = torch.stack([
+                posterior_scores(clip, pipeline.tokenizer, captions[i], pixels[i * m : (i + 1) * m],
+                                 train_captions, nearest=contrast)
+                for i in order])
     text = pipeline.tokenizer.encode(captions).repeat_interleave(m, dim=0)  # (N*m, Tt), as sampled
     for mode in ("pmi", "likelihood"):
         s_all = prior_scores(pipeline.transformer, text, tokens, mode=mode)
@@ -120,6 +132,35 @@ def main() -> None:
             pick = s[:, :k].argmax(dim=1)
             row[f"rerank[{name}]"] = right[torch.arange(n), pick].float().mean().item()
         print(json.dumps(row), flush=True)
+
+
+_TEXT_CACHE: dict[int, torch.Tensor] = {}  # id(clip) -> unit embeddings of the contrast captions
+
+
+@torch.no_grad()
+def posterior_scores(clip, tokenizer, caption, images, contrast, *, nearest=0):
+    """log p(caption | image) over ``{caption} ∪ contrast`` (or its ``nearest`` captions by text embedding).
+
+    With the CLIP's temperature: ``s·cos(image, caption) − logsumexp`` over the caption and the
+    contrast set, ``float[N]`` for ``images`` ``float[N, 3, H, W]``; higher is better.
+    """
+    from dalle_zero.sampling.rerank import resize_pixels
+
+    tok = tokenizer if tokenizer.text_seq_len == clip.config.text_seq_len else tokenizer.with_text_seq_len(
+        clip.config.text_seq_len)
+    key = id(clip)
+    if key not in _TEXT_CACHE:
+        _TEXT_CACHE[key] = torch.cat([clip.encode_text(tok.encode(list(contrast[lo : lo + 512])))
+                                      for lo in range(0, len(contrast), 512)])
+    others = _TEXT_CACHE[key]
+    asked = clip.encode_text(tok.encode(caption))  # (1, E)
+    if nearest:
+        others = others[(others @ asked[0]).topk(min(nearest, len(others))).indices]
+    img = clip.encode_image(resize_pixels(images.float(), clip.config.image_size))
+    scale = clip.temperature_scale()
+    s_asked = scale * (img @ asked[0])
+    s_all = torch.cat([s_asked[:, None], scale * img @ others.t()], dim=1)
+    return s_asked - torch.logsumexp(s_all, dim=1)
 
 
 @torch.no_grad()

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Images per second of the evaluation's sampling path, by batch size and number format.
+
+    python benchmarks/bench_eval_sampling.py --model MODEL [--batch 64 --batch 128 ...] [--repeats 3]
+
+For a model folder (a demo's ``model/``), times what ``dalle eval`` and the demo's reserve probe run
+(:func:`dalle_zero.demo.budget.measure_sampling_rate`: cached sampling with classifier-free guidance,
+then the dVAE decode) at each ``--batch``, in fp32, under bf16 autocast and with int8 weight-only
+transformer blocks (``--int8``). Prints one JSON row per setting: the best and the median images per
+second of ``--repeats`` timings, side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from common import emit
+
+
+def main() -> None:
+    from dalle_zero.demo.budget import measure_sampling_rate
+    from dalle_zero.evaluation.evaluate import EvalConfig
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="pipeline folder (`dalle assemble`, or a demo's model/)")
+    ap.add_argument("--batch", type=int, action="append", default=[], help="sampling batch (repeatable)")
+    ap.add_argument("--guidance-scale", type=float, default=3.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = args.batch or [64, 128, 256]
+    captions = [
+        "grinning face, noto style (smileys & emotion, face smiling)",
+        "red heart, twemoji style (smileys & emotion, heart)",
+        "person running: medium skin tone, noto style (people & body, person activity)",
+    ]
+
+    def timed(pipeline: TextToImagePipeline, batch: int, fmt: str) -> None:
+        config = EvalConfig(batch_size=batch, guidance_scale=args.guidance_scale)
+        rates = []
+        for _ in range(args.repeats):
+            if fmt == "bf16 autocast":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    rates.append(measure_sampling_rate(pipeline, config, captions))
+            else:
+                rates.append(measure_sampling_rate(pipeline, config, captions))
+        emit("eval_sampling", "images_per_second", round(max(rates), 2), "img/s", batch=batch, format=fmt,
+             median=round(statistics.median(rates), 2), repeats=args.repeats, guidance_scale=args.guidance_scale)
+
+    pipeline = TextToImagePipeline.from_pretrained(args.model)
+    for batch in batches:
+        timed(pipeline, batch, "fp32")
+    for batch in batches:
+        timed(pipeline, batch, "bf16 autocast")
+    pipeline.quantize_int8()
+    for batch in batches:
+        timed(pipeline, batch, "int8")
+
+
+if __name__ == "__main__":
+    main()
