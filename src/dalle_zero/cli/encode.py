@@ -1,9 +1,10 @@
 """``dalle encode``: tokenize every image once with the frozen dVAE into token shards (paper §3.5).
 
 The prior trains on these shards and never runs the dVAE. Images get a plain resize to the dVAE's
-``image_size`` (no augmentation), so the tokens are deterministic. The source folder's
-``splits.json`` (restricted to the encoded stems) goes into the token index and its
-``metadata.jsonl`` is copied beside the shards, so the prior trains on "train" and validates on the rest.
+``image_size`` (no augmentation), so the tokens are deterministic. The source folder's (for WebDataset
+shards, the shards' folder's) ``splits.json`` (restricted to the encoded stems) goes into the token
+index and its ``metadata.jsonl`` is copied beside the token shards, so the prior trains on "train" and
+validates on the rest.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-HELP = "encode an image-caption folder into dVAE token shards for training the prior"
+HELP = "encode an image-caption folder or WebDataset shards into dVAE token shards for training the prior"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dvae", required=True, help="dVAE run folder (its model/ is used) or model folder")
-    parser.add_argument("--data", required=True, help="folder of images with same-stem .txt captions")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="folder of images with same-stem .txt captions, or WebDataset shards "
+        "(.tar, folder of .tar, shards/{00000..00009}.tar)",
+    )
     parser.add_argument("--out", required=True, help="token folder to write")
     parser.add_argument("--batch-size", type=int, default=64, help="images per dVAE call (default 64)")
     parser.add_argument("--split", default=None, help="encode only this split of splits.json (default: all)")
@@ -38,11 +44,13 @@ def encode_folder(
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Encode the images of ``data`` (optionally one split) with the dVAE at ``dvae_path`` into ``out``."""
+    """Encode the images of ``data`` (an image folder or shards; optionally one split) with the dVAE at
+    ``dvae_path`` into ``out``."""
     import torch
     from tqdm.auto import tqdm
 
-    from dalle_zero.data.folder import ImageTextFolder, read_splits
+    from dalle_zero.data.pairs import read_splits
+    from dalle_zero.data.sources import data_folder, open_image_text_dataset
     from dalle_zero.data.tokens import write_token_shards
     from dalle_zero.data.transforms import ResizeTransform
     from dalle_zero.io import resolve_model_dir
@@ -51,10 +59,11 @@ def encode_folder(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     data = Path(data)
+    folder = data_folder(data)
     model_dir = resolve_model_dir(dvae_path)
     dvae = DiscreteVAE.from_pretrained(model_dir, map_location=device).eval()
     size = dvae.config.image_size
-    dataset = ImageTextFolder(data, ResizeTransform(resolution=size), split=split)
+    dataset = open_image_text_dataset(data, ResizeTransform(resolution=size), split=split)
 
     def items() -> Iterator[tuple[str, list[str], Any]]:
         with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc="encode", disable=not progress) as bar:
@@ -68,10 +77,12 @@ def encode_folder(
                 bar.update(len(batch))
 
     splits = None
-    if (data / "splits.json").is_file():
+    if (folder / "splits.json").is_file():
         encoded = set(dataset.stems)
-        splits = {name: [s for s in stems if s in encoded] for name, stems in read_splits(data / "splits.json").items()}
-    extra = {"metadata.jsonl": (data / "metadata.jsonl").read_text()} if (data / "metadata.jsonl").is_file() else {}
+        source_splits = read_splits(folder / "splits.json")
+        splits = {name: [s for s in stems if s in encoded] for name, stems in source_splits.items()}
+    meta = folder / "metadata.jsonl"
+    extra = {"metadata.jsonl": meta.read_text()} if meta.is_file() else {}
     return write_token_shards(
         out,
         items(),

@@ -19,6 +19,7 @@ import sys
 COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "dalle_zero.cli.demo",
     ("data", "emoji"): "dalle_zero.cli.data_emoji",
+    ("data", "shards"): "dalle_zero.cli.data_shards",
     ("train", "tokenizer"): "dalle_zero.cli.train_tokenizer",
     ("train", "dvae"): "dalle_zero.cli.train_dvae",
     ("train", "prior"): "dalle_zero.cli.train_prior",

@@ -19,7 +19,11 @@ HELP = "train the CLIP-style reranker on image-caption pairs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="image-caption folder (with splits.json for held-out evaluation)")
+    parser.add_argument(
+        "--data",
+        help="image-caption folder or WebDataset shards (.tar, folder of .tar, shards/{00000..00009}.tar); "
+        "a splits.json beside them gives held-out evaluation",
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder (from `dalle train tokenizer`)")
     parser.add_argument(
         "--dvae", help="dVAE run or model folder: show a share (recon_prob, default 0.5) of the images as it decodes"
@@ -39,6 +43,7 @@ def load_config_dict(name_or_path: str) -> dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
+    from dalle_zero.data.sources import check_data_source
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.clip import CLIPTrainConfig
 
@@ -60,8 +65,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
     for name in ("data", "tokenizer"):
         if not data.get(name):
             raise ValueError(f"--{name} is required (the config names no {name} folder)")
-    if not Path(data["data"]).is_dir():
-        raise FileNotFoundError(f"data folder not found: {data['data']}")
+    check_data_source(data["data"])
     tokenizer = BPETokenizer.from_pretrained(data["tokenizer"])
     model = dict(data.get("model", {}))
     model.setdefault("text_vocab_size", tokenizer.vocab_size)

@@ -1,4 +1,4 @@
-"""``dalle train dvae``: train the stage-1 discrete VAE on a folder of images (paper §2.1, App. A.2).
+"""``dalle train dvae``: train the stage-1 discrete VAE on a folder of images or shards (paper §2.1, App. A.2).
 
 The config is a preset name (``dvae_emoji32``, ``dvae_tiny``, ``dvae_paper``: JSON files in
 ``dalle_zero/configs``) or a JSON file of :class:`~dalle_zero.training.dvae.DVAETrainConfig`
@@ -15,13 +15,17 @@ from typing import Any
 
 from dalle_zero.config import load_config_source
 
-HELP = "train the discrete VAE (image tokenizer) on a folder of images"
+HELP = "train the discrete VAE (image tokenizer) on a folder of images or WebDataset shards"
 
 DEFAULT_PRESET = "dvae_emoji32"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="image folder (images/*.png or any images; splits.json optional)")
+    parser.add_argument(
+        "--data",
+        help="image folder (images/*.png or any images; splits.json optional) or WebDataset shards "
+        "(a .tar, a folder of .tar files, or a pattern such as shards/{00000..00009}.tar)",
+    )
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, samples/, model/)")
     parser.add_argument("--config", default=None, help=f"preset name or JSON file (default: {DEFAULT_PRESET})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -32,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate (lr_start)")
     parser.add_argument("--ema-decay", default=None, help="override loop.ema_decay (a number, or 'none')")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="override loop.precision")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default=None, help="override loop.strategy (torchrun)")
     parser.add_argument("--eval-every", type=int, default=None, help="override loop.eval_every (0: at the end)")
     parser.add_argument("--seed", type=int, default=None, help="override loop.seed (init, data order, noise)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -53,6 +58,7 @@ def _ema(value: str) -> float | None:
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """Preset/file + saved run config + flags -> a validated DVAETrainConfig."""
+    from dalle_zero.data.sources import check_data_source
     from dalle_zero.training.dvae import DVAETrainConfig
 
     saved = Path(args.out) / "train_config.json"
@@ -64,8 +70,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
         data["data"] = str(Path(args.data).resolve())
     if not data.get("data"):
         raise ValueError("--data is required (the config names no image folder)")
-    if not Path(data["data"]).is_dir():
-        raise FileNotFoundError(f"data folder not found: {data['data']}")
+    check_data_source(data["data"])
     model = dict(data.get("model", {}))
     for key, value in (("image_size", args.image_size), ("vocab_size", args.vocab_size)):
         if value is not None:
@@ -77,6 +82,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
         ("batch_size", args.batch_size),
         ("seed", args.seed),
         ("precision", args.precision),
+        ("strategy", args.strategy),
         ("eval_every", args.eval_every),
     )
     for key, value in overrides:

@@ -2,7 +2,8 @@
 
 Captions are the ``.txt`` files beside images of the same stem, found recursively. If the folder
 has a ``splits.json`` (``{"train": [stems], "validation": [...], ...}``), only the training split is
-read, so held-out captions never shape the vocabulary.
+read, so held-out captions never shape the vocabulary. ``--data`` may also name WebDataset shards
+(:mod:`dalle_zero.data.webdataset`): their ``KEY.txt`` captions are read, split the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="folder of images with same-stem .txt captions")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="folder of images with same-stem .txt captions, or WebDataset shards "
+        "(.tar, folder of .tar, shards/{00000..00009}.tar)",
+    )
     parser.add_argument("--out", required=True, help="tokenizer folder to write (tokenizer.json + config.json)")
     parser.add_argument("--vocab-size", type=int, required=True, help="tokens including pad (paper: 16384)")
     parser.add_argument("--text-seq-len", type=int, default=256, help="text positions (default 256, the paper's)")
@@ -28,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], str]:
     """Caption texts under ``root`` (restricted to ``split`` if ``root/splits.json`` exists), and a note."""
+    from dalle_zero.data.webdataset import is_shard_source
+
+    if is_shard_source(root):
+        return _shard_captions(root, split)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
@@ -52,6 +62,17 @@ def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], st
     if not captions:
         raise ValueError(f"{root}: no captions found (.txt files beside same-stem images; {note})")
     return captions, note
+
+
+def _shard_captions(source: str | Path, split: str) -> tuple[list[str], str]:
+    """The captions of WebDataset shards (a sample's caption lines joined), restricted to ``split``
+    by a ``splits.json`` beside the shards; without one, the shards are all the train split."""
+    from dalle_zero.data.webdataset import ImageTextShards, shard_folder
+
+    shards = ImageTextShards(source, split=split, check="none")
+    splits_path = shard_folder(source) / "splits.json"
+    note = f"split {split!r} of {splits_path}" if splits_path.is_file() else "all captions (no splits.json)"
+    return ["\n".join(shards.captions(i)) for i in range(len(shards))], note
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,9 @@
-"""Data: image–caption folders, paper crops, zero-shot splits, the emoji builder and token shards.
+"""Data: image–caption folders and shards, paper crops, zero-shot splits, the emoji builder and token shards.
 
+- :mod:`.pairs`       what every image–caption dataset shares (items, caption lines, checks, skip counts)
 - :mod:`.folder`      ``ImageTextFolder``: images with same-stem ``.txt`` captions (img2dataset layout)
+- :mod:`.webdataset`  ``ImageTextShards``: WebDataset tar shards (img2dataset output); ``dalle data shards``
+- :mod:`.sources`     ``open_image_text_dataset``: the reader for a ``--data`` path (folder or shards)
 - :mod:`.transforms`  paper dVAE crop (§1.7), prior crop (§3.5), plain resize, aspect-ratio filter (§5)
 - :mod:`.splits`      deterministic zero-shot splits by concept (unseen concepts / compositions)
 - :mod:`.emoji`       ``dalle data emoji``: the emoji dataset from pinned npm tarballs (:mod:`.npm`)

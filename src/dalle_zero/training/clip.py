@@ -63,7 +63,7 @@ class CLIPTrainConfig(Config):
 
     model: CLIPConfig
     loop: LoopConfig = field(default_factory=_default_loop)
-    data: str = ""  # image-caption folder (ImageTextFolder layout)
+    data: str = ""  # image-caption folder (ImageTextFolder layout) or WebDataset shards
     tokenizer: str = ""  # tokenizer folder
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("validation",)  # splits of splits.json to report retrieval on
@@ -239,17 +239,17 @@ def collate_pairs(items: list[Any]) -> dict[str, torch.Tensor]:
     return {"ids": torch.stack([x["ids"] for x in keep]), "pixels": torch.stack([x["pixels"] for x in keep])}
 
 
-def _folder_dataset(root: str, split: str) -> Dataset:
-    from dalle_zero.data.folder import ImageTextFolder
+def _split_dataset(data: str, split: str) -> Dataset:
+    from dalle_zero.data.sources import open_image_text_dataset
 
-    return ImageTextFolder(root, split=split)
+    return open_image_text_dataset(data, split=split)
 
 
 class CLIPTask(TrainTask):
     """The CLIP stage for :func:`dalle_zero.training.loop.train`.
 
     ``train_data`` / ``eval_data`` (base datasets of ``{pixels, caption}`` dicts) default to the
-    ``ImageTextFolder`` splits of ``config.data``; tests pass in-memory datasets instead, and with
+    splits of ``config.data`` (an image folder or shards); tests pass in-memory datasets instead, and with
     ``config.siblings`` the ``groups`` of their items (default: the concepts in ``metadata.jsonl``).
     """
 
@@ -277,7 +277,7 @@ class CLIPTask(TrainTask):
 
     def train_dataset(self) -> Dataset:
         c = self.config
-        base = self._train_data if self._train_data is not None else _folder_dataset(c.data, c.train_split)
+        base = self._train_data if self._train_data is not None else _split_dataset(c.data, c.train_split)
         stems = getattr(base, "stems", None)
         if c.recon_prob > 0:
             from dalle_zero.io import resolve_model_dir
@@ -312,7 +312,7 @@ class CLIPTask(TrainTask):
             self._eval_data = {}
             for split in self.config.eval_splits:
                 try:
-                    self._eval_data[split] = _folder_dataset(self.config.data, split)
+                    self._eval_data[split] = _split_dataset(self.config.data, split)
                 except (ValueError, KeyError, FileNotFoundError) as e:
                     logger.warning("no retrieval evaluation on split %r: %s", split, e)
         return self._eval_data

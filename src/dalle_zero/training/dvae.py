@@ -59,7 +59,7 @@ class DVAETrainConfig(Config):
     model: DVAEConfig = field(default_factory=DVAEConfig)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(batch_size=8, ema_decay=0.999))
     # data
-    data: str | None = None  # image folder (same-stem captions are ignored); `--data` on the CLI
+    data: str | None = None  # image folder or WebDataset shards (captions are ignored); `--data` on the CLI
     augment: bool = True  # paper crops (random crop, resize, flip) for training; centre crop if False
     eval_images: int = 256  # held-out images scored by evaluate()
     eval_batch_size: int = 32
@@ -299,30 +299,30 @@ class DVAETask(TrainTask):
 
 
 def build_datasets(config: DVAETrainConfig) -> tuple[Dataset, Dataset | None, str]:
-    """(train images, held-out images, description) from ``config.data``.
+    """(train images, held-out images, description) from ``config.data``, an image folder or shards.
 
     Training images get the paper's crops (:class:`~dalle_zero.data.transforms.DVAETransform`) when
     ``config.augment``, evaluation images a deterministic resize. With ``splits.json`` the dVAE trains on
     "train" and is evaluated on "validation"; without it, it trains on every image and evaluates on the
     first ``eval_images`` of them (not held out).
     """
-    from dalle_zero.data.folder import ImageTextFolder
+    from dalle_zero.data.sources import has_splits, open_image_text_dataset
     from dalle_zero.data.transforms import DVAETransform, ResizeTransform
 
     if config.data is None:
-        raise ValueError("DVAETrainConfig.data: no image folder given")
-    root = Path(config.data)
+        raise ValueError("DVAETrainConfig.data: no image folder or shards given")
+    data = config.data
     size = config.model.image_size
     train_view = DVAETransform(resolution=size) if config.augment else ResizeTransform(resolution=size)
     eval_view = ResizeTransform(resolution=size)
-    if (root / "splits.json").is_file():
-        train_data = ImageTextFolder(root, train_view, split="train")
-        eval_data = ImageTextFolder(root, eval_view, split="validation")
+    if has_splits(data):
+        train_data = open_image_text_dataset(data, train_view, split="train")
+        eval_data = open_image_text_dataset(data, eval_view, split="validation")
         note = "train split; evaluation on the validation split"
     else:
-        train_data, eval_data = ImageTextFolder(root, train_view), ImageTextFolder(root, eval_view)
+        train_data, eval_data = open_image_text_dataset(data, train_view), open_image_text_dataset(data, eval_view)
         note = "no splits.json: evaluation images are training images"
-        logger.warning("%s has no splits.json: evaluating on training images", root)
+        logger.warning("%s has no splits.json: evaluating on training images", data)
     return train_data, eval_data, note
 
 

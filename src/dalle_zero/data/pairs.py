@@ -1,0 +1,155 @@
+"""What every image–caption dataset shares: the item format, caption lines, image checks, skip counts.
+
+:class:`ImageTextPairs` is the base of :class:`~dalle_zero.data.folder.ImageTextFolder` (a folder of
+images with same-stem ``.txt`` captions) and :class:`~dalle_zero.data.webdataset.ImageTextShards`
+(WebDataset tar shards). A subclass only says where its samples are and how to open one image;
+items, seeded caption choice, transforms, the replacement of images that fail at load time and the
+one-line report of what was skipped are the same for both, so every trainer can use either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from dalle_zero.config import read_json_file
+from dalle_zero.data.transforms import aspect_ratio_ok, pil_to_tensor, to_rgb
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+CHECKS = ("load", "verify", "none")
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
+ImageSource = str | Path | IO[bytes]  # what ``PIL.Image.open`` accepts
+
+
+def read_splits(path: str | Path) -> dict[str, list[str]]:
+    """``{split name: [stems]}`` from a ``splits.json`` file."""
+    path = Path(path)
+    data = read_json_file(path, missing=f"splits file not found: {path}")
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{path}: expected an object mapping split names to lists of stems")
+    return {str(k): [str(s) for s in v] for k, v in data.items()}
+
+
+def split_stems(path: Path, split: str) -> set[str]:
+    """The stems of ``split`` in the splits file ``path``; a clear error if it has no such split."""
+    splits = read_splits(path)
+    if split not in splits:
+        raise ValueError(f"{path} has no split {split!r}; it has {sorted(splits)}")
+    return set(splits[split])
+
+
+def caption_lines(text: str) -> list[str]:
+    """The non-empty, stripped lines of a caption file (each line is one caption of the image)."""
+    return [s for s in (line.strip() for line in text.splitlines()) if s]
+
+
+def image_problem(image: ImageSource, *, check: str, filter_aspect: bool) -> str | None:
+    """Why an image is unusable (``"unreadable image"``, an aspect ratio outside [1/2, 2]), or None.
+
+    ``check="load"`` decodes it fully (catches truncated files that ``verify()`` lets through),
+    ``"verify"`` runs PIL's cheaper integrity check, ``"none"`` opens nothing unless ``filter_aspect``.
+    """
+    if check == "none" and not filter_aspect:
+        return None
+    try:
+        with Image.open(image) as im:
+            size = im.size
+            if check == "load":
+                im.load()
+            elif check == "verify":
+                im.verify()
+    except IMAGE_ERRORS:
+        return "unreadable image"
+    if filter_aspect and not aspect_ratio_ok(*size):
+        return "aspect ratio outside [1/2, 2]"
+    return None
+
+
+class ImageTextPairs(Dataset):
+    """Image–caption pairs; subclasses fill ``items`` and say how to open an image.
+
+    Items are ``dict(pixels=FloatTensor[3, H, W] in [0, 1], caption=str, stem=str)``. A key is an index
+    or ``(index, sample_seed)``: the seed drives the transform's randomness and the choice among several
+    caption lines, so the same key always gives the same item (a plain index uses ``seed + index``).
+    ``transform(image, generator)`` is e.g. a :mod:`dalle_zero.data.transforms` transform; without one,
+    images are returned at their own size (RGB, alpha composited onto white).
+
+    Subclasses set ``label`` (names the data in messages), ``transform``, ``seed``, ``skipped`` (a
+    Counter of reasons) and ``items`` (``[(where, caption lines)]``), and implement
+    :meth:`_open_image`, :meth:`_stem` and :meth:`_describe` for their ``where``.
+    """
+
+    label: str
+    transform: Transform | None
+    seed: int
+    skipped: Counter[str]
+    items: list[tuple[Any, list[str]]]
+
+    def _open_image(self, where: Any) -> ImageSource:
+        raise NotImplementedError
+
+    def _stem(self, where: Any) -> str:
+        raise NotImplementedError
+
+    def _describe(self, where: Any) -> str:
+        raise NotImplementedError
+
+    def _finish_index(self, split: str | None) -> None:
+        """Report what was skipped; a clear error if nothing usable is left."""
+        if self.skipped:
+            self.report_skipped()
+        if not self.items:
+            where = f" in split {split!r}" if split else ""
+            raise ValueError(f"{self.label}: no usable image-caption pairs{where} ({self._skipped_text()})")
+
+    def _skipped_text(self) -> str:
+        if not self.skipped:
+            return "nothing skipped"
+        return "skipped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+
+    def report_skipped(self) -> str:
+        """Log and return one line: how many pairs are usable and what was skipped, by reason."""
+        text = f"{self.label}: {len(self.items)} pairs, {self._skipped_text()}"
+        logger.warning(text) if self.skipped else logger.info(text)
+        return text
+
+    @property
+    def stems(self) -> list[str]:
+        return [self._stem(where) for where, _ in self.items]
+
+    def captions(self, index: int) -> list[str]:
+        """Every caption line of item ``index``."""
+        return list(self.items[index][1])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), self.seed + int(key))
+        for attempt in range(len(self.items)):
+            i = (index + attempt) % len(self.items)
+            where, lines = self.items[i]
+            try:
+                with Image.open(self._open_image(where)) as im:
+                    img = to_rgb(im)
+                    img.load()
+            except IMAGE_ERRORS as e:
+                self.skipped["load error"] += 1
+                logger.warning("%s: cannot load (%s); using the next image instead", self._describe(where), e)
+                continue
+            g = torch.Generator().manual_seed(seed)
+            caption = lines[int(torch.randint(len(lines), (1,), generator=g))] if len(lines) > 1 else lines[0]
+            pixels = self.transform(img, g) if self.transform is not None else pil_to_tensor(img)
+            return {"pixels": pixels, "caption": caption, "stem": self._stem(where)}
+        raise ValueError(f"{self.label}: no image of the dataset can be loaded any more")
