@@ -27,6 +27,7 @@ LOOP_OPTIONS = {
     "batch_size": "batch_size",
     "grad_accum": "grad_accum",
     "precision": "precision",
+    "strategy": "strategy",
     "seed": "seed",
     "log_every": "log_every",
     "eval_every": "eval_every",
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per micro-batch (per process)")
     parser.add_argument("--grad-accum", type=int, help="micro-batches per update")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 = autocast")
+    parser.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        help="under torchrun: ddp (a replica per process) or fsdp (shards; for models that do not fit one device)",
+    )
     parser.add_argument(
         "--activation-checkpointing",
         action="store_true",

@@ -164,6 +164,10 @@ class DalleTransformer(PretrainedModel):
         self.activation_checkpointing = bool(enabled)
         return self
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The layers, in order: the units a wrapper may treat one at a time (FSDP shards each alone)."""
+        return list(self.blocks)
+
     def quantize_int8(self) -> DalleTransformer:
         """Store the blocks' matrices as int8 with per-channel scales, in place, for faster sampling on CPU.
 

@@ -1,21 +1,36 @@
 """One training code path for one process and many (paper_spec §3.7, design.md "Distributed").
 
 Launch with ``torchrun --nproc_per_node N dalle train ...``: the environment variables torchrun sets
-(RANK, WORLD_SIZE, LOCAL_RANK) turn on ``torch.distributed`` with NCCL on GPUs and gloo on CPU.
-The loop wraps the loss computation in DistributedDataParallel, optionally with PowerSGD gradient
-compression (the paper's choice), and gives each rank a disjoint slice of every batch.
+(RANK, WORLD_SIZE, LOCAL_RANK) turn on ``torch.distributed`` with NCCL on GPUs and gloo on CPU, and
+each rank takes a disjoint slice of every batch. Two strategies (``LoopConfig.strategy``):
+
+- ``"ddp"``: every rank holds the whole model; DistributedDataParallel averages the gradients,
+  optionally with PowerSGD gradient compression (the paper's choice).
+- ``"fsdp"``: FSDP2 (``fully_shard``) for models that do not fit one device. Each repeated block is
+  one unit (its parameters all-gathered before its forward and backward, its gradients
+  reduce-scattered after), the rest of the model another; a rank keeps only its shard of every
+  parameter, gradient and optimizer state. With bf16 the blocks compute on bf16 copies of their
+  parameters (embeddings and heads stay fp32) and reduce gradients in fp32; the shards stay fp32.
+  :func:`full_state_dict` and :func:`full_optimizer_state_dict` gather what one process would hold,
+  so checkpoints are the same files under both strategies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 logger = logging.getLogger(__name__)
+
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,139 @@ def wrap(module: torch.nn.Module, ctx: DistContext, *, powersgd_rank: int = 0) -
                                        start_powerSGD_iter=2, use_error_feedback=True)
         ddp.register_comm_hook(state, powersgd.powerSGD_hook)
     return ddp
+
+
+# ---- FSDP2 ----
+
+
+def _fsdp() -> Any:
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):  # public from torch 2.6
+        raise ValueError(f"strategy 'fsdp' needs torch >= 2.6 (fully_shard); this is torch {torch.__version__}")
+    return fsdp
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks a model lists with ``repeated_blocks()`` (the transformer's layers), else none."""
+    return list(model.repeated_blocks()) if hasattr(model, "repeated_blocks") else []
+
+
+def shard(
+    module: nn.Module, ctx: DistContext, *, blocks: Iterable[nn.Module] = (), param_dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Apply ``fully_shard`` to each of ``blocks``, then to ``module`` (the rest), over all ranks; in place.
+
+    Each unit moves to ``ctx.device`` as it is sharded, so a model built on the CPU never needs to
+    fit the device whole. With ``param_dtype`` (bf16) the blocks gather their parameters in that
+    dtype and compute on them (their floating-point inputs cast to it), and their gradients are
+    reduced in fp32; the rest of the model (embeddings, heads, final norm) stays fp32, as the paper
+    keeps its embeddings and unembeddings (paper_spec App. D), unless there are no blocks and the
+    whole model is the one unit. ``module``'s own inputs, the loss's batch, are never cast.
+    """
+    fsdp = _fsdp()
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    blocks = list(blocks)
+    reduce_dtype = torch.float32 if param_dtype is not None else None
+    for block in blocks:
+        policy = fsdp.MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+        fsdp.fully_shard(block, mesh=mesh, mp_policy=policy)
+    root_dtype = None if blocks else param_dtype
+    policy = fsdp.MixedPrecisionPolicy(
+        param_dtype=root_dtype, reduce_dtype=reduce_dtype if root_dtype else None, cast_forward_inputs=False
+    )
+    fsdp.fully_shard(module, mesh=mesh, mp_policy=policy)
+    return module
+
+
+@contextlib.contextmanager
+def no_sync(module: nn.Module) -> Iterator[None]:
+    """Accumulate this micro-batch's gradients locally (forward and backward inside the block).
+
+    DDP's ``no_sync``, or FSDP2's ``set_requires_gradient_sync(False)`` on every unit; a plain
+    module needs nothing.
+    """
+    if hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    elif hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+def clip_sharded_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` for FSDP-sharded gradients: the norm is the whole model's,
+    over every rank's shards, and every rank scales its shards by the same factor. Returns the norm."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(norm, DTensor):  # already reduced over the ranks; a plain tensor for the scaling
+        norm = norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return float(norm)
+
+
+def _full_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded ``module.state_dict()`` of an FSDP-sharded module, on rank 0's CPU ({} on the
+    other ranks). A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module, options=_full_options())
+
+
+def _param_numbers(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Parameter name -> its number in ``optimizer.state_dict()`` (the order of the param groups)."""
+    number = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    return {name: number[id(p)] for name, p in model.named_parameters() if id(p) in number}
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` as one unsharded process holds it (parameters numbered, full state
+    tensors) for an optimizer over ``model``'s FSDP shards; on rank 0's CPU, {} elsewhere. A collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer, options=_full_options())
+    if not by_name:
+        return {}
+    number = _param_numbers(model, optimizer)
+    return {
+        "state": {number[name]: value for name, value in by_name["state"].items()},
+        "param_groups": [{**g, "params": [number[name] for name in g["params"]]} for g in by_name["param_groups"]],
+    }
+
+
+def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a one-process ``optimizer.state_dict()`` (every rank holds all of it) into an optimizer over
+    ``model``'s FSDP shards: each rank keeps the slices of its own shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    name = {i: n for n, i in _param_numbers(model, optimizer).items()}
+    saved = [len(g["params"]) for g in state["param_groups"]]
+    own = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != own or set(name) != {i for g in state["param_groups"] for i in g["params"]}:
+        raise ValueError(f"optimizer state holds param groups of {saved} parameters, this optimizer has {own}")
+    by_name = {
+        "state": {name[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [name[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+# ---- small collectives ----
 
 
 def barrier(ctx: DistContext) -> None:

@@ -5,6 +5,10 @@ follow the trained ones: ``ema = decay·ema + (1 − decay)·live``. Early in a 
 ``min(decay, (1 + n) / (10 + n))`` for the n-th update (the usual warm-up), so that a short run's EMA
 is not dominated by the random initial weights; long runs reach the configured decay after a few
 thousand updates, as in the paper.
+
+Under FSDP the copy is sharded like the trained model (``training/distributed.py``): each rank
+averages only its own shards, with no communication, and the full average exists only when it is
+gathered to be saved or evaluated.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ import copy
 
 import torch
 from torch import nn
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor, sharing its storage; a plain tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 class EMA:
@@ -33,10 +42,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``, which must be sharded as the average is (or neither)."""
         decay = self.current_decay()
         live = model.state_dict()
         for name, avg in self.model.state_dict().items():
-            src = live[name]
+            avg, src = _local(avg), _local(live[name])
             if avg.is_floating_point():
                 avg.lerp_(src.to(avg.dtype), 1.0 - decay)
             else:

@@ -3,13 +3,21 @@
 A stage describes *what* to train as a :class:`TrainTask` (data, loss, optimizer, learning rate,
 evaluation); :func:`train` does the rest the same way for all of them: deterministic resumable
 batches, gradient accumulation, bf16 autocast, gradient clipping, EMA of weights, metrics.jsonl and a
-progress bar, step checkpoints with exact ``resume``, a clean stop on Ctrl-C, and DDP when launched
-by torchrun. The usable model (EMA weights when EMA is on) is saved to ``run_dir/model``.
+progress bar, step checkpoints with exact ``resume``, a clean stop on Ctrl-C, and DDP or FSDP when
+launched by torchrun. The usable model (EMA weights when EMA is on) is saved to ``run_dir/model``.
+
+Under FSDP (``strategy="fsdp"`` with several processes) every rank holds shards of the weights, the
+gradients, the optimizer state and the EMA. Checkpoints and ``model/`` are the same files as
+under DDP: the shards are gathered to rank 0's CPU and written there, so a run resumes under either
+strategy. Rank 0 keeps one full copy of the model on its CPU, into which the gathered weights are
+loaded to save ``model/`` and to evaluate (moved to its device for the evaluation). With a single
+process ``"fsdp"`` is the plain single-process loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -51,7 +59,8 @@ class LoopConfig(Config):
     keep_checkpoints: int = 2
     num_workers: int = 0
     activation_checkpointing: bool = False
-    powersgd_rank: int = 0
+    strategy: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (sharded, training/distributed.py)
+    powersgd_rank: int = 0  # ddp only
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "ema_every", "log_every", "checkpoint_every"):
@@ -60,6 +69,12 @@ class LoopConfig(Config):
             check_int(self, name, min_value=0)
         check_int(self, "keep_checkpoints", min_value=1)
         check_choice(self, "precision", ("fp32", "bf16"))
+        check_choice(self, "strategy", distributed.STRATEGIES)
+        if self.strategy == "fsdp" and self.powersgd_rank > 0:
+            raise ValueError(
+                f"LoopConfig.powersgd_rank is {self.powersgd_rank} but PowerSGD compresses DDP's gradients only; "
+                "set it to 0 with strategy 'fsdp'"
+            )
         if self.clip_grad_norm is not None:
             check_float(self, "clip_grad_norm", min_value=0.0, strict_min=True)
         if self.ema_decay is not None:
@@ -104,7 +119,8 @@ class TrainTask:
 
 
 class _LossModule(nn.Module):
-    """Makes the task's loss the module's forward, so DDP sees every parameter the loss uses."""
+    """Makes the task's loss the module's forward, so DDP sees every parameter the loss uses (and FSDP
+    gathers the parameters outside the blocks for the whole loss, whatever model methods it calls)."""
 
     def __init__(self, model: nn.Module, task: TrainTask) -> None:
         super().__init__()
@@ -160,8 +176,9 @@ def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> Non
     atomic_write_text(cfg_path, train_config.to_json())
 
 
-# loop fields that say how long a run is and how often it logs, evaluates and checkpoints, not what it learns
-_SCHEDULE_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+# loop fields that say how long a run is, how often it logs, evaluates and checkpoints, and how it spreads
+# over processes, not what it learns
+_SCHEDULE_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "strategy")
 
 
 def _pop_schedule(config: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +208,7 @@ def train(
     """
     run_dir = Path(run_dir)
     ctx = distributed.setup(device)
+    sharded = loop.strategy == "fsdp" and ctx.enabled
     if ctx.is_main:
         prepare_run_dir(run_dir, train_config, resume=resume)
     distributed.barrier(ctx)
@@ -198,26 +216,40 @@ def train(
     torch.manual_seed(loop.seed + ctx.rank)
     if ctx.device.type == "cpu":
         allocator.keep_freed_memory()  # no page faults on every step's large activations
-    model.to(ctx.device)
+    full = _FullCopy(model, ctx) if sharded else None
+    if not sharded:
+        model.to(ctx.device)  # (FSDP moves each unit to the device as it shards it)
     if loop.activation_checkpointing:
         if not hasattr(model, "set_activation_checkpointing"):
             raise ValueError(f"{type(model).__name__} does not support activation checkpointing")
         model.set_activation_checkpointing(True)
     ema = EMA(model, loop.ema_decay) if loop.ema_decay else None
-    optimizer = task.make_optimizer(model)
 
-    step = 0
+    step, saved = 0, None
     if resume:
         path = ckpt.latest_step_dir(run_dir)
         if path is None:
             logger.info("no checkpoint in %s: starting from scratch", run_dir)
         else:
-            step = _restore(path, model, ema, optimizer, task, ctx)
+            saved = ckpt.load_checkpoint(path)
+            step = _restore_weights(saved, path, model, ema, task)
             _truncate_metrics(run_dir / "metrics.jsonl", step)
             logger.info("resumed from %s", path)
     if step >= loop.steps:
         logger.info("run already complete at step %d", step)
-        return _save_model(model, ema, run_dir, ctx)
+        return _save_model(model, ema, run_dir, ctx, None)  # nothing is sharded yet: rank 0 saves its own
+
+    loss_module: nn.Module = _LossModule(model, task)
+    if sharded:
+        param_dtype = torch.bfloat16 if loop.precision == "bf16" else None
+        distributed.shard(loss_module, ctx, blocks=distributed.repeated_blocks(model), param_dtype=param_dtype)
+        if ema is not None:  # sharded alike, so that each rank averages its own shards
+            distributed.shard(ema.model, ctx, blocks=distributed.repeated_blocks(ema.model))
+    else:
+        loss_module = distributed.wrap(loss_module, ctx, powersgd_rank=loop.powersgd_rank)
+    optimizer = task.make_optimizer(model)  # over the shards under FSDP
+    if saved is not None:
+        _restore_state(saved, model, optimizer, ctx, sharded=sharded)
 
     dataset = task.train_dataset()
     sampler = ResumableBatchSampler(
@@ -230,7 +262,6 @@ def train(
         generator=torch.Generator().manual_seed(loop.seed),  # keep the global RNG stream untouched
     )
     batches = iter(loader)
-    loss_module = distributed.wrap(_LossModule(model, task), ctx, powersgd_rank=loop.powersgd_rank)
     autocast = (
         torch.autocast(ctx.device.type, dtype=torch.bfloat16)
         if loop.precision == "bf16" else contextlib.nullcontext()
@@ -250,16 +281,17 @@ def train(
             for micro in range(loop.grad_accum):
                 batch = next(batches)
                 sync = micro == loop.grad_accum - 1 or not ctx.enabled
-                with autocast, (contextlib.nullcontext() if sync else loss_module.no_sync()):
-                    loss, parts = loss_module(batch, step)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
-                (loss / loop.grad_accum).backward()
+                with contextlib.nullcontext() if sync else distributed.no_sync(loss_module):
+                    with autocast:
+                        loss, parts = loss_module(batch, step)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
+                    (loss / loop.grad_accum).backward()
                 for k, v in {"loss": loss.item(), **parts}.items():
                     metrics[k] = metrics.get(k, 0.0) + float(v) / loop.grad_accum
             if loop.clip_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
-                metrics["grad_norm"] = float(norm)
+                clip = distributed.clip_sharded_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
+                metrics["grad_norm"] = float(clip(model.parameters(), loop.clip_grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -282,10 +314,10 @@ def train(
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 sums, n_logged, t_log, samples_since = {}, 0, now, 0
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
-                _evaluate(task, model, ema, step, run_dir, ctx)
+                _evaluate(task, model, ema, step, run_dir, ctx, full)
             if step % loop.checkpoint_every == 0 or last:
-                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx)
-                _save_model(model, ema, run_dir, ctx)
+                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, sharded=sharded)
+                _save_model(model, ema, run_dir, ctx, full)
             if stop.requested:
                 break
     bar.close()
@@ -295,11 +327,30 @@ def train(
     return run_dir / "model"
 
 
+class _FullCopy:
+    """Rank 0's full, unsharded copy of the model on its CPU (FSDP runs only): the gathered shards of
+    the live model or of its EMA are loaded into it, to evaluate and to save ``model/``."""
+
+    def __init__(self, model: nn.Module, ctx: distributed.DistContext) -> None:
+        self.model = copy.deepcopy(model).cpu() if ctx.is_main else None
+
+    def of(self, module: nn.Module) -> nn.Module | None:
+        """The copy holding ``module``'s gathered weights on rank 0, None elsewhere; every rank calls it."""
+        weights = distributed.full_state_dict(module)
+        if self.model is not None:
+            self.model.load_state_dict(weights)
+        return self.model
+
+
 def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run_dir: Path,
-              ctx: distributed.DistContext) -> None:
-    if not ctx.is_main:
+              ctx: distributed.DistContext, full: _FullCopy | None) -> None:
+    target: nn.Module | None = ema.model if ema is not None else model
+    if full is not None:
+        target = full.of(target)
+    if target is None or not ctx.is_main:
         return
-    target = ema.model if ema is not None else model
+    if full is not None:
+        target.to(ctx.device)
     was_training = target.training
     target.eval()
     # the task may draw random numbers (e.g. sample images): keep the training RNG stream untouched
@@ -308,6 +359,8 @@ def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run
         row = task.evaluate(target, step, run_dir)
     ckpt.set_rng_state(state)
     target.train(was_training)
+    if full is not None:
+        target.cpu()
     if row:
         _log(run_dir, step, {f"val/{k}": v for k, v in row.items()}, ctx)
         logger.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
@@ -349,42 +402,56 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,
                      optimizer: torch.optim.Optimizer, task: TrainTask, loop: LoopConfig,
-                     ctx: distributed.DistContext) -> None:
+                     ctx: distributed.DistContext, *, sharded: bool) -> None:
+    if sharded:  # every rank sends its shards; rank 0 writes what one process would have written
+        weights = distributed.full_state_dict(model)
+        ema_weights = distributed.full_state_dict(ema.model) if ema is not None else None
+        optimizer_state = distributed.full_optimizer_state_dict(model, optimizer)
+    else:
+        weights, optimizer_state = model.state_dict(), optimizer.state_dict()
+        ema_weights = ema.state_dict() if ema is not None else None
     if not ctx.is_main:
         return
     state = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "rng": ckpt.rng_state(),
         "task": task.state_dict(),
         "ema_updates": ema.num_updates if ema is not None else 0,
     }
-    ckpt.save_checkpoint(
-        run_dir, step, model=model.state_dict(), ema=ema.state_dict() if ema is not None else None,
-        state=state, keep=loop.keep_checkpoints,
-    )
+    ckpt.save_checkpoint(run_dir, step, model=weights, ema=ema_weights, state=state, keep=loop.keep_checkpoints)
 
 
-def _restore(path: Path, model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimizer,
-             task: TrainTask, ctx: distributed.DistContext) -> int:
-    c = ckpt.load_checkpoint(path)
+def _restore_weights(c: ckpt.Checkpoint, path: Path, model: nn.Module, ema: EMA | None, task: TrainTask) -> int:
+    """Load a checkpoint's weights, EMA and task state (before anything is sharded); return its step."""
     load_state_dict_strict(model, c.model, source=str(path / "model.safetensors"))
     if ema is not None:
         if c.ema is None:
             raise ValueError(f"{path}: checkpoint has no EMA weights but this run uses EMA")
         ema.load_state_dict(c.ema, int(c.state["ema_updates"]))
-    optimizer.load_state_dict(c.state["optimizer"])
     task.load_state_dict(c.state.get("task", {}))
+    return c.step
+
+
+def _restore_state(c: ckpt.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   ctx: distributed.DistContext, *, sharded: bool) -> None:
+    """Load a checkpoint's optimizer state (into the shards under FSDP) and random number streams."""
+    if sharded:
+        distributed.load_full_optimizer_state_dict(model, optimizer, c.state["optimizer"])
+    else:
+        optimizer.load_state_dict(c.state["optimizer"])
     if ctx.rank == 0:
         ckpt.set_rng_state(c.state["rng"])
     else:  # other ranks draw from their own streams, seeded apart from rank 0's
         torch.manual_seed(c.step * 7919 + ctx.rank)
-    return c.step
 
 
-def _save_model(model: PretrainedModel, ema: EMA | None, run_dir: Path, ctx: distributed.DistContext) -> Path:
+def _save_model(model: PretrainedModel, ema: EMA | None, run_dir: Path, ctx: distributed.DistContext,
+                full: _FullCopy | None) -> Path:
     out = run_dir / "model"
-    if ctx.is_main:
-        target = ema.model if ema is not None else model
+    target: nn.Module | None = ema.model if ema is not None else model
+    if full is not None:
+        target = full.of(target)
+    if ctx.is_main and target is not None:
         target.save_pretrained(out)
     return out
 

@@ -1,0 +1,47 @@
+"""One training run under torchrun, for the multi-process tests (tests/training/test_fsdp.py).
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/training/distributed_worker.py \
+        prior CONFIG.json RUN_DIR [--stop-after N] [--resume]
+    ... distributed_worker.py toy RUN_DIR --loop '{"strategy": "fsdp", "batch_size": 2}'
+
+``prior`` trains the prior of the train config in CONFIG.json; ``toy`` trains the loop tests' toy model
+(``tests/training/test_loop.py``) with the given loop fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for `tests.training`
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=("prior", "toy"))
+    parser.add_argument("paths", nargs="+", help="prior: CONFIG RUN_DIR; toy: RUN_DIR")
+    parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--loop", default="{}", help="toy: LoopConfig fields as JSON")
+    args = parser.parse_args()
+    if args.kind == "toy":
+        from tests.training.test_loop import _run
+
+        _run(Path(args.paths[0]), resume=args.resume, stop_after=args.stop_after, **json.loads(args.loop))
+        return
+
+    from dalle_zero.training.loop import train
+    from dalle_zero.training.prior import PriorTask, PriorTrainConfig, build_model
+
+    config_path, run_dir = args.paths
+    cfg = PriorTrainConfig.from_json_file(config_path)
+    train(
+        build_model(cfg), PriorTask(cfg), cfg.loop, Path(run_dir), train_config=cfg,
+        resume=args.resume, progress=False, stop_after=args.stop_after,
+    )
+
+
+if __name__ == "__main__":
+    main()
