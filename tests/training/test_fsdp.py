@@ -43,8 +43,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 def _prior_config(data, folder: Path, strategy: str, **loop) -> Path:
     """A tiny prior run as JSON: BPE dropout, null captions, EMA, clipping that bites, accumulation, the
-    plateau rule and a mid-run evaluation. No dropout in the model: on resume, ranks other than 0 reseed
-    their random streams."""
+    plateau rule and a mid-run evaluation (model dropout: its own test below)."""
     cfg = _config(
         data,
         loop={"steps": STEPS, "batch_size": 4, "grad_accum": 2, "checkpoint_every": 4, "eval_every": 4,
@@ -238,3 +237,20 @@ def test_fsdp_of_a_model_without_blocks_matches_single_process_on_same_global_ba
     ema_fsdp = ToyModel.from_pretrained(tmp_path / "fsdp" / "model")
     ema_single = ToyModel.from_pretrained(tmp_path / "single" / "model")
     _assert_close(ema_fsdp.state_dict(), ema_single.state_dict(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_with_model_dropout_reaches_the_weights_of_an_uninterrupted_one(data, tmp_path):
+    """Each rank's random streams are saved and restored, so the dropout masks after the resume are the same."""
+    for strategy in ("ddp", "fsdp"):
+        path = _prior_config(data, tmp_path / "configs", strategy)
+        cfg = json.loads(path.read_text())
+        cfg["model"]["dropout"] = 0.2
+        path.write_text(json.dumps(cfg))
+        whole, cut = tmp_path / f"{strategy}_whole", tmp_path / f"{strategy}_cut"
+        torchrun("prior", str(path), str(whole))
+        torchrun("prior", str(path), str(cut), "--stop-after", "5")
+        assert len(ckpt.load_checkpoint(ckpt.latest_step_dir(cut)).state["rng_ranks"]) == 2
+        torchrun("prior", str(path), str(cut), "--resume")
+        a, b = (_weights(_step_dir(run, STEPS) / "model.safetensors") for run in (whole, cut))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), strategy

@@ -219,6 +219,15 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def gather_to_main(value: Any, ctx: DistContext) -> list[Any] | None:
+    """Every rank's ``value`` (picklable), in rank order, on rank 0 (None on the others; every rank calls it)."""
+    if not ctx.enabled:
+        return [value]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(value, out, dst=0)
+    return out
+
+
 def all_reduce_mean(value: float, ctx: DistContext) -> float:
     if not ctx.enabled:
         return value

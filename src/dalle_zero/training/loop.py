@@ -410,14 +410,18 @@ def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None
     else:
         weights, optimizer_state = model.state_dict(), optimizer.state_dict()
         ema_weights = ema.state_dict() if ema is not None else None
+    rng = distributed.gather_to_main(ckpt.rng_state(), ctx)  # each rank's streams (dropout draws differ)
     if not ctx.is_main:
         return
+    assert rng is not None
     state = {
         "optimizer": optimizer_state,
-        "rng": ckpt.rng_state(),
+        "rng": rng[0],
         "task": task.state_dict(),
         "ema_updates": ema.num_updates if ema is not None else 0,
     }
+    if ctx.enabled:
+        state["rng_ranks"] = rng
     ckpt.save_checkpoint(run_dir, step, model=weights, ema=ema_weights, state=state, keep=loop.keep_checkpoints)
 
 
@@ -439,9 +443,12 @@ def _restore_state(c: ckpt.Checkpoint, model: nn.Module, optimizer: torch.optim.
         distributed.load_full_optimizer_state_dict(model, optimizer, c.state["optimizer"])
     else:
         optimizer.load_state_dict(c.state["optimizer"])
-    if ctx.rank == 0:
+    ranks = c.state.get("rng_ranks")
+    if ranks is not None and len(ranks) == ctx.world_size:  # every rank continues its own streams
+        ckpt.set_rng_state(ranks[ctx.rank])
+    elif ctx.rank == 0:
         ckpt.set_rng_state(c.state["rng"])
-    else:  # other ranks draw from their own streams, seeded apart from rank 0's
+    else:  # another world size (or an older checkpoint): the other ranks reseed, apart from rank 0's stream
         torch.manual_seed(c.step * 7919 + ctx.rank)
 
 
