@@ -62,13 +62,16 @@ def run(args: argparse.Namespace) -> int:
     reranker = "with a CLIP reranker" if pipeline.clip is not None else "no reranker"
     print(f"{model_dir}: {d.image_size} px images, {d.grid_size}x{d.grid_size} tokens, {reranker}")
     print(f"serving on {server.url}  (Ctrl-C to stop)", flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: stop as on Ctrl-C
+    # `kill`, `docker stop`: stop as on Ctrl-C; and Ctrl-C itself even where a shell started the server
+    # in the background, which makes it inherit SIGINT ignored (Python then installs no handler)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
     return 0
 
