@@ -280,3 +280,17 @@ def test_cli_converts_a_folder_then_trains_the_dvae_and_encodes_from_the_shards(
     assert main(["encode", "--dvae", str(run), "--data", str(shards), "--out", str(tokens), "--no-progress"]) == 0
     assert "encoded 12 images into 8x8 tokens" in capsys.readouterr().out
     assert sorted(TokenDataset(tokens, split="train").stems) == stems[:9]
+
+
+def test_clip_siblings_read_the_concepts_beside_shards_named_by_a_pattern_or_a_single_tar(tmp_path):
+    from dalle_zero.training.clip import concept_groups
+
+    folder = noise_folder(tmp_path / "folder", n=4)
+    stems = sorted(p.stem for p in folder.glob("*.txt"))
+    rows = [{"stem": s, "concept": f"concept {i % 2}"} for i, s in enumerate(stems)]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_shards(folder, tmp_path / "shards", per_shard=2)
+    expected = [r["concept"] for r in rows]
+    shards = tmp_path / "shards"
+    for source in (shards, f"{shards}/{{00000..00001}}.tar", shards / "00000.tar"):
+        assert concept_groups(source, stems) == expected, source

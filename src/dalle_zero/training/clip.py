@@ -212,16 +212,18 @@ class WithSiblings(Dataset):
 
 
 def concept_groups(data: str | Path, stems: Sequence[str]) -> list[str | None]:
-    """The ``concept`` of each stem from ``data/metadata.jsonl`` (None where it has none)."""
+    """The ``concept`` of each stem from ``metadata.jsonl`` beside the images or shards (None where it has none)."""
+    from dalle_zero.data.sources import data_folder
     from dalle_zero.training.evaluator import read_metadata
 
+    folder = data_folder(data)  # a shard pattern or a single .tar: the folder holding them
     try:
-        meta = read_metadata(data)
+        meta = read_metadata(folder)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"CLIPTrainConfig.siblings needs the concept of every image: {e}") from None
     groups = [meta.get(stem, {}).get("concept") for stem in stems]
     if not any(groups):
-        path = Path(data) / "metadata.jsonl"
+        path = folder / "metadata.jsonl"
         raise ValueError(f"{path}: no 'concept' field for any image (CLIPTrainConfig.siblings)")
     return [None if c is None else str(c) for c in groups]
 
