@@ -129,3 +129,20 @@ def test_folder_with_nothing_usable_is_an_error(tmp_path):
     (tmp_path / "d" / "x.png").write_bytes(b"")
     with pytest.raises(ValueError, match="no usable image-caption pairs"):
         ImageTextFolder(tmp_path / "d")
+
+
+def test_another_view_of_the_pairs_shares_the_index_and_changes_only_the_transform(tmp_path):
+    from dalle_zero.data.transforms import ResizeTransform
+    from dalle_zero.training.dvae import DVAETrainConfig, build_datasets
+
+    root = good_folder(tmp_path / "d")
+    pairs = ImageTextFolder(root, ResizeTransform(resolution=16))
+    view = pairs.with_transform(ResizeTransform(resolution=8))
+    assert view.items is pairs.items and len(view) == len(pairs) and pairs.transform.resolution == 16
+    assert view[0]["pixels"].shape == (3, 8, 8) and pairs[0]["pixels"].shape == (3, 16, 16)
+    assert view[0]["caption"] == pairs[0]["caption"] and view[0]["stem"] == pairs[0]["stem"]
+
+    # a dVAE on a folder without splits.json evaluates on its training images, indexed once
+    config = DVAETrainConfig.from_dict({"data": str(root), "model": {"image_size": 16}})
+    train, held_out, _ = build_datasets(config)
+    assert held_out.items is train.items

@@ -132,6 +132,14 @@ class ImageTextPairs(Dataset):
         """Every caption line of item ``index``."""
         return list(self.items[index][1])
 
+    def with_transform(self, transform: Transform | None) -> ImageTextPairs:
+        """The same pairs (the index built once) seen through another ``transform``."""
+        import copy
+
+        view = copy.copy(self)
+        view.transform = transform
+        return view
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -320,7 +320,8 @@ def build_datasets(config: DVAETrainConfig) -> tuple[Dataset, Dataset | None, st
         eval_data = open_image_text_dataset(data, eval_view, split="validation")
         note = "train split; evaluation on the validation split"
     else:
-        train_data, eval_data = open_image_text_dataset(data, train_view), open_image_text_dataset(data, eval_view)
+        train_data = open_image_text_dataset(data, train_view)
+        eval_data = train_data.with_transform(eval_view)  # indexed (and every image checked) once
         note = "no splits.json: evaluation images are training images"
         logger.warning("%s has no splits.json: evaluating on training images", data)
     return train_data, eval_data, note
