@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         help="folder of images with same-stem .txt captions, or WebDataset shards "
-        "(.tar, folder of .tar, shards/{00000..00009}.tar)",
+        "(.tar, folder of .tar, shards/{00000..00009}.tar), or a .csv/.jsonl manifest of image,caption",
     )
     parser.add_argument("--out", required=True, help="token folder to write")
     parser.add_argument("--batch-size", type=int, default=64, help="images per dVAE call (default 64)")

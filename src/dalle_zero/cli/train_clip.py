@@ -21,7 +21,8 @@ HELP = "train the CLIP-style reranker on image-caption pairs"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
-        help="image-caption folder or WebDataset shards (.tar, folder of .tar, shards/{00000..00009}.tar); "
+        help="image-caption folder, WebDataset shards (.tar, folder of .tar, shards/{00000..00009}.tar) "
+        "or a .csv/.jsonl manifest; "
         "a splits.json beside them gives held-out evaluation",
     )
     parser.add_argument("--tokenizer", help="tokenizer folder (from `dalle train tokenizer`)")

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         help="image folder (images/*.png or any images; splits.json optional) or WebDataset shards "
-        "(a .tar, a folder of .tar files, or a pattern such as shards/{00000..00009}.tar)",
+        "(a .tar, a folder of .tar files, or a pattern such as shards/{00000..00009}.tar), "
+        "or a .csv/.jsonl manifest of image,caption",
     )
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, samples/, model/)")
     parser.add_argument("--config", default=None, help=f"preset name or JSON file (default: {DEFAULT_PRESET})")

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         help="folder of images with same-stem .txt captions, or WebDataset shards "
-        "(.tar, folder of .tar, shards/{00000..00009}.tar)",
+        "(.tar, folder of .tar, shards/{00000..00009}.tar), or a .csv/.jsonl manifest of image,caption",
     )
     parser.add_argument("--out", required=True, help="tokenizer folder to write (tokenizer.json + config.json)")
     parser.add_argument("--vocab-size", type=int, required=True, help="tokens including pad (paper: 16384)")
@@ -34,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], str]:
     """Caption texts under ``root`` (restricted to ``split`` if ``root/splits.json`` exists), and a note."""
+    from dalle_zero.data.manifest import is_manifest
     from dalle_zero.data.webdataset import is_shard_source
 
-    if is_shard_source(root):
-        return _shard_captions(root, split)
+    if is_shard_source(root) or is_manifest(root):
+        return _indexed_captions(root, split)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
@@ -64,15 +65,19 @@ def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], st
     return captions, note
 
 
-def _shard_captions(source: str | Path, split: str) -> tuple[list[str], str]:
-    """The captions of WebDataset shards (a sample's caption lines joined), restricted to ``split``
-    by a ``splits.json`` beside the shards; without one, the shards are all the train split."""
-    from dalle_zero.data.webdataset import ImageTextShards, shard_folder
+def _indexed_captions(source: str | Path, split: str) -> tuple[list[str], str]:
+    """The captions of WebDataset shards or a manifest (a sample's caption lines joined), restricted to
+    ``split`` by a ``splits.json`` beside them; without one, they are all the train split (shards) or
+    all read (a manifest)."""
+    from dalle_zero.data.manifest import is_manifest
+    from dalle_zero.data.sources import data_folder, open_image_text_dataset
 
-    shards = ImageTextShards(source, split=split, check="none")
-    splits_path = shard_folder(source) / "splits.json"
-    note = f"split {split!r} of {splits_path}" if splits_path.is_file() else "all captions (no splits.json)"
-    return ["\n".join(shards.captions(i)) for i in range(len(shards))], note
+    splits_path = data_folder(source) / "splits.json"
+    has_splits = splits_path.is_file()
+    pairs = open_image_text_dataset(source, split=split if has_splits or not is_manifest(source) else None,
+                                    check="none")
+    note = f"split {split!r} of {splits_path}" if has_splits else "all captions (no splits.json)"
+    return ["\n".join(pairs.captions(i)) for i in range(len(pairs))], note
 
 
 def run(args: argparse.Namespace) -> int:

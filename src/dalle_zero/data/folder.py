@@ -16,18 +16,16 @@ restricts the dataset to those stems. Unusable samples are skipped and counted, 
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from dalle_zero.data.pairs import (
-    CHECKS,
     IMAGE_SUFFIXES,
     ImageTextPairs,
     Transform,
     caption_lines,
     image_problem,
     read_splits,
-    split_stems,
+    wanted_stems,
 )
 
 __all__ = ["IMAGE_SUFFIXES", "ImageTextFolder", "read_splits"]
@@ -50,18 +48,8 @@ class ImageTextFolder(ImageTextPairs):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {self.root}")
-        if check not in CHECKS:
-            raise ValueError(f"ImageTextFolder: check must be one of {list(CHECKS)}, got {check!r}")
-        self.label = str(self.root)
-        self.transform = transform
-        self.seed = seed
-        self.skipped: Counter[str] = Counter()
-        wanted: set[str] | None = None
-        if split is not None:
-            path = Path(splits_file) if splits_file is not None else self.root / "splits.json"
-            if splits_file is None and not path.is_file():
-                raise FileNotFoundError(f"{self.root}: split {split!r} asked for but there is no splits.json")
-            wanted = split_stems(path, split)
+        self._setup(str(self.root), transform, seed, check)
+        wanted = wanted_stems(split, splits_file, self.root / "splits.json", str(self.root))
 
         self.items: list[tuple[Path, list[str]]] = []  # (image path, caption lines)
         for image in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):

@@ -49,6 +49,17 @@ def split_stems(path: Path, split: str) -> set[str]:
     return set(splits[split])
 
 
+def wanted_stems(split: str | None, splits_file: str | Path | None, default: Path, owner: str) -> set[str] | None:
+    """The stems ``split`` keeps (None: every stem), from ``splits_file`` or else ``default``, a
+    ``splits.json`` beside the data; a clear error if a split is asked for and there is none."""
+    if split is None:
+        return None
+    path = Path(splits_file) if splits_file is not None else default
+    if splits_file is None and not path.is_file():
+        raise FileNotFoundError(f"{owner}: split {split!r} asked for but there is no splits.json")
+    return split_stems(path, split)
+
+
 def caption_lines(text: str) -> list[str]:
     """The non-empty, stripped lines of a caption file (each line is one caption of the image)."""
     return [s for s in (line.strip() for line in text.splitlines()) if s]
@@ -95,6 +106,13 @@ class ImageTextPairs(Dataset):
     seed: int
     skipped: Counter[str]
     items: list[tuple[Any, list[str]]]
+
+    def _setup(self, label: str, transform: Transform | None, seed: int, check: str) -> None:
+        """The fields every reader sets before it indexes; a clear error for an unknown ``check``."""
+        if check not in CHECKS:
+            raise ValueError(f"{type(self).__name__}: check must be one of {list(CHECKS)}, got {check!r}")
+        self.label, self.transform, self.seed = label, transform, seed
+        self.skipped = Counter()
 
     def _open_image(self, where: Any) -> ImageSource:
         raise NotImplementedError

@@ -1,9 +1,11 @@
-"""One entry point for ``--data``: an image folder or WebDataset tar shards, told apart by the path.
+"""One entry point for ``--data``: an image folder, WebDataset tar shards or a manifest, told apart by the path.
 
 ``--data`` names tar shards (:class:`~dalle_zero.data.webdataset.ImageTextShards`) when it is a
 ``.tar`` file, a brace pattern such as ``shards/{00000..00009}.tar``, or a folder holding ``.tar``
-files and no images; anything else is an image folder (:class:`~dalle_zero.data.folder.ImageTextFolder`).
-Both give the same items, so the trainers, ``dalle encode`` and the tokenizer take either.
+files and no images; a manifest (:class:`~dalle_zero.data.manifest.ImageTextManifest`) when it is a
+``.csv`` or ``.jsonl`` file of ``image,caption`` rows; anything else is an image folder
+(:class:`~dalle_zero.data.folder.ImageTextFolder`). All give the same items, so the trainers,
+``dalle encode`` and the tokenizer take any of them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dalle_zero.data.folder import ImageTextFolder
+from dalle_zero.data.manifest import ImageTextManifest, is_manifest
 from dalle_zero.data.pairs import ImageTextPairs, Transform
 from dalle_zero.data.webdataset import ImageTextShards, is_shard_source, shard_folder, shard_paths
 
@@ -23,12 +26,18 @@ def open_image_text_dataset(
 
     ``options`` (``splits_file``, ``check``, ``filter_aspect``, ``seed``) are passed to the reader.
     """
-    reader = ImageTextShards if is_shard_source(data) else ImageTextFolder
+    reader: type[ImageTextPairs]
+    if is_manifest(data):
+        reader = ImageTextManifest
+    else:
+        reader = ImageTextShards if is_shard_source(data) else ImageTextFolder
     return reader(data, transform, split=split, **options)
 
 
 def data_folder(data: str | Path) -> Path:
     """The folder of ``data`` that holds its ``splits.json`` and ``metadata.jsonl``, if any."""
+    if is_manifest(data):
+        return Path(data).parent
     return shard_folder(data) if is_shard_source(data) else Path(data)
 
 
@@ -39,7 +48,10 @@ def has_splits(data: str | Path) -> bool:
 
 def check_data_source(data: str | Path) -> None:
     """A one-line error (FileNotFoundError) if ``data`` is neither an image folder nor existing shards."""
-    if is_shard_source(data):
+    if is_manifest(data):
+        if not Path(data).is_file():
+            raise FileNotFoundError(f"manifest not found: {data}")
+    elif is_shard_source(data):
         shard_paths(data)
     elif not Path(data).is_dir():
         raise FileNotFoundError(f"data folder not found: {data}")

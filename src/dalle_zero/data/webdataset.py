@@ -35,13 +35,11 @@ import json
 import logging
 import re
 import tarfile
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 from dalle_zero.data.pairs import (
-    CHECKS,
     IMAGE_SUFFIXES,
     ImageTextPairs,
     Transform,
@@ -250,14 +248,9 @@ class ImageTextShards(ImageTextPairs):
         filter_aspect: bool = False,
         seed: int = 0,
     ) -> None:
-        if check not in CHECKS:
-            raise ValueError(f"ImageTextShards: check must be one of {list(CHECKS)}, got {check!r}")
         self.source = str(source)
-        self.label = self.source
+        self._setup(self.source, transform, seed, check)
         self.shards = shard_paths(source)
-        self.transform = transform
-        self.seed = seed
-        self.skipped: Counter[str] = Counter()
         self.damaged: list[tuple[Path, str]] = []
         wanted = self._split_stems(split, splits_file)
 
