@@ -316,8 +316,10 @@ def train(
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
                 _evaluate(task, model, ema, step, run_dir, ctx, full)
             if step % loop.checkpoint_every == 0 or last:
-                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, sharded=sharded)
+                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, full)
                 _save_model(model, ema, run_dir, ctx, full)
+            if full is not None:
+                full.release()  # the gathered weights are not kept between steps
             if stop.requested:
                 break
     bar.close()
@@ -329,14 +331,28 @@ def train(
 
 class _FullCopy:
     """Rank 0's full, unsharded copy of the model on its CPU (FSDP runs only): the gathered shards of
-    the live model or of its EMA are loaded into it, to evaluate and to save ``model/``."""
+    the live model or of its EMA are loaded into it, to evaluate and to save ``model/``.
+
+    A module's shards are gathered once until :meth:`release` (the loop releases after every step),
+    however many of evaluation, checkpoint and ``model/`` need them at that step."""
 
     def __init__(self, model: nn.Module, ctx: distributed.DistContext) -> None:
         self.model = copy.deepcopy(model).cpu() if ctx.is_main else None
+        self._gathered: dict[int, dict[str, torch.Tensor]] = {}  # id(module) -> its full state dict
+
+    def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """``module``'s full state dict on rank 0's CPU ({} elsewhere); every rank calls it."""
+        if id(module) not in self._gathered:
+            self._gathered[id(module)] = distributed.full_state_dict(module)
+        return self._gathered[id(module)]
+
+    def release(self) -> None:
+        """Drop the weights gathered since the last release (rank 0's CPU memory)."""
+        self._gathered = {}
 
     def of(self, module: nn.Module) -> nn.Module | None:
         """The copy holding ``module``'s gathered weights on rank 0, None elsewhere; every rank calls it."""
-        weights = distributed.full_state_dict(module)
+        weights = self.weights(module)
         if self.model is not None:
             self.model.load_state_dict(weights)
         return self.model
@@ -402,10 +418,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,
                      optimizer: torch.optim.Optimizer, task: TrainTask, loop: LoopConfig,
-                     ctx: distributed.DistContext, *, sharded: bool) -> None:
-    if sharded:  # every rank sends its shards; rank 0 writes what one process would have written
-        weights = distributed.full_state_dict(model)
-        ema_weights = distributed.full_state_dict(ema.model) if ema is not None else None
+                     ctx: distributed.DistContext, full: _FullCopy | None) -> None:
+    if full is not None:  # sharded: every rank sends its shards, rank 0 writes one process's files
+        weights = full.weights(model)
+        ema_weights = full.weights(ema.model) if ema is not None else None
         optimizer_state = distributed.full_optimizer_state_dict(model, optimizer)
     else:
         weights, optimizer_state = model.state_dict(), optimizer.state_dict()
