@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 
 from dalle_zero.config import read_json_file
+from dalle_zero.data.pairs import IMAGE_SUFFIXES
 
 HELP = "train the BPE text tokenizer on the captions of an image-caption folder"
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,11 @@
 """What every image–caption dataset shares: the item format, caption lines, image checks, skip counts.
 
 :class:`ImageTextPairs` is the base of :class:`~dalle_zero.data.folder.ImageTextFolder` (a folder of
-images with same-stem ``.txt`` captions) and :class:`~dalle_zero.data.webdataset.ImageTextShards`
-(WebDataset tar shards). A subclass only says where its samples are and how to open one image;
-items, seeded caption choice, transforms, the replacement of images that fail at load time and the
-one-line report of what was skipped are the same for both, so every trainer can use either.
+images with same-stem ``.txt`` captions), :class:`~dalle_zero.data.webdataset.ImageTextShards`
+(WebDataset tar shards) and :class:`~dalle_zero.data.manifest.ImageTextManifest` (a CSV/JSONL
+manifest). A subclass only says where its samples are and how to open one image; items, seeded
+caption choice, transforms, the replacement of images that fail at load time and the one-line report
+of what was skipped are the same for all, so every trainer can use any of them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from dalle_zero.data.webdataset import ImageTextShards, is_shard_source, shard_f
 def open_image_text_dataset(
     data: str | Path, transform: Transform | None = None, *, split: str | None = None, **options: Any
 ) -> ImageTextPairs:
-    """The image–caption dataset ``data`` names (folder or shards), restricted to ``split`` if given.
+    """The image–caption dataset ``data`` names (folder, shards or manifest), restricted to ``split`` if given.
 
     ``options`` (``splits_file``, ``check``, ``filter_aspect``, ``seed``) are passed to the reader.
     """
@@ -47,7 +47,7 @@ def has_splits(data: str | Path) -> bool:
 
 
 def check_data_source(data: str | Path) -> None:
-    """A one-line error (FileNotFoundError) if ``data`` is neither an image folder nor existing shards."""
+    """A one-line error (FileNotFoundError) if ``data`` is no image folder, existing shards or manifest."""
     if is_manifest(data):
         if not Path(data).is_file():
             raise FileNotFoundError(f"manifest not found: {data}")

@@ -46,7 +46,7 @@ from dalle_zero.data.pairs import (
     caption_lines,
     image_problem,
     read_splits,
-    split_stems,
+    wanted_stems,
 )
 
 logger = logging.getLogger(__name__)
@@ -270,16 +270,14 @@ class ImageTextShards(ImageTextPairs):
         self._finish_index(split)
 
     def _split_stems(self, split: str | None, splits_file: str | Path | None) -> set[str] | None:
-        if split is None:
-            return None
-        path = Path(splits_file) if splits_file is not None else shard_folder(self.source) / "splits.json"
-        if splits_file is None and not path.is_file():
+        default = shard_folder(self.source) / "splits.json"
+        if split is not None and splits_file is None and not default.is_file():  # no splits: all is "train"
             if split == "train":
                 return None
             raise ValueError(
                 f"{self.source}: no split {split!r}: shards without a splits.json beside them are all the train split"
             )
-        return split_stems(path, split)
+        return wanted_stems(split, splits_file, default, self.source)
 
     def _index(self, shard: Path, groups: dict[str, dict[str, Member]], *, check: str, filter_aspect: bool) -> None:
         with open(shard, "rb") as f:

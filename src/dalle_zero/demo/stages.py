@@ -256,28 +256,25 @@ def plan_reserve(ctx: DemoContext) -> float:
 
 def probe_pipeline(ctx: DemoContext) -> Any:
     """An untrained pipeline of the demo's shapes (its tokenizer, dVAE and prior configs), for timing."""
-    tokenizer = _tokenizer(ctx)
-    with _seeded(0):  # leaves torch's global stream as it was
-        return _probe_pipeline(ctx, tokenizer)
-
-
-def _probe_pipeline(ctx: DemoContext, tokenizer: Any) -> Any:
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.models.transformer import DalleTransformer
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.training.dvae import DVAETrainConfig
     from dalle_zero.training.prior import PriorTrainConfig
 
+    tokenizer = _tokenizer(ctx)
     dvae_fields = _image_stage_fields(ctx, ctx.config.stage("dvae").config, 1)
-    dvae = DiscreteVAE(DVAETrainConfig.from_dict(dvae_fields, source="demo dvae stage").model)
+    dvae_config = DVAETrainConfig.from_dict(dvae_fields, source="demo dvae stage").model
     prior_fields = _with_loop(ctx.config.stage("prior").config, 1)
     prior_fields["model"] = {
         **(prior_fields.get("model") or {}),
-        "image_grid": dvae.config.grid_size, "image_vocab_size": dvae.config.vocab_size,
+        "image_grid": dvae_config.grid_size, "image_vocab_size": dvae_config.vocab_size,
         "text_vocab_size": tokenizer.vocab_size, "text_seq_len": tokenizer.text_seq_len,
     }
     prior_fields["tokens"] = str(ctx.tokens_dir)  # not read here
-    prior = DalleTransformer(PriorTrainConfig.from_dict(prior_fields, source="demo prior stage").model)
+    prior_config = PriorTrainConfig.from_dict(prior_fields, source="demo prior stage").model
+    with _seeded(0):  # the initialisation leaves torch's global stream as it was
+        dvae, prior = DiscreteVAE(dvae_config), DalleTransformer(prior_config)
     return TextToImagePipeline(tokenizer, dvae.eval(), prior.eval())
 
 

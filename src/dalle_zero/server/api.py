@@ -160,12 +160,15 @@ def decode_image(data: Any, *, max_pixels: int) -> Any:
     except ApiError:
         raise
     except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError, ...)
-        raise ApiError(f"prime_image is not a readable image ({type(e).__name__}: {_first_line(e)})") from None
+        raise ApiError(f"prime_image is not a readable image ({type(e).__name__}: {first_line(e)})") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException, empty: str | None = None) -> str:
+    """The first line of an exception's message; ``empty`` (default: the exception's type name) if none."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    if text:
+        return text.splitlines()[0]
+    return type(e).__name__ if empty is None else empty
 
 
 def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: ServerLimits) -> GenerateRequest:
@@ -301,7 +304,7 @@ class GenerationService:
                     batch_size=BATCH_SIZE,
                 )
             except ValueError as e:  # the pipeline's own checks of user input
-                raise ApiError(_first_line(e)) from None
+                raise ApiError(first_line(e)) from None
             seconds = time.perf_counter() - started
         pils = to_pil(output.images[0])
         scores = output.scores[0]

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dalle_zero import __version__
-from dalle_zero.server.api import ApiError, GenerationService
+from dalle_zero.server.api import ApiError, GenerationService, first_line
 from dalle_zero.server.page import PAGE
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away or stopped reading; nobody to answer
         except Exception as e:
             logger.exception("%s %s failed", method, path)
-            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            message = first_line(e, empty="")
             self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}: {message}")
 
     # ---- endpoints ----
