@@ -7,7 +7,9 @@ For a model folder (a demo's ``model/``), times what ``dalle eval`` and the demo
 (:func:`dalle_zero.demo.budget.measure_sampling_rate`: cached sampling with classifier-free guidance,
 then the dVAE decode) at each ``--batch``, in fp32, under bf16 autocast and with int8 weight-only
 transformer blocks (``--int8``). Prints one JSON row per setting: the best and the median images per
-second of ``--repeats`` timings, side by side in one run.
+second of ``--repeats`` timings, side by side in one run. With ``--profile``, also the seconds of one
+batch of image tokens (the first ``--batch``) with and without guidance, and the share of CPU time of
+the operators that take most of it (``torch.profiler``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     ap.add_argument("--guidance-scale", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="also profile one batch of image tokens")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = args.batch or [64, 128, 256]
@@ -53,6 +56,8 @@ def main() -> None:
              median=round(statistics.median(rates), 2), repeats=args.repeats, guidance_scale=args.guidance_scale)
 
     pipeline = TextToImagePipeline.from_pretrained(args.model)
+    if args.profile:
+        profile(pipeline, captions, batches[0], args.guidance_scale)
     for batch in batches:
         timed(pipeline, batch, "fp32")
     for batch in batches:
@@ -60,6 +65,32 @@ def main() -> None:
     pipeline.quantize_int8()
     for batch in batches:
         timed(pipeline, batch, "int8")
+
+
+@torch.no_grad()
+def profile(pipeline, captions: list[str], batch: int, guidance_scale: float, *, top: int = 6) -> None:
+    """Seconds of one batch of image tokens, guided and not, and the operators' shares of a guided one."""
+    import time
+
+    from dalle_zero.sampling.generate import generate_image_tokens
+
+    ids = pipeline.tokenizer.encode([captions[i % len(captions)] for i in range(batch)])
+    g = torch.Generator().manual_seed(0)
+    generate_image_tokens(pipeline.transformer, ids[:8], generator=g, guidance_scale=guidance_scale)  # warm-up
+    for scale in (guidance_scale, 1.0):
+        t0 = time.perf_counter()
+        generate_image_tokens(pipeline.transformer, ids, generator=g, guidance_scale=scale)
+        emit("eval_sampling", "token_batch_seconds", round(time.perf_counter() - t0, 3), "s", batch=batch,
+             guidance_scale=scale)
+    with torch.profiler.profile() as prof:
+        generate_image_tokens(pipeline.transformer, ids, generator=g, guidance_scale=guidance_scale)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    for e in events[:top]:
+        emit("eval_sampling", "operator_share", round(e.self_cpu_time_total / total, 3), batch=batch,
+             operator=e.key, calls=e.count, guidance_scale=guidance_scale)
+    emit("eval_sampling", "profiled_cpu_seconds", round(total / 1e6, 3), "s", batch=batch,
+         guidance_scale=guidance_scale)
 
 
 if __name__ == "__main__":
