@@ -87,6 +87,38 @@ def test_split_without_splits_json_is_a_clear_error(tmp_path):
         ImageTextFolder(good_folder(tmp_path / "d"), split="train")
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"train": ["img0"]', "not valid JSON"),
+        ('["img0", "img1"]', "expected an object mapping split names to lists of stems"),
+        ('{"train": "img0"}', "expected an object mapping split names to lists of stems"),
+        ('{"validation": ["img1"]}', "no split 'train'"),
+    ],
+)
+def test_every_splits_json_reader_gives_the_same_one_line_error(tmp_path, content, message):
+    from dalle_zero.cli.train_tokenizer import read_captions
+    from dalle_zero.errors import DataError
+    from dalle_zero.evaluation.evaluate import read_splits
+    from dalle_zero.training.evaluator import read_split
+
+    root = good_folder(tmp_path / "d")
+    (root / "splits.json").write_text(content)
+    readers = [
+        lambda: ImageTextFolder(root, split="train"),
+        lambda: read_captions(root, "train"),
+        lambda: read_split(root, "train"),
+    ]
+    if "no split" not in message:  # read_splits reads every split and asks for none
+        readers.append(lambda: read_splits(root))
+    for read in readers:
+        with pytest.raises(ValueError, match=message) as caught:
+            read()
+        assert str(root / "splits.json") in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(DataError):
+        read_split(root, "train")  # the evaluator's data errors stay DataErrors
+
+
 def test_images_are_found_recursively_in_several_formats(tmp_path):
     root = tmp_path / "d"
     for i, fmt in enumerate(("png", "jpeg", "webp")):

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dalle_zero.config import read_json_file
-from dalle_zero.data.pairs import IMAGE_SUFFIXES
+from dalle_zero.data.pairs import IMAGE_SUFFIXES, split_stems
 
 HELP = "train the BPE text tokenizer on the captions of an image-caption folder"
 
@@ -46,11 +45,7 @@ def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], st
     note = "all captions (no splits.json)"
     splits_path = root / "splits.json"
     if splits_path.is_file():
-        splits = read_json_file(splits_path)
-        if not isinstance(splits, dict) or split not in splits:
-            known = sorted(splits) if isinstance(splits, dict) else []
-            raise ValueError(f"{splits_path}: no split {split!r} (splits: {known})")
-        wanted = {str(s) for s in splits[split]}
+        wanted = split_stems(splits_path, split)
         note = f"split {split!r} of {splits_path}"
     captions = []
     for txt in sorted(root.rglob("*.txt")):

@@ -33,21 +33,31 @@ Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
 ImageSource = str | Path | IO[bytes]  # what ``PIL.Image.open`` accepts
 
 
-def read_splits(path: str | Path) -> dict[str, list[str]]:
-    """``{split name: [stems]}`` from a ``splits.json`` file."""
+def read_splits(
+    path: str | Path, *, missing: str | None = None, error: type[Exception] = ValueError
+) -> dict[str, list[str]]:
+    """``{split name: [stems]}`` from a ``splits.json`` file; ``missing`` is the message for an absent
+    file, ``error`` the exception type for a file that is not JSON or not an object of stem lists."""
     path = Path(path)
-    data = read_json_file(path, missing=f"splits file not found: {path}")
+    data = read_json_file(path, missing=missing or f"splits file not found: {path}", error=error)
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise ValueError(f"{path}: expected an object mapping split names to lists of stems")
+        raise error(f"{path}: expected an object mapping split names to lists of stems")
     return {str(k): [str(s) for s in v] for k, v in data.items()}
+
+
+def split_list(
+    path: str | Path, split: str, *, missing: str | None = None, error: type[Exception] = ValueError
+) -> list[str]:
+    """The stems of ``split`` in the splits file ``path``, in file order; a clear error if it has none."""
+    splits = read_splits(path, missing=missing, error=error)
+    if split not in splits:
+        raise error(f"{path} has no split {split!r}; it has {sorted(splits)}")
+    return splits[split]
 
 
 def split_stems(path: Path, split: str) -> set[str]:
     """The stems of ``split`` in the splits file ``path``; a clear error if it has no such split."""
-    splits = read_splits(path)
-    if split not in splits:
-        raise ValueError(f"{path} has no split {split!r}; it has {sorted(splits)}")
-    return set(splits[split])
+    return set(split_list(path, split))
 
 
 def wanted_stems(split: str | None, splits_file: str | Path | None, default: Path, owner: str) -> set[str] | None:

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dalle_zero.config import Config, check_float, check_int, read_json_file
+from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.data.pairs import read_splits as read_splits_file
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 
@@ -451,10 +452,7 @@ def evaluate_model(
 def read_splits(data_dir: Path) -> dict[str, list[str]]:
     """``{split name: stems}`` from ``data_dir/splits.json``."""
     path = data_dir / "splits.json"
-    data = read_json_file(path, missing=f"{path} not found (is {data_dir} a dataset built by `dalle data emoji`?)")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object of split name -> stems")
-    return {str(k): [str(s) for s in v] for k, v in data.items()}
+    return read_splits_file(path, missing=f"{path} not found (is {data_dir} a dataset built by `dalle data emoji`?)")
 
 
 def json_ready(value: Any) -> Any:

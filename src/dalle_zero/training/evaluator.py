@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dalle_zero.config import Config, check_float, check_int, read_json_file
+from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.data.pairs import read_splits, split_list
 from dalle_zero.errors import DataError
 from dalle_zero.evaluation.metrics import random_blur
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
@@ -152,11 +153,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
     """Stems of ``split`` from ``root/splits.json``."""
     path = Path(root) / "splits.json"
     missing = f"{path} not found (is {root} a dataset built by `dalle data emoji`?)"
-    splits = read_json_file(path, missing=missing, error=DataError)
-    if not isinstance(splits, dict) or split not in splits:
-        known = sorted(splits) if isinstance(splits, dict) else []
-        raise DataError(f"{path}: no split {split!r} (splits: {known})")
-    return [str(s) for s in splits[split]]
+    return split_list(path, split, missing=missing, error=DataError)
 
 
 def label_heads(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> tuple[EvaluatorHead, ...]:
@@ -386,7 +383,7 @@ class EvaluatorTask(TrainTask):
             max_blur=cfg.max_blur,
         )
         evals = {}
-        known = read_json_file(root / "splits.json", error=DataError)
+        known = read_splits(root / "splits.json", error=DataError)
         for split in cfg.eval_splits:
             if not known.get(split):
                 logger.info("split %r is missing or empty in %s: not evaluated", split, root)
