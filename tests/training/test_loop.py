@@ -17,14 +17,16 @@ from dalle_zero.training.loop import LoopConfig, train
 from tests.training.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig
 
 
-def _run(run_dir: Path, *, steps=12, resume=False, stop_after=None, dropout=0.1, **loop_kw) -> ToyModel:
+def _run(
+    run_dir: Path, *, steps=12, resume=False, stop_after=None, dropout=0.1, task=ToyTask, **loop_kw
+) -> ToyModel:
     loop = LoopConfig(
         **{"steps": steps, "batch_size": 4, "checkpoint_every": 5, "log_every": 2, "ema_decay": 0.9, **loop_kw}
     )
     cfg = ToyTrainConfig(loop=loop, model=ToyConfig(dropout=dropout))
     torch.manual_seed(0)
     model = ToyModel(cfg.model)
-    train(model, ToyTask(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False, stop_after=stop_after)
+    train(model, task(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False, stop_after=stop_after)
     return model
 
 
@@ -150,3 +152,21 @@ def test_two_process_gloo_run_matches_single_process_on_same_global_batch(tmp_pa
     assert (tmp_path / "ddp" / "step_0000006").is_dir()
     for a, b in zip(ddp.state_dict().values(), single.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path, strategy):
+    """SIGTERM reaches rank 1 alone at the end of step 3: both ranks stop after step 3 (they used to
+    part ways there, one checkpointing and one training on, and hang), and the run resumes to the end."""
+    worker = Path(__file__).with_name("distributed_worker.py")
+    loop = json.dumps({"batch_size": 2, "strategy": strategy})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           "toy", str(tmp_path / "run"), "--loop", loop]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, "--term-at", "1:3"], env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped at step 3; continue with --resume" in done.stdout
+    assert ckpt.list_steps(tmp_path / "run") == [3]
+    subprocess.run([*cmd, "--resume"], env=env, timeout=120, check=True, capture_output=True)
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step_0000012"

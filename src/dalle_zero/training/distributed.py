@@ -228,6 +228,15 @@ def gather_to_main(value: Any, ctx: DistContext) -> list[Any] | None:
     return out
 
 
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """Whether ``flag`` is true on any rank (every rank calls it): a decision all ranks then share."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_reduce_mean(value: float, ctx: DistContext) -> float:
     if not ctx.enabled:
         return value

@@ -3,7 +3,8 @@
 A stage describes *what* to train as a :class:`TrainTask` (data, loss, optimizer, learning rate,
 evaluation); :func:`train` does the rest the same way for all of them: deterministic resumable
 batches, gradient accumulation, bf16 autocast, gradient clipping, EMA of weights, metrics.jsonl and a
-progress bar, step checkpoints with exact ``resume``, a clean stop on Ctrl-C, and DDP or FSDP when
+progress bar, step checkpoints with exact ``resume``, a clean stop on Ctrl-C or SIGTERM (under torchrun
+all ranks stop after the same step, even when the signal reaches one of them), and DDP or FSDP when
 launched by torchrun. The usable model (EMA weights when EMA is on) is saved to ``run_dir/model``.
 
 Under FSDP (``strategy="fsdp"`` with several processes) every rank holds shards of the weights, the
@@ -272,6 +273,7 @@ def train(
     n_logged, t_log, samples_since = 0, time.perf_counter(), 0
     stop_at = loop.steps if stop_after is None else min(loop.steps, step + stop_after)
     model.train()
+    stopping = False
     with _StopFlag() as stop:
         while step < stop_at:
             lr = task.lr_at(step)
@@ -305,7 +307,9 @@ def train(
             n_logged += 1
             bar.update(1)
 
-            last = step == stop_at or stop.requested
+            # a signal may reach one rank only, or the ranks at different steps: they stop together
+            stopping = distributed.any_rank(stop.requested, ctx)
+            last = step == stop_at or stopping
             if step % loop.log_every == 0 or last:
                 now = time.perf_counter()
                 row = {k: distributed.all_reduce_mean(v / n_logged, ctx) for k, v in sums.items()}
@@ -320,11 +324,11 @@ def train(
                 _save_model(model, ema, run_dir, ctx, full)
             if full is not None:
                 full.release()  # the gathered weights are not kept between steps
-            if stop.requested:
+            if stopping:
                 break
     bar.close()
     distributed.barrier(ctx)
-    if stop.requested and ctx.is_main:
+    if stopping and ctx.is_main:
         print(f"stopped at step {step}; continue with --resume (checkpoint in {run_dir})")
     return run_dir / "model"
 
