@@ -10,7 +10,6 @@ import torch
 from dalle_zero.models.dvae import DVAEConfig
 from dalle_zero.training.dvae import (
     DVAETrainConfig,
-    codebook_stats,
     dvae_loss,
     gumbel_noise,
     kl_to_uniform,
@@ -75,11 +74,9 @@ def test_bits_per_dim_accounts_for_the_pixel_map():
     assert nats_to_bits_per_dim(nll_uniform) == pytest.approx(math.log2(255))
 
 
-def test_psnr_and_codebook_stats():
+def test_psnr():
     a = torch.zeros(1, 3, 2, 2)
     assert psnr(a, a + 0.1).item() == pytest.approx(20.0, rel=1e-4)
-    perplexity, usage = codebook_stats(torch.tensor([0, 1, 2, 3]), 8)
-    assert (perplexity, usage) == (pytest.approx(4.0), 0.5)
 
 
 def test_gumbel_noise_is_tied_to_each_samples_seed():

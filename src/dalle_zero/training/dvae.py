@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.evaluation.metrics import codebook_stats
 from dalle_zero.models.dvae import (
     LOGIT_LAPLACE_EPS,
     DiscreteVAE,
@@ -188,14 +189,6 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-def codebook_stats(codes: torch.Tensor, vocab_size: int) -> tuple[float, float]:
-    """(perplexity, share of codes used) of the code histogram; codes any shape, int."""
-    counts = torch.bincount(codes.flatten().long(), minlength=vocab_size).double()
-    p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return float(entropy.exp()), float((counts > 0).sum()) / vocab_size
-
-
 def gumbel_noise(shape: tuple[int, ...], seeds: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Gumbel(0, 1) noise [B, *shape], sample ``i`` drawn from its own generator seeded by ``seeds[i]``.
 
@@ -268,7 +261,7 @@ class DVAETask(TrainTask):
         terms = dvae_loss(pixels, out.logits, out.mu, out.log_b, beta)
         with torch.no_grad():
             recon = unmap_pixels(torch.sigmoid(out.mu))
-            perplexity, usage = codebook_stats(out.logits.argmax(1), model.config.vocab_size)
+            perplexity, usage, _ = codebook_stats(out.logits.argmax(1), model.config.vocab_size)
             nll = terms.nll.item()
             metrics = {
                 "recon_nll": nll,
@@ -358,7 +351,7 @@ def evaluate_reconstruction(
             grid_pairs.append((pixels.cpu(), recon.cpu()))
     if n == 0:
         return {}
-    perplexity, usage = codebook_stats(torch.cat(codes_all), model.config.vocab_size)
+    perplexity, usage, _ = codebook_stats(torch.cat(codes_all), model.config.vocab_size)
     if grid_path is not None and grid_images > 0:
         originals = torch.cat([p[0] for p in grid_pairs])[:grid_images]
         recons = torch.cat([p[1] for p in grid_pairs])[:grid_images]
