@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -216,9 +217,18 @@ def test_the_reserve_is_the_measured_sampling_time_of_the_showcase_and_evaluatio
     ctx = stages.DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
     stages.stage_tokenizer(ctx)
     rng = torch.get_rng_state()
-    seconds = stages.plan_reserve(ctx)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as if the stage had chosen 1 thread: the rate on all the cores is measured too
+    try:
+        seconds = stages.plan_reserve(ctx)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(torch.get_rng_state(), rng)  # the untrained probe models leave the global stream alone
     record = json.loads((ctx.out / "stages" / "reserve.json").read_text())
+    by_threads = record["images_per_second_by_threads"]
+    assert set(by_threads) == {"1", str(os.cpu_count() or 1)}
+    assert record["images_per_second"] == max(by_threads.values())
     splits = json.loads((emoji / "splits.json").read_text())
     e = config.eval
     assert record["eval_images"] == sum(min(e.samples, len(splits.get(s, []))) for s in e.splits) * e.candidates

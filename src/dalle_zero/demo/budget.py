@@ -82,6 +82,25 @@ def measure_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str], *
     return n / max(time.perf_counter() - t0, 1e-9)
 
 
+def best_sampling_rate(
+    pipeline: Any, config: Any, captions: Sequence[str], thread_counts: Sequence[int]
+) -> tuple[float, dict[int, float]]:
+    """The fastest of :func:`measure_sampling_rate` over ``thread_counts`` (torch intra-op threads),
+    and every count's rate; torch's thread count is left as it was.
+
+    The evaluation chooses its own thread count when it starts, so a stage that chose fewer threads
+    (a moment's contention) must not make the sampling time kept for it look twice as long."""
+    before = torch.get_num_threads()
+    rates: dict[int, float] = {}
+    try:
+        for n in sorted(set(thread_counts)):
+            torch.set_num_threads(n)
+            rates[n] = measure_sampling_rate(pipeline, config, captions)
+    finally:
+        torch.set_num_threads(before)
+    return max(rates.values()), rates
+
+
 def fastest_thread_count(
     candidates: Sequence[int] | None = None, *, repeats: int = 5, margin: float = 1.2
 ) -> tuple[int, dict[int, float]]:

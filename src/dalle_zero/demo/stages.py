@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -228,7 +229,8 @@ def plan_reserve(ctx: DemoContext) -> float:
     ``reserve_seconds`` from the preset, plus the time this machine takes to sample the images of the
     showcase and of the evaluation: :func:`budget.measure_sampling_rate` times one evaluation batch
     with an untrained prior, dVAE and tokenizer of the demo's shapes (sampling costs the same whatever
-    the weights), times :data:`TAIL_MARGIN`. A slower machine keeps more, so the demo still ends within
+    the weights), times :data:`TAIL_MARGIN`; at the faster of this stage's thread count and all the
+    cores, since the evaluation chooses its own. A slower machine keeps more, so the demo still ends within
     its minutes (a fixed 150 s let one on a machine half as fast end 53 s late). Measured once per
     output folder and kept in ``stages/reserve.json`` (a resumed run keeps it).
     """
@@ -239,7 +241,9 @@ def plan_reserve(ctx: DemoContext) -> float:
     from dalle_zero.evaluation.evaluate import read_splits
 
     c = ctx.config
-    rate = budget.measure_sampling_rate(probe_pipeline(ctx), c.eval, read_captions(_data(ctx), "train")[0][:256])
+    captions = read_captions(_data(ctx), "train")[0][:256]
+    threads = (torch.get_num_threads(), os.cpu_count() or 1)  # this stage's choice, and all the cores
+    rate, rates = budget.best_sampling_rate(probe_pipeline(ctx), c.eval, captions, threads)
     sizes = {k: len(v) for k, v in read_splits(_data(ctx)).items()}
     eval_images = sum(min(c.eval.samples, sizes.get(split, 0)) for split in c.eval.splits) * c.eval.candidates
     # 3 showcase splits and the image-to-image example; drawn a caption at a time, about half as fast
@@ -247,10 +251,12 @@ def plan_reserve(ctx: DemoContext) -> float:
     sampling = (eval_images + 2 * showcase_images) / rate
     seconds = c.reserve_seconds + TAIL_MARGIN * sampling
     record = {"seconds": seconds, "images_per_second": rate, "eval_images": eval_images,
-              "showcase_images": showcase_images, "fixed_seconds": c.reserve_seconds}
+              "showcase_images": showcase_images, "fixed_seconds": c.reserve_seconds,
+              "images_per_second_by_threads": {str(n): r for n, r in rates.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    ctx.log(f"  {seconds:.0f} s kept for the showcase and the evaluation ({rate:.0f} images/s sampled)")
+    by_threads = ", ".join(f"{r:.0f} on {n} thread{'s' * (n > 1)}" for n, r in rates.items())
+    ctx.log(f"  {seconds:.0f} s kept for the showcase and the evaluation (images/s sampled: {by_threads})")
     return seconds
 
 
