@@ -20,7 +20,7 @@ from dalle_zero.data.emoji import EmojiDatasetConfig
 from dalle_zero.evaluation.evaluate import EvalConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
-TRAIN_STAGES = ("dvae", "clip", "eval_clip", "evaluator", "prior")
+TRAIN_STAGES = ("eval_clip", "evaluator", "dvae", "clip", "prior")  # in the order they run
 
 
 @dataclass(frozen=True, kw_only=True)

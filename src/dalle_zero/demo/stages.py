@@ -180,7 +180,8 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
         probe_model, probe_task, probe_cfg = build(spec.min_steps)
         loop: LoopConfig = probe_cfg.loop  # type: ignore[attr-defined]
         rate = budget.measure_steps_per_second(probe_model, probe_task, loop, steps=ctx.config.calibration_steps)
-        remaining = [ctx.config.stage(s).share for s in TRAIN_STAGES if s not in ctx.done]
+        remaining = [ctx.config.stage(s).share for s in TRAIN_STAGES  # fixed-step stages are not shared
+                     if s not in ctx.done and ctx.config.stage(s).steps is None]
         seconds = budget.stage_seconds(spec.share, remaining, ctx.seconds_left())
         steps = budget.plan_steps(
             seconds, rate, safety=ctx.config.safety, min_steps=spec.min_steps, max_steps=spec.max_steps
