@@ -268,3 +268,26 @@ def test_the_fixed_step_yardsticks_train_before_every_time_budgeted_stage(preset
     assert sorted(order) == sorted(TRAIN_STAGES) and tuple(order) == TRAIN_STAGES
     fixed = [config.stage(s).steps is not None for s in order]
     assert fixed == sorted(fixed, reverse=True) and any(fixed) and not all(fixed)
+
+
+@pytest.mark.parametrize("speedup, chosen", [(0.01, "fp32"), (1.6, "bf16")])
+def test_a_bf16_stage_trains_in_fp32_where_bf16_is_slower_and_keeps_the_choice(tmp_path, monkeypatch, speedup, chosen):
+    from dalle_zero.demo import budget, stages
+
+    config = load_demo_config("demo")  # its prior asks for bf16
+    assert config.stage("prior").config["loop"]["precision"] == "bf16"
+    logs: list[str] = []
+    ctx = stages.DemoContext(tmp_path / "demo", config, data=None, progress=False, log=logs.append)
+    monkeypatch.setattr(budget, "bf16_speedup", lambda: speedup)
+    assert stages.choose_precision(ctx, "prior") == chosen
+    assert any(f"precision: {chosen}" in line for line in logs)
+    assert stages.choose_precision(ctx, "dvae") is None  # an fp32 stage keeps its preset
+    monkeypatch.setattr(budget, "bf16_speedup", lambda: 1 / speedup)  # a resumed run does not decide again
+    assert stages.choose_precision(ctx, "prior") == chosen
+
+
+def test_bf16_speedup_is_a_positive_ratio():
+    from dalle_zero.demo.budget import bf16_speedup
+
+    speedup = bf16_speedup(repeats=1)
+    assert math.isfinite(speedup) and speedup > 0

@@ -448,8 +448,12 @@ def stage_prior(ctx: DemoContext) -> dict[str, Any]:
     tokenizer = _tokenizer(ctx)
     model_fields = data_model_fields(str(ctx.tokens_dir), tokenizer, str(ctx.tokenizer_dir))
 
+    precision = choose_precision(ctx, "prior")
+
     def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
         fields = _with_loop(spec.config, steps)
+        if precision is not None:
+            fields["loop"]["precision"] = precision
         fields["tokens"] = str(ctx.tokens_dir)
         fields["tokenizer"] = str(ctx.tokenizer_dir)
         fields["model"] = {**(fields.get("model") or {}), **{k: v for k, (v, _) in model_fields.items()}}
@@ -459,6 +463,25 @@ def stage_prior(ctx: DemoContext) -> dict[str, Any]:
     result = train_stage(ctx, "prior", build)
     result["validation"] = last_validation(ctx.run_dir("prior"))
     return result
+
+
+def choose_precision(ctx: DemoContext, name: str) -> str | None:
+    """The precision stage ``name`` trains at: None (its preset's) unless the preset asks for bf16, then
+    "bf16" where bf16 autocast is at least as fast as fp32 on this CPU and "fp32" where it is slower
+    (:func:`budget.bf16_speedup`). Decided once per output folder (``stages/<name>.precision.json``), so
+    a resumed stage keeps it."""
+    loop = ctx.config.stage(name).config.get("loop") or {}
+    if loop.get("precision") != "bf16":
+        return None
+    path = ctx.out / "stages" / f"{name}.precision.json"
+    if path.is_file():
+        return str(json.loads(path.read_text())["precision"])
+    speedup = budget.bf16_speedup()
+    precision = "bf16" if speedup >= 1.0 else "fp32"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"precision": precision, "bf16_speedup": speedup}, indent=2) + "\n")
+    ctx.log(f"  precision: {precision} (bf16 autocast runs at {speedup:.2g}x the speed of fp32 here)")
+    return precision
 
 
 def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
