@@ -270,24 +270,36 @@ def test_the_fixed_step_yardsticks_train_before_every_time_budgeted_stage(preset
     assert fixed == sorted(fixed, reverse=True) and any(fixed) and not all(fixed)
 
 
-@pytest.mark.parametrize("speedup, chosen", [(0.01, "fp32"), (1.6, "bf16")])
-def test_a_bf16_stage_trains_in_fp32_where_bf16_is_slower_and_keeps_the_choice(tmp_path, monkeypatch, speedup, chosen):
+@pytest.mark.parametrize("bf16_rate, chosen", [(0.2, "fp32"), (4.0, "fp32"), (4.5, "bf16")])
+def test_a_bf16_stage_trains_at_the_precision_whose_steps_are_faster_and_keeps_the_choice(
+    tmp_path, monkeypatch, bf16_rate, chosen
+):
+    from types import SimpleNamespace
+
     from dalle_zero.demo import budget, stages
 
     config = load_demo_config("demo")  # its prior asks for bf16
     assert config.stage("prior").config["loop"]["precision"] == "bf16"
     logs: list[str] = []
     ctx = stages.DemoContext(tmp_path / "demo", config, data=None, progress=False, log=logs.append)
-    monkeypatch.setattr(budget, "bf16_speedup", lambda: speedup)
-    assert stages.choose_precision(ctx, "prior") == chosen
-    assert any(f"precision: {chosen}" in line for line in logs)
-    assert stages.choose_precision(ctx, "dvae") is None  # an fp32 stage keeps its preset
-    monkeypatch.setattr(budget, "bf16_speedup", lambda: 1 / speedup)  # a resumed run does not decide again
-    assert stages.choose_precision(ctx, "prior") == chosen
+    built: list[tuple[int, str]] = []
+
+    def build(steps, precision):
+        built.append((steps, precision))
+        return None, None, SimpleNamespace(loop=SimpleNamespace(precision=precision))
+
+    rates = {"fp32": 4.0, "bf16": bf16_rate}  # a tie goes to fp32
+    monkeypatch.setattr(budget, "measure_steps_per_second", lambda model, task, loop, steps: rates[loop.precision])
+    assert stages.choose_precision(ctx, "prior", build) == chosen
+    assert built == [(config.stage("prior").min_steps, "fp32"), (config.stage("prior").min_steps, "bf16")]
+    assert any(f"precision: {chosen} (steps/s: fp32 4.00, bf16 {bf16_rate:.2f})" in line for line in logs)
+    assert stages.choose_precision(ctx, "dvae", build) is None  # an fp32 stage keeps its preset
+    rates["fp32"], rates["bf16"] = rates["bf16"], rates["fp32"]  # a resumed run does not decide again
+    assert stages.choose_precision(ctx, "prior", build) == chosen and len(built) == 2
 
 
 def test_bf16_speedup_is_a_positive_ratio():
-    from dalle_zero.demo.budget import bf16_speedup
+    from dalle_zero.training.loop import bf16_speedup
 
     speedup = bf16_speedup(repeats=1)
     assert math.isfinite(speedup) and speedup > 0

@@ -89,6 +89,19 @@ def test_bf16_autocast_trains(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("speedup, warned", [(0.05, True), (1.6, False)])
+def test_bf16_on_a_cpu_where_it_is_far_slower_is_a_warning(tmp_path, caplog, monkeypatch, speedup, warned):
+    from dalle_zero.training import loop
+
+    monkeypatch.setattr(loop, "bf16_speedup", lambda: speedup)
+    with caplog.at_level("WARNING", logger="dalle_zero.training.loop"):
+        _run(tmp_path / "bf16", steps=2, precision="bf16")
+        _run(tmp_path / "fp32", steps=2, precision="fp32")
+    warnings = [r.getMessage() for r in caplog.records if "bf16 autocast runs at" in r.getMessage()]
+    assert warnings == (["bf16 autocast runs at 0.05x the speed of fp32 on this CPU: precision fp32 trains faster here"]
+                        if warned else [])
+
+
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
     _run(tmp_path, steps=10, stop_after=5)
     broken = tmp_path / ".step_0000010.tmp-x"  # what a crash during a write leaves behind

@@ -101,30 +101,6 @@ def best_sampling_rate(
     return max(rates.values()), rates
 
 
-def bf16_speedup(repeats: int = 3) -> float:
-    """How many times faster a training-sized matrix product and its backward run under bf16 autocast
-    than in fp32 on this CPU right now (best of ``repeats`` each; below 1: slower).
-
-    CPUs with bf16 instructions (AVX512-BF16, AMX) gain from it; on one without (an AVX2-only AMD EPYC
-    of the Zen 3 family, 2026-12-02) this read 0.048, a 1024x256 by 256x1024 product ran 89 times
-    slower under bf16, and a demo prior step took 15 s.
-    """
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 256, generator=g)
-    w = torch.randn(256, 512, generator=g, requires_grad=True)
-    timings = {}
-    for precision in ("fp32", "bf16"):
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                y = (x @ w).relu()
-            y.float().sum().backward()
-            best = min(best, time.perf_counter() - t0)
-        timings[precision] = best
-    return timings["fp32"] / max(timings["bf16"], 1e-9)
-
-
 def fastest_thread_count(
     candidates: Sequence[int] | None = None, *, repeats: int = 5, margin: float = 1.2
 ) -> tuple[int, dict[int, float]]:
