@@ -16,6 +16,9 @@ Timed work, batch 16, median of repeated runs after warm-up:
 Usage:
     python benchmarks/bench_dvae.py                      # ours (this venv) + same-torch runs + reference
     python benchmarks/bench_dvae.py --reference-venv ''  # ours only
+    python benchmarks/bench_dvae.py --reference-venv '' --memory-format both [--shape demo]
+        # ours with channels-last weights (the model's default) and with contiguous (NCHW) ones, side
+        # by side; --shape demo times the `dalle demo` preset's dVAE (32 px -> 8x8, batch 32) instead
 
 Every row is JSON on stdout: section, metric, value, unit, median/min/max (ms), images_per_s.
 Each configuration runs in a fresh subprocess with 2 threads. When the reference venv exists
@@ -36,9 +39,13 @@ from pathlib import Path
 
 THREADS = 2
 BATCH = 16
+SHAPES = {  # name -> (model fields, image size, batch)
+    "bench": (dict(image_size=64, group_count=3, n_blk_per_group=1, n_hid=48, n_init=64, vocab_size=512), 64, 16),
+    "demo": (dict(image_size=32, group_count=3, n_blk_per_group=1, n_hid=32, n_init=64, vocab_size=512), 32, 32),
+}
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "bench_dalle_pytorch.py"
-OURS = dict(image_size=64, group_count=3, n_blk_per_group=1, n_hid=48, n_init=64, vocab_size=512)
+OURS = SHAPES["bench"][0]
 
 
 _LAST_CPU: list[float] = []  # process CPU seconds (all threads) of the last _timeit() reps
@@ -57,7 +64,7 @@ def _timeit(fn, warmup: int, reps: int) -> list[float]:
     return out
 
 
-def _row(section: str, metric: str, ts: list[float], **extra) -> dict:
+def _row(section: str, metric: str, ts: list[float], batch: int = BATCH, **extra) -> dict:
     ms = [t * 1000 for t in ts]
     med = statistics.median(ms)
     return dict(
@@ -70,15 +77,15 @@ def _row(section: str, metric: str, ts: list[float], **extra) -> dict:
         max=round(max(ms), 3),
         n=len(ms),
         cpu_median=round(statistics.median(_LAST_CPU) * 1000, 3),  # CPU ms (all threads): robust to a busy box
-        images_per_s=round(BATCH / (med / 1000), 1),
-        batch=BATCH,
+        images_per_s=round(batch / (med / 1000), 1),
+        batch=batch,
         loadavg=round(os.getloadavg()[0], 2),
         **extra,
     )
 
 
-def child_ours(section: str, reps: int) -> None:
-    """Time our DiscreteVAE in this process and print JSON rows."""
+def child_ours(section: str, reps: int, memory_format: str = "channels_last", shape: str = "bench") -> None:
+    """Time our DiscreteVAE in this process and print JSON rows (weights in ``memory_format``)."""
     import torch
 
     torch.set_num_threads(THREADS)
@@ -86,9 +93,12 @@ def child_ours(section: str, reps: int) -> None:
     from dalle_zero.training.dvae import DVAETask, DVAETrainConfig
     from dalle_zero.training.loop import LoopConfig
 
+    fields, size, batch_size = SHAPES[shape]
     torch.manual_seed(0)
-    cfg = DVAEConfig(**OURS)
-    model = DiscreteVAE(cfg)
+    cfg = DVAEConfig(**fields)
+    model = DiscreteVAE(cfg)  # channels-last weights
+    if memory_format == "contiguous":
+        model = model.to(memory_format=torch.contiguous_format)
     n_params = sum(p.numel() for p in model.parameters())
     print(
         json.dumps(
@@ -98,16 +108,17 @@ def child_ours(section: str, reps: int) -> None:
                 value=n_params,
                 unit="params",
                 torch=torch.__version__,
-                config=OURS,
+                config=fields,
                 grid=cfg.grid_size,
+                memory_format=memory_format,
             )
         ),
         flush=True,
     )
-    task = DVAETask(DVAETrainConfig(model=cfg, loop=LoopConfig(steps=1000, batch_size=BATCH)), train_data=[])
+    task = DVAETask(DVAETrainConfig(model=cfg, loop=LoopConfig(steps=1000, batch_size=batch_size)), train_data=[])
     opt = task.make_optimizer(model)
-    pixels = torch.rand(BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    batch = {"pixels": pixels, "seed": torch.arange(BATCH)}
+    pixels = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    batch = {"pixels": pixels, "seed": torch.arange(batch_size)}
     model.train()
 
     def step():
@@ -116,12 +127,13 @@ def child_ours(section: str, reps: int) -> None:
         loss.backward()
         opt.step()
 
-    print(json.dumps(_row(section, "train_step", _timeit(step, 3, reps))), flush=True)
+    extra = dict(batch=batch_size, memory_format=memory_format, shape=shape)
+    print(json.dumps(_row(section, "train_step", _timeit(step, 3, reps), **extra)), flush=True)
     model.eval()
-    print(json.dumps(_row(section, "encode", _timeit(lambda: model.encode(pixels), 3, reps))), flush=True)
+    print(json.dumps(_row(section, "encode", _timeit(lambda: model.encode(pixels), 3, reps), **extra)), flush=True)
     codes = model.encode(pixels)
-    assert codes.shape == (BATCH, 16, 16)
-    print(json.dumps(_row(section, "decode", _timeit(lambda: model.decode(codes), 3, reps))), flush=True)
+    assert codes.shape == (batch_size, cfg.grid_size, cfg.grid_size)
+    print(json.dumps(_row(section, "decode", _timeit(lambda: model.decode(codes), 3, reps), **extra)), flush=True)
 
 
 def _run(cmd: list[str], env_extra: dict[str, str]) -> list[dict]:
@@ -148,20 +160,42 @@ def main() -> None:
         default=os.path.expanduser("~/.venv-dalle-pytorch"),
         help="venv with dalle-pytorch (empty string: skip the reference)",
     )
+    ap.add_argument(
+        "--memory-format", choices=("channels_last", "contiguous", "both"), default="channels_last",
+        help="weight layout of our model (both: two runs side by side, then their ratio)",
+    )
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="bench", help="bench config or the demo preset's dVAE")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        child_ours(args._child, args.reps)
+        child_ours(args._child, args.reps, args.memory_format, args.shape)
         return
 
-    me = [os.path.abspath(__file__), "--reps", str(args.reps)]
-    rows = _run([sys.executable, *me, "--_child", "ours"], {})
+    me = [os.path.abspath(__file__), "--reps", str(args.reps), "--shape", args.shape]
+    formats = ("channels_last", "contiguous") if args.memory_format == "both" else (args.memory_format,)
+    rows = []
+    for fmt in formats:
+        section = "ours" if fmt == "channels_last" else "ours_contiguous"
+        rows += _run([sys.executable, *me, "--memory-format", fmt, "--_child", section], {})
+    if len(formats) == 2:
+        by = {(r["section"], r["metric"]): r for r in rows}
+        for metric in ("train_step", "encode", "decode"):
+            a, b = by.get(("ours", metric)), by.get(("ours_contiguous", metric))
+            if a and b:
+                print(json.dumps(dict(
+                    section="ratio", metric=f"{metric}.channels_last_speedup",
+                    value=round(b["median"] / a["median"], 3), unit="x",
+                    cpu_time_ratio=round(b["cpu_median"] / a["cpu_median"], 3),
+                    channels_last_ms=a["median"], contiguous_ms=b["median"], shape=args.shape,
+                    note=">1 means channels-last weights are faster",
+                )), flush=True)
     ref_py = Path(args.reference_venv) / "bin" / "python" if args.reference_venv else None
     if ref_py is None or not ref_py.exists():
         print(json.dumps(dict(section="note", metric="reference_skipped", value=str(args.reference_venv))))
         return
     # same torch build as the reference: our source on its interpreter
-    rows += _run([str(ref_py), *me, "--_child", "ours_same_torch"], {"PYTHONPATH": str(REPO / "src")})
+    rows += _run([str(ref_py), *me, "--memory-format", formats[0], "--_child", "ours_same_torch"],
+                 {"PYTHONPATH": str(REPO / "src")})
     ref = _run([str(ref_py), str(REFERENCE_BENCH), "--sections", "dvae"], {})
     by = {(r["section"], r["metric"]): r for r in rows + ref}
     pairs = {"train_step": "vae.train_step", "encode": "vae.encode_get_codebook_indices", "decode": "vae.decode"}

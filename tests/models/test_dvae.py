@@ -183,6 +183,24 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     assert torch.equal(loaded.decode(codes), m.decode(codes))
 
 
+def test_conv_weights_are_channels_last_and_compute_what_contiguous_weights_compute(tmp_path):
+    m = _model(seed=4)
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x = _pixels(3)
+    logits = m.encoder_logits(x)
+    assert logits.is_contiguous(memory_format=torch.channels_last)  # the activations follow the weights
+    nchw = _model(seed=4).to(memory_format=torch.contiguous_format)
+    assert not nchw.encoder.blocks.input.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nchw.encoder_logits(x), logits, rtol=1e-4, atol=1e-5)
+    codes = m.encode(x)
+    torch.testing.assert_close(nchw.decode(codes), m.decode(codes), rtol=1e-4, atol=1e-5)
+    m.save_pretrained(tmp_path / "dvae")  # saved as contiguous copies; loading keeps channels-last
+    loaded = DiscreteVAE.from_pretrained(tmp_path / "dvae")
+    assert loaded.encoder.blocks.input.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(loaded.encoder_logits(x), logits)
+
+
 def test_outputs_do_not_depend_on_the_rest_of_the_batch():
     m = _model()
     x = _pixels(4)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dalle_zero.cli.main import main
@@ -69,3 +70,22 @@ def test_presets_are_valid_train_configs(preset):
 
     config = DVAETrainConfig.from_dict(load_config_dict(preset))
     assert config.model.grid_size >= 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_run_trains_the_channels_last_dvae(tmp_path, strategy):
+    import os
+    import subprocess
+    import sys
+
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / strategy
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dalle_zero.cli.main", "train", "dvae", "--data", str(data), "--out", str(out),
+           "--config", "dvae_tiny", "--steps", "4", "--batch-size", "2", "--strategy", strategy, "--no-progress"]
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    model = DiscreteVAE.from_pretrained(out / "model")  # FSDP gathered and saved what the ranks trained
+    assert model.encode(torch.rand(1, 3, 16, 16)).shape == (1, 8, 8)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 4

@@ -262,6 +262,10 @@ class DiscreteVAE(PretrainedModel):
         self.config = config
         self.encoder = DVAEEncoder(config)
         self.decoder = DVAEDecoder(config)
+        # Conv weights in channels-last (NHWC) order: the convolutions then run on NHWC activations,
+        # which oneDNN computes faster than NCHW on CPU (benchmarks/bench_dvae.py --memory-format).
+        # Saved weights are contiguous copies as ever; loading copies into these tensors.
+        self.to(memory_format=torch.channels_last)
 
     # -- shapes and input checks --------------------------------------------------------------
 

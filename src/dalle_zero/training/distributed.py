@@ -113,6 +113,7 @@ def shard(
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    module.to(memory_format=torch.contiguous_format)  # FSDP2 shards contiguous parameters only (dVAE convs: NHWC)
     blocks = list(blocks)
     reduce_dtype = torch.float32 if param_dtype is not None else None
     for block in blocks:
