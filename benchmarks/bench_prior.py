@@ -11,12 +11,14 @@ is GEGLU with mult 4 (d → 8d → 4d → d, 12·d² weights), so ours uses ``ml
 same 12·d² weights and FLOPs): equal parameter count, both counts reported.
 
 Every configuration runs in a fresh subprocess (peak memory is that process's ru_maxrss, as in their
-harness) with 2 threads. A train step = zero_grad, loss forward, backward, optimizer step on one fixed
-random batch, timed after warm-up steps (their harness: warm-up 3 / 10 timed for dalle_full, 1 / 2
-for large32). Variants: fp32 and bf16 autocast, full causal attention (like-for-like with their
-``dalle_full``) and the paper's row/column/conv layer pattern. Ours run on the reference venv's torch
-by default (the same torch build as theirs; ../shared/bench/README.md) and, with ``--also-local``, on
-this venv's torch too. The reference runs as ``bench_dalle_pytorch.py --sections ...`` in its venv.
+harness) with 2 threads. A train step = zero_grad, loss forward, backward, optimizer step on one
+fixed random batch, timed after warm-up steps (their harness: warm-up 3 / 10 timed for dalle_full, 1
+/ 2 for large32). Variants: fp32 and bf16 autocast (``bf16attn``: bf16 with the attention of a train
+step kept in bf16 too, as before ``nn.attention.CPU_BF16_ATTENTION_IN_FP32``), full causal attention
+(like-for-like with their ``dalle_full``) and the paper's row/column/conv layer pattern. Ours run on
+the reference venv's torch by default (the same torch build as theirs; ../shared/bench/README.md)
+and, with ``--also-local``, on this venv's torch too. The reference runs as ``bench_dalle_pytorch.py
+--sections ...`` in its venv.
 
 Achieved FLOP/s: model FLOPs per step = 6 · (matrix parameters of blocks and heads) · tokens +
 12 · n_layer · T · d · tokens (dense attention scores and values, forward + backward; nanoGPT's
@@ -46,7 +48,10 @@ CONFIGS = {
     "large32": dict(
         n_embd=512, n_layer=8, n_head=8, text_seq_len=64, image_grid=32, batch=4, warmup=1, reps=2
     ),
+    # the `dalle demo` prior's sizes and batch (ours only: the reference harness has no such section)
+    "demo": dict(n_embd=256, n_layer=4, n_head=8, text_seq_len=32, image_grid=8, batch=24, warmup=3, reps=20),
 }
+REFERENCE_SECTIONS = ("dalle_full", "large32")
 VARIANTS = ("fp32-full", "bf16-full", "fp32-paper", "bf16-paper")
 TEXT_VOCAB, IMAGE_VOCAB = common.TEXT_VOCAB, common.IMAGE_VOCAB
 
@@ -81,6 +86,10 @@ def child(section: str, variant: str, profile: str | None) -> None:
     common.set_threads()
     malloc_tuned = keep_freed_memory()  # as dalle_zero.training.loop.train does on CPU
     precision, pattern, *kernel = variant.split("-")  # e.g. fp32-paper or fp32-paper-sdpa_dense
+    if precision == "bf16attn":
+        from dalle_zero.nn import attention
+
+        attention.CPU_BF16_ATTENTION_IN_FP32 = False
     c = CONFIGS[section]
     label = f"{section}.ours.{variant}"
     torch.manual_seed(0)
@@ -96,7 +105,7 @@ def child(section: str, variant: str, profile: str | None) -> None:
     text = torch.randint(1, TEXT_VOCAB, (b, cfg.text_seq_len), generator=g)
     image = torch.randint(0, IMAGE_VOCAB, (b, cfg.image_seq_len), generator=g)
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else contextlib.nullcontext()
     )
     losses: list[float] = []
 
@@ -115,7 +124,7 @@ def child(section: str, variant: str, profile: str | None) -> None:
     flops = model_flops_per_step(model, b)
     peak_rss = common.peak_rss_mib()  # before the matmul probe below allocates anything
     # the machine's matmul peak right now, in this process (the load on a shared machine drifts)
-    peak = common.matmul_peak_flops(precision)
+    peak = common.matmul_peak_flops(precision[:4])
     common.emit(
         section,
         f"{label}.train_step",
@@ -251,7 +260,7 @@ def main() -> None:
                     tag = "ref-torch" if py == ref_python else "local-torch"
                     cmd += ["--_profile", str(Path(args.profile_dir) / f"{section}.{variant}.{tag}.txt")]
                 measure(cmd, python=py)
-        if not args.skip_reference:
+        if not args.skip_reference and section in REFERENCE_SECTIONS:
             cmd = [ref_python, str(SHARED_BENCH / "bench_dalle_pytorch.py"), "--sections", section]
             cmd += ["--quick"] if args.reference_quick else []
             measure(cmd, implementation="dalle_pytorch")
@@ -281,7 +290,7 @@ def summarize(rows: list[dict], sections: list[str], variants: list[str], ours_p
             rss = _find(mine, f"{section}.ours.{variant}.train_peak_rss")
             if step is None:
                 continue
-            peak = peaks[variant.split("-")[0]]
+            peak = peaks[variant.split("-")[0][:4]]
             row = {
                 "ours_ms": step["value"],
                 "ours_tokens_per_s": step["tokens_per_s"],

@@ -34,6 +34,36 @@ def test_flex_kernel_refuses_a_cpu_backward_with_a_clear_error():
         attn(x, build_block_mask(pattern, pattern.length, "cpu"), kernel="flex")
 
 
+@pytest.mark.parametrize("kind", ["full", "row"])
+def test_a_bf16_train_step_on_cpu_computes_attention_in_fp32_and_a_no_grad_pass_in_bf16(kind, monkeypatch):
+    from dalle_zero.nn import attention
+
+    seen: list[torch.dtype] = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kw):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    pattern = AttentionPattern(kind, 3, 5, 3)
+    mask = None if kind == "full" else pattern.dense()
+    attn = make_attention().train()
+    x = torch.randn(2, pattern.length, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, mask)
+        assert y.dtype == torch.bfloat16 and seen == [torch.float32]
+        y.float().sum().backward()
+        with torch.no_grad():
+            attn(x, mask)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in attn.parameters())
+    monkeypatch.setattr(attention, "CPU_BF16_ATTENTION_IN_FP32", False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x, mask)
+    assert seen[-1] == torch.bfloat16
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("layout", ["default", "stream_order"])
 def test_cached_steps_equal_the_masked_full_pass(kind, layout):

@@ -64,6 +64,26 @@ def build_block_mask(pattern: AttentionPattern, length: int, device: torch.devic
     return create_block_mask(pattern.mask_mod, None, None, length, length, device=device)
 
 
+# False: bf16 attention with a backward on CPU stays in bf16 (what benchmarks/bench_prior.py's
+# "bf16attn" precision times, against "bf16")
+CPU_BF16_ATTENTION_IN_FP32 = True
+
+
+def _sdpa_with_backward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Masked (or causal, ``mask`` None) SDPA. On CPU, when bf16 inputs need a backward pass, it runs in
+    fp32 and casts back: torch's bf16 flash-attention backward on CPU is several times slower than
+    its fp32 one (2026-12-02, Intel Xeon with AMX: the demo prior's bf16 train step spent 42 % of its
+    time there; benchmarks/bench_prior.py, BENCHMARKS.md)."""
+    if (
+        CPU_BF16_ATTENTION_IN_FP32 and q.device.type == "cpu" and q.dtype == torch.bfloat16
+        and torch.is_grad_enabled() and q.requires_grad
+    ):
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the fp32 inputs back to bf16
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=mask is None)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+
 class LayerCache:
     """Keys and values of one attention layer for stream positions ``[0, max_len)``.
 
@@ -194,7 +214,7 @@ class SelfAttention(nn.Module):
         if isinstance(mask, BandedLayout):
             y = banded_attention(q, k, v, mask)
         elif kernel in SDPA_KERNELS:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+            y = _sdpa_with_backward(q, k, v, mask)
         elif kernel in FLEX_KERNELS:
             if q.device.type == "cpu" and q.requires_grad:
                 raise ValueError("flex_attention has no backward on CPU: use kernel 'sdpa' to train on CPU")
