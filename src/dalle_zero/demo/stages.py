@@ -471,9 +471,9 @@ def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> st
     :func:`budget.measure_steps_per_second` on ``build(min_steps, precision)`` (ties go to fp32).
 
     A CPU without bf16 instructions runs bf16 autocast many times slower (an AVX2-only AMD EPYC:
-    0.05x); one with them gains little or much depending on the shapes (an Intel Xeon with AMX
-    gained 12 % on the demo prior while a single 512x256x512 product ran at 0.93x), so the
-    stage's steps are what is timed. Decided once per output folder (``stages/<name>.precision.json``),
+    0.05x); on one with them the gain depends on the shapes (an Intel Xeon with AMX: a single
+    512x256x512 product ran at 0.93x, the demo prior's steps at 1.9x), so the stage's steps are
+    what is timed. Decided once per output folder (``stages/<name>.precision.json``),
     so a resumed stage keeps it."""
     loop = ctx.config.stage(name).config.get("loop") or {}
     if loop.get("precision") != "bf16":
