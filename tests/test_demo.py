@@ -293,7 +293,7 @@ def test_a_bf16_stage_trains_at_the_precision_whose_steps_are_faster_and_keeps_t
     assert stages.choose_precision(ctx, "prior", build) == chosen
     assert built == [(config.stage("prior").min_steps, "fp32"), (config.stage("prior").min_steps, "bf16")]
     assert any(f"precision: {chosen} (steps/s: fp32 4.00, bf16 {bf16_rate:.2f})" in line for line in logs)
-    assert stages.choose_precision(ctx, "dvae", build) is None  # an fp32 stage keeps its preset
+    assert stages.choose_precision(ctx, "clip", build) is None  # an fp32 stage keeps its preset
     rates["fp32"], rates["bf16"] = rates["bf16"], rates["fp32"]  # a resumed run does not decide again
     assert stages.choose_precision(ctx, "prior", build) == chosen and len(built) == 2
 

@@ -311,8 +311,10 @@ def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
     spec = ctx.config.stage("dvae")
     cache: dict[str, Any] = {}
 
-    def build(steps: int) -> tuple[nn.Module, TrainTask, Config]:
+    def build(steps: int, precision: str | None = None) -> tuple[nn.Module, TrainTask, Config]:
         fields = _image_stage_fields(ctx, spec.config, steps)
+        if precision is not None:
+            fields["loop"]["precision"] = precision
         cfg = DVAETrainConfig.from_dict(fields, source="demo dvae stage")
         if "data" not in cache:
             cache["data"] = build_datasets(cfg)
@@ -321,7 +323,8 @@ def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
             model = DiscreteVAE(cfg.model)
         return model, DVAETask(cfg, train_data=train_data, eval_data=eval_data), cfg
 
-    return train_stage(ctx, "dvae", build)
+    precision = choose_precision(ctx, "dvae", build)
+    return train_stage(ctx, "dvae", lambda steps: build(steps, precision))
 
 
 def stage_encode(ctx: DemoContext) -> dict[str, Any]:
