@@ -290,12 +290,12 @@ def test_a_bf16_stage_trains_at_the_precision_whose_steps_are_faster_and_keeps_t
 
     rates = {"fp32": 4.0, "bf16": bf16_rate}  # a tie goes to fp32
     monkeypatch.setattr(budget, "measure_steps_per_second", lambda model, task, loop, steps: rates[loop.precision])
-    assert stages.choose_precision(ctx, "prior", build) == chosen
+    assert stages.choose_precision(ctx, "prior", build) == (chosen, rates[chosen])  # the plan reuses the rate
     assert built == [(config.stage("prior").min_steps, "fp32"), (config.stage("prior").min_steps, "bf16")]
     assert any(f"precision: {chosen} (steps/s: fp32 4.00, bf16 {bf16_rate:.2f})" in line for line in logs)
-    assert stages.choose_precision(ctx, "clip", build) is None  # an fp32 stage keeps its preset
+    assert stages.choose_precision(ctx, "clip", build) == (None, None)  # an fp32 stage keeps its preset
     rates["fp32"], rates["bf16"] = rates["bf16"], rates["fp32"]  # a resumed run does not decide again
-    assert stages.choose_precision(ctx, "prior", build) == chosen and len(built) == 2
+    assert stages.choose_precision(ctx, "prior", build) == (chosen, None) and len(built) == 2
 
 
 def test_bf16_speedup_is_a_positive_ratio():

@@ -34,7 +34,7 @@ from dalle_zero.demo import budget
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig, StageSpec
 from dalle_zero.io import atomic_directory, atomic_write_text
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import LoopConfig, TrainTask, last_validation
+from dalle_zero.training.loop import TrainTask, last_validation
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,13 @@ def _image_stage_fields(ctx: DemoContext, config: dict[str, Any], steps: int, **
 # training stages
 
 
-def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Path | None = None) -> dict[str, Any]:
+def train_stage(
+    ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Path | None = None, rate: float | None = None
+) -> dict[str, Any]:
     """Plan (once), train (resuming), and check a training stage; see the module docstring.
 
-    The run goes to ``run_dir`` (default ``ctx.run_dir(name)``).
+    The run goes to ``run_dir`` (default ``ctx.run_dir(name)``). ``rate``: steps per second of
+    ``build``'s steps already timed (by :func:`choose_precision`), so the plan does not time them again.
     """
     from dalle_zero.training.loop import train
 
@@ -178,9 +181,8 @@ def train_stage(ctx: DemoContext, name: str, build: StageBuilder, *, run_dir: Pa
     else:
         if ctx.reserve is None:
             ctx.reserve = plan_reserve(ctx)
-        probe_model, probe_task, probe_cfg = build(spec.min_steps)
-        loop: LoopConfig = probe_cfg.loop  # type: ignore[attr-defined]
-        rate = budget.measure_steps_per_second(probe_model, probe_task, loop, steps=ctx.config.calibration_steps)
+        if rate is None:
+            rate = _time_steps(ctx, build(spec.min_steps))
         remaining = [ctx.config.stage(s).share for s in TRAIN_STAGES  # fixed-step stages are not shared
                      if s not in ctx.done and ctx.config.stage(s).steps is None]
         seconds = budget.stage_seconds(spec.share, remaining, ctx.seconds_left())
@@ -323,8 +325,8 @@ def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
             model = DiscreteVAE(cfg.model)
         return model, DVAETask(cfg, train_data=train_data, eval_data=eval_data), cfg
 
-    precision = choose_precision(ctx, "dvae", build)
-    return train_stage(ctx, "dvae", lambda steps: build(steps, precision))
+    precision, rate = choose_precision(ctx, "dvae", build)
+    return train_stage(ctx, "dvae", lambda steps: build(steps, precision), rate=rate)
 
 
 def stage_encode(ctx: DemoContext) -> dict[str, Any]:
@@ -462,14 +464,15 @@ def stage_prior(ctx: DemoContext) -> dict[str, Any]:
         cfg = PriorTrainConfig.from_dict(fields, source="demo prior stage")
         return build_model(cfg), PriorTask(cfg, tokenizer=tokenizer), cfg
 
-    precision = choose_precision(ctx, "prior", build)
-    result = train_stage(ctx, "prior", lambda steps: build(steps, precision))
+    precision, rate = choose_precision(ctx, "prior", build)
+    result = train_stage(ctx, "prior", lambda steps: build(steps, precision), rate=rate)
     result["validation"] = last_validation(ctx.run_dir("prior"))
     return result
 
 
-def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> str | None:
-    """The precision stage ``name`` trains at: None (its preset's) unless the preset asks for bf16; then
+def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> tuple[str | None, float | None]:
+    """(precision, steps/s) for stage ``name``. The precision is None (its preset's) unless the preset asks
+    for bf16; then
     whichever of "bf16" and "fp32" runs the stage's own steps faster here, timed by
     :func:`budget.measure_steps_per_second` on ``build(min_steps, precision)`` (ties go to fp32).
 
@@ -477,24 +480,28 @@ def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> st
     0.05x); on one with them the gain depends on the shapes (an Intel Xeon with AMX: a single
     512x256x512 product ran at 0.93x, the demo prior's steps at 1.9x), so the stage's steps are
     what is timed. Decided once per output folder (``stages/<name>.precision.json``),
-    so a resumed stage keeps it."""
+    so a resumed stage keeps it. The rate is that of the precision chosen, when it was timed just now
+    (None otherwise): :func:`train_stage` plans from it instead of timing the same steps again."""
     loop = ctx.config.stage(name).config.get("loop") or {}
     if loop.get("precision") != "bf16":
-        return None
+        return None, None
     path = ctx.out / "stages" / f"{name}.precision.json"
     if path.is_file():
-        return str(json.loads(path.read_text())["precision"])
-    rates = {}
-    for precision in ("fp32", "bf16"):
-        model, task, cfg = build(ctx.config.stage(name).min_steps, precision)
-        rates[precision] = budget.measure_steps_per_second(
-            model, task, cfg.loop, steps=ctx.config.calibration_steps  # type: ignore[attr-defined]
-        )
+        return str(json.loads(path.read_text())["precision"]), None
+    min_steps = ctx.config.stage(name).min_steps
+    rates = {precision: _time_steps(ctx, build(min_steps, precision)) for precision in ("fp32", "bf16")}
     precision = "bf16" if rates["bf16"] > rates["fp32"] else "fp32"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"precision": precision, "steps_per_second": rates}, indent=2) + "\n")
     ctx.log(f"  precision: {precision} (steps/s: fp32 {rates['fp32']:.2f}, bf16 {rates['bf16']:.2f})")
-    return precision
+    return precision, rates[precision]
+
+
+def _time_steps(ctx: DemoContext, built: tuple[nn.Module, TrainTask, Config]) -> float:
+    """Steps per second of a built stage (:func:`budget.measure_steps_per_second`, calibration steps)."""
+    model, task, cfg = built
+    loop = cfg.loop  # type: ignore[attr-defined]
+    return budget.measure_steps_per_second(model, task, loop, steps=ctx.config.calibration_steps)
 
 
 def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
