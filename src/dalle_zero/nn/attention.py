@@ -72,8 +72,8 @@ CPU_BF16_ATTENTION_IN_FP32 = True
 def _sdpa_with_backward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Masked (or causal, ``mask`` None) SDPA. On CPU, when bf16 inputs need a backward pass, it runs in
     fp32 and casts back: torch's bf16 flash-attention backward on CPU is several times slower than
-    its fp32 one (2026-12-02, Intel Xeon with AMX: the demo prior's bf16 train step spent 42 % of its
-    time there; benchmarks/bench_prior.py, BENCHMARKS.md)."""
+    its fp32 one (2026-12-02, Intel Xeon with AMX: a demo-sized bf16 train step spent 47 % of its
+    time there; benchmarks/bench_prior.py --profile-dir, BENCHMARKS.md)."""
     if (
         CPU_BF16_ATTENTION_IN_FP32 and q.device.type == "cpu" and q.dtype == torch.bfloat16
         and torch.is_grad_enabled() and q.requires_grad
