@@ -19,6 +19,10 @@ Usage:
     python benchmarks/bench_dvae.py --reference-venv '' --memory-format both [--shape demo]
         # ours with channels-last weights (the model's default) and with contiguous (NCHW) ones, side
         # by side; --shape demo times the `dalle demo` preset's dVAE (32 px -> 8x8, batch 32) instead
+    python benchmarks/bench_dvae.py --reference-venv '' --shape demo --tau 0.0625 --denormals both
+        # train steps at the end of the Gumbel temperature schedule (tau 1/16, after --settle steps
+        # at that tau), with denormal floats flushed to zero (the training loop's default on CPU) and
+        # kept, side by side
 
 Every row is JSON on stdout: section, metric, value, unit, median/min/max (ms), images_per_s.
 Each configuration runs in a fresh subprocess with 2 threads. When the reference venv exists
@@ -84,11 +88,19 @@ def _row(section: str, metric: str, ts: list[float], batch: int = BATCH, **extra
     )
 
 
-def child_ours(section: str, reps: int, memory_format: str = "channels_last", shape: str = "bench") -> None:
-    """Time our DiscreteVAE in this process and print JSON rows (weights in ``memory_format``)."""
+def child_ours(
+    section: str, reps: int, memory_format: str = "channels_last", shape: str = "bench",
+    tau: float | None = None, flush_denormal: bool = True, settle: int = 0,
+) -> None:
+    """Time our DiscreteVAE in this process and print JSON rows (weights in ``memory_format``).
+
+    ``tau``: the Gumbel-softmax temperature of every step (default: the schedule's start, 1), after
+    ``settle`` untimed training steps at it. ``flush_denormal``: as ``LoopConfig.flush_denormal``.
+    """
     import torch
 
     torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(flush_denormal)
     from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
     from dalle_zero.training.dvae import DVAETask, DVAETrainConfig
     from dalle_zero.training.loop import LoopConfig
@@ -115,7 +127,9 @@ def child_ours(section: str, reps: int, memory_format: str = "channels_last", sh
         ),
         flush=True,
     )
-    task = DVAETask(DVAETrainConfig(model=cfg, loop=LoopConfig(steps=1000, batch_size=batch_size)), train_data=[])
+    taus = {} if tau is None else {"tau_start": tau, "tau_end": tau}
+    train_cfg = DVAETrainConfig(model=cfg, loop=LoopConfig(steps=1000, batch_size=batch_size), **taus)
+    task = DVAETask(train_cfg, train_data=[])
     opt = task.make_optimizer(model)
     pixels = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     batch = {"pixels": pixels, "seed": torch.arange(batch_size)}
@@ -127,7 +141,10 @@ def child_ours(section: str, reps: int, memory_format: str = "channels_last", sh
         loss.backward()
         opt.step()
 
-    extra = dict(batch=batch_size, memory_format=memory_format, shape=shape)
+    for _ in range(settle):
+        step()
+    extra = dict(batch=batch_size, memory_format=memory_format, shape=shape, tau=train_cfg.tau_at(10),
+                 flush_denormal=flush_denormal, settle=settle)
     print(json.dumps(_row(section, "train_step", _timeit(step, 3, reps), **extra)), flush=True)
     model.eval()
     print(json.dumps(_row(section, "encode", _timeit(lambda: model.encode(pixels), 3, reps), **extra)), flush=True)
@@ -152,6 +169,19 @@ def _run(cmd: list[str], env_extra: dict[str, str]) -> list[dict]:
     return rows
 
 
+def _print_ratios(rows: list[dict], other: str, name: str, ms_keys: tuple[str, str], **extra) -> None:
+    """One JSON row per timed metric: section ``other``'s median over section "ours"'s (> 1: ours faster)."""
+    by = {(r["section"], r["metric"]): r for r in rows}
+    for metric in ("train_step", "encode", "decode"):
+        a, b = by.get(("ours", metric)), by.get((other, metric))
+        if a and b:
+            print(json.dumps(dict(
+                section="ratio", metric=f"{metric}.{name}_speedup", value=round(b["median"] / a["median"], 3),
+                unit="x", cpu_time_ratio=round(b["cpu_median"] / a["cpu_median"], 3),
+                **{ms_keys[0]: a["median"], ms_keys[1]: b["median"]}, **extra,
+            )), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
@@ -165,30 +195,39 @@ def main() -> None:
         help="weight layout of our model (both: two runs side by side, then their ratio)",
     )
     ap.add_argument("--shape", choices=sorted(SHAPES), default="bench", help="bench config or the demo preset's dVAE")
+    ap.add_argument("--tau", type=float, default=None, help="Gumbel temperature of the timed steps (default 1)")
+    ap.add_argument("--settle", type=int, default=150, help="untimed train steps at --tau before timing")
+    ap.add_argument(
+        "--denormals", choices=("flush", "keep", "both"), default="flush",
+        help="flush denormal floats to zero (the training loop's default) or keep them; both: side by side",
+    )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    settle = args.settle if args.tau is not None else 0
     if args._child:
-        child_ours(args._child, args.reps, args.memory_format, args.shape)
+        child_ours(args._child, args.reps, args.memory_format, args.shape, args.tau, args.denormals == "flush", settle)
         return
 
-    me = [os.path.abspath(__file__), "--reps", str(args.reps), "--shape", args.shape]
+    me = [os.path.abspath(__file__), "--reps", str(args.reps), "--shape", args.shape, "--settle", str(settle)]
+    if args.tau is not None:
+        me += ["--tau", str(args.tau)]
     formats = ("channels_last", "contiguous") if args.memory_format == "both" else (args.memory_format,)
+    if args.denormals == "both" and len(formats) == 2:
+        ap.error("--denormals both and --memory-format both: compare one thing at a time")
     rows = []
     for fmt in formats:
         section = "ours" if fmt == "channels_last" else "ours_contiguous"
-        rows += _run([sys.executable, *me, "--memory-format", fmt, "--_child", section], {})
+        rows += _run([sys.executable, *me, "--memory-format", fmt, "--denormals", "flush" if args.denormals == "both"
+                      else args.denormals, "--_child", section], {})
+    if args.denormals == "both":
+        rows += _run([sys.executable, *me, "--memory-format", formats[0], "--denormals", "keep",
+                      "--_child", "ours_denormals"], {})
+        tau = next((r["tau"] for r in rows if "tau" in r), None)
+        _print_ratios(rows, "ours_denormals", "flush_denormal", ("flush_ms", "keep_ms"), shape=args.shape,
+                      tau=tau, note=">1 means flushing denormals is faster")
     if len(formats) == 2:
-        by = {(r["section"], r["metric"]): r for r in rows}
-        for metric in ("train_step", "encode", "decode"):
-            a, b = by.get(("ours", metric)), by.get(("ours_contiguous", metric))
-            if a and b:
-                print(json.dumps(dict(
-                    section="ratio", metric=f"{metric}.channels_last_speedup",
-                    value=round(b["median"] / a["median"], 3), unit="x",
-                    cpu_time_ratio=round(b["cpu_median"] / a["cpu_median"], 3),
-                    channels_last_ms=a["median"], contiguous_ms=b["median"], shape=args.shape,
-                    note=">1 means channels-last weights are faster",
-                )), flush=True)
+        _print_ratios(rows, "ours_contiguous", "channels_last", ("channels_last_ms", "contiguous_ms"),
+                      shape=args.shape, note=">1 means channels-last weights are faster")
     ref_py = Path(args.reference_venv) / "bin" / "python" if args.reference_venv else None
     if ref_py is None or not ref_py.exists():
         print(json.dumps(dict(section="note", metric="reference_skipped", value=str(args.reference_venv))))

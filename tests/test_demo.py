@@ -149,13 +149,16 @@ def test_a_replan_gives_the_seconds_left_to_the_rate_the_stage_trained_at():
     plan = {"steps": 300, "rate": 3.0, "seconds": 120.0, "source": "time budget"}
     # 30 steps took 10 s of training (4 s on top for the probe): 3 steps/s, 106 s left
     again = replan(plan, 30, 10.0, 14.0, config, spec)
-    assert again["steps"] == 30 + math.floor(config.safety * 106.0 * 3.0)
+    assert again["steps"] == 30 + math.floor(config.replan_safety * 106.0 * 3.0)
+    assert config.replan_safety > config.safety  # the stage's own rate is a surer guide than the probe
     assert again["replanned"] == {"at": 30, "rate": 3.0, "probe_steps": 300}
     assert {k: again[k] for k in ("rate", "seconds", "source")} == {k: plan[k] for k in ("rate", "seconds", "source")}
     assert replan(plan, 30, 0.1, 5.0, config, spec)["steps"] == 5_000  # clamped by the stage's max_steps
     assert replan(plan, 10, 10.0, 130.0, config, spec)["steps"] == 20  # over budget: no more than min_steps
     with pytest.raises(ValueError, match="replan_at must be <= 0.9"):
         config.replace(replan_at=1.0)
+    with pytest.raises(ValueError, match="replan_safety must be <= 1"):
+        config.replace(replan_safety=1.5)
 
 
 def test_the_default_preset_fits_the_issue_budget():

@@ -156,3 +156,9 @@ def check_choice(cfg: object, name: str, choices: typing.Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{type(cfg).__name__}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_bool(cfg: object, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{type(cfg).__name__}.{name} must be true or false, got {value!r}")

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dalle_zero.training import allocator
-from dalle_zero.training.loop import LoopConfig, TrainTask
+from dalle_zero.training.loop import LoopConfig, TrainTask, prepare_cpu_process
 
 
 def measure_steps_per_second(model: nn.Module, task: TrainTask, loop: LoopConfig, *, steps: int = 4) -> float:
@@ -29,7 +28,7 @@ def measure_steps_per_second(model: nn.Module, task: TrainTask, loop: LoopConfig
     One untimed warm-up step (mask building, allocator), then ``steps`` timed ones on a deep copy of
     ``model``; the model, the task's state and torch's global RNG are left as they were.
     """
-    allocator.keep_freed_memory()  # as training.loop.train does on CPU: the probe must run as training will
+    prepare_cpu_process(loop)  # as training.loop.train does on CPU: the probe must run as training will
     probe = copy.deepcopy(model)
     probe.train()
     optimizer = task.make_optimizer(probe)

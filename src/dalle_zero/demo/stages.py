@@ -295,12 +295,12 @@ def replan(
 
     ``reached`` steps took ``train_seconds`` of training (data loading, a checkpoint and the loop's own
     set-up included); ``stage_seconds`` have gone since the stage started (the probe too), out of the
-    plan's ``seconds``. The steps still to go are ``safety`` times the seconds left at that rate; the
+    plan's ``seconds``. The steps still to go are ``replan_safety`` times the seconds left at that rate; the
     previous figures are kept under ``replanned``.
     """
     rate = reached / max(train_seconds, 1e-9)
     steps = reached + budget.plan_steps(
-        plan["seconds"] - stage_seconds, rate, safety=config.safety,
+        plan["seconds"] - stage_seconds, rate, safety=config.replan_safety,
         min_steps=max(1, spec.min_steps - reached), max_steps=spec.max_steps - reached,
     )  # the spec's step bounds hold for the whole stage
     return {**plan, "steps": steps, "replanned": {"at": reached, "rate": rate, "probe_steps": plan["steps"]}}
