@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before torch starts its threads, so that they inherit it (training/denormals.py)
+    from dalle_zero.training.denormals import flush_denormals
+
+    flush_denormals()
     parser = build_parser()
     args = parser.parse_args(argv)
     # library modules log through logging; the program shows warnings (e.g. truncated captions) as one line each

@@ -28,7 +28,7 @@ def measure_steps_per_second(model: nn.Module, task: TrainTask, loop: LoopConfig
     One untimed warm-up step (mask building, allocator), then ``steps`` timed ones on a deep copy of
     ``model``; the model, the task's state and torch's global RNG are left as they were.
     """
-    prepare_cpu_process(loop)  # as training.loop.train does on CPU: the probe must run as training will
+    prepare_cpu_process()  # as training.loop.train does on CPU: the probe must run as training will
     probe = copy.deepcopy(model)
     probe.train()
     optimizer = task.make_optimizer(probe)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int
 from dalle_zero.io import PretrainedModel, atomic_write_text, load_state_dict_strict
-from dalle_zero.training import allocator, distributed
+from dalle_zero.training import allocator, denormals, distributed
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.ema import EMA
 from dalle_zero.training.sampler import ResumableBatchSampler
@@ -95,7 +95,6 @@ class LoopConfig(Config):
     activation_checkpointing: bool = False
     strategy: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (sharded, training/distributed.py)
     powersgd_rank: int = 0  # ddp only
-    flush_denormal: bool = True  # on CPU: denormal floats read and computed as 0 (prepare_cpu_process)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "ema_every", "log_every", "checkpoint_every"):
@@ -104,8 +103,7 @@ class LoopConfig(Config):
             check_int(self, name, min_value=0)
         check_int(self, "keep_checkpoints", min_value=1)
         check_choice(self, "precision", ("fp32", "bf16"))
-        for name in ("activation_checkpointing", "flush_denormal"):
-            check_bool(self, name)
+        check_bool(self, "activation_checkpointing")
         check_choice(self, "strategy", distributed.STRATEGIES)
         if self.strategy == "fsdp" and self.powersgd_rank > 0:
             raise ValueError(
@@ -120,20 +118,12 @@ class LoopConfig(Config):
                 raise ValueError(f"LoopConfig.ema_decay must be < 1, got {self.ema_decay}")
 
 
-def prepare_cpu_process(loop: LoopConfig) -> None:
-    """The process-wide CPU settings a training run (and the demo's probe of its steps) runs with.
-
-    - glibc keeps freed memory for the next step (:func:`allocator.keep_freed_memory`).
-    - With ``loop.flush_denormal``, denormal floats (below 1.2e-38 in fp32) are flushed to zero
-      (``torch.set_flush_denormal``). x86 CPUs compute on them tens of times slower, and a dVAE makes
-      them: as its Gumbel-softmax temperature anneals to 1/16, most of the softmax's outputs and their
-      gradients underflow into that range. The demo's dVAE step ran at half speed at the end of its
-      schedule without this (``benchmarks/bench_dvae.py --denormals both``). The change to the
-      figures is below fp32's smallest normal number. It stays on for the rest of the process.
-    """
+def prepare_cpu_process() -> None:
+    """The process-wide CPU settings a training run (and the demo's probe of its steps) runs with: glibc
+    keeps freed memory for the next step (:mod:`~dalle_zero.training.allocator`), and denormal floats
+    are flushed to zero (:mod:`~dalle_zero.training.denormals`)."""
     allocator.keep_freed_memory()
-    if loop.flush_denormal:
-        torch.set_flush_denormal(True)
+    denormals.flush_denormals()
 
 
 class TrainTask:
@@ -268,7 +258,7 @@ def train(
 
     torch.manual_seed(loop.seed + ctx.rank)
     if ctx.device.type == "cpu":
-        prepare_cpu_process(loop)  # no page faults on every step's large activations; no denormals
+        prepare_cpu_process()  # no page faults on every step's large activations; no denormals
     full = _FullCopy(model, ctx) if sharded else None
     if not sharded:
         model.to(ctx.device)  # (FSDP moves each unit to the device as it shards it)
