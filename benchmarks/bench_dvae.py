@@ -21,8 +21,8 @@ Usage:
         # by side; --shape demo times the `dalle demo` preset's dVAE (32 px -> 8x8, batch 32) instead
     python benchmarks/bench_dvae.py --reference-venv '' --shape demo --tau 0.0625 --denormals both
         # train steps at the end of the Gumbel temperature schedule (tau 1/16, after --settle steps
-        # at that tau), with denormal floats flushed to zero (the training loop's default on CPU) and
-        # kept, side by side
+        # at that tau), with denormal floats flushed to zero (as the `dalle` program does first thing)
+        # and kept, side by side
 
 Every row is JSON on stdout: section, metric, value, unit, median/min/max (ms), images_per_s.
 Each configuration runs in a fresh subprocess with 2 threads. When the reference venv exists
@@ -95,12 +95,16 @@ def child_ours(
     """Time our DiscreteVAE in this process and print JSON rows (weights in ``memory_format``).
 
     ``tau``: the Gumbel-softmax temperature of every step (default: the schedule's start, 1), after
-    ``settle`` untimed training steps at it. ``flush_denormal``: as ``LoopConfig.flush_denormal``.
+    ``settle`` untimed training steps at it. ``flush_denormal``: flush denormal floats to zero before
+    torch starts its threads, as the ``dalle`` program does (``training.denormals.flush_denormals``).
     """
     import torch
 
+    from dalle_zero.training.denormals import flush_denormals
+
     torch.set_num_threads(THREADS)
-    torch.set_flush_denormal(flush_denormal)
+    if flush_denormal:
+        flush_denormals()
     from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
     from dalle_zero.training.dvae import DVAETask, DVAETrainConfig
     from dalle_zero.training.loop import LoopConfig
@@ -199,7 +203,7 @@ def main() -> None:
     ap.add_argument("--settle", type=int, default=150, help="untimed train steps at --tau before timing")
     ap.add_argument(
         "--denormals", choices=("flush", "keep", "both"), default="flush",
-        help="flush denormal floats to zero (the training loop's default) or keep them; both: side by side",
+        help="flush denormal floats to zero (as the dalle program does) or keep them; both: side by side",
     )
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -53,6 +53,11 @@ CONFIGS = {
 }
 REFERENCE_SECTIONS = ("dalle_full", "large32")
 VARIANTS = ("fp32-full", "bf16-full", "fp32-paper", "bf16-paper")
+
+
+def matmul_dtype(variant: str) -> str:
+    """The dtype a variant's matrix products run in: "bf16" for bf16 and bf16attn, else "fp32"."""
+    return "bf16" if variant.split("-")[0].startswith("bf16") else "fp32"
 TEXT_VOCAB, IMAGE_VOCAB = common.TEXT_VOCAB, common.IMAGE_VOCAB
 
 
@@ -105,7 +110,7 @@ def child(section: str, variant: str, profile: str | None) -> None:
     text = torch.randint(1, TEXT_VOCAB, (b, cfg.text_seq_len), generator=g)
     image = torch.randint(0, IMAGE_VOCAB, (b, cfg.image_seq_len), generator=g)
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else contextlib.nullcontext()
+        torch.autocast("cpu", dtype=torch.bfloat16) if matmul_dtype(variant) == "bf16" else contextlib.nullcontext()
     )
     losses: list[float] = []
 
@@ -124,7 +129,7 @@ def child(section: str, variant: str, profile: str | None) -> None:
     flops = model_flops_per_step(model, b)
     peak_rss = common.peak_rss_mib()  # before the matmul probe below allocates anything
     # the machine's matmul peak right now, in this process (the load on a shared machine drifts)
-    peak = common.matmul_peak_flops(precision[:4])
+    peak = common.matmul_peak_flops(matmul_dtype(variant))
     common.emit(
         section,
         f"{label}.train_step",
@@ -290,7 +295,7 @@ def summarize(rows: list[dict], sections: list[str], variants: list[str], ours_p
             rss = _find(mine, f"{section}.ours.{variant}.train_peak_rss")
             if step is None:
                 continue
-            peak = peaks[variant.split("-")[0][:4]]
+            peak = peaks[matmul_dtype(variant)]
             row = {
                 "ours_ms": step["value"],
                 "ours_tokens_per_s": step["tokens_per_s"],

@@ -23,7 +23,10 @@ from common import emit  # noqa: E402
 
 
 def rates(run: Path, parts: int) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{run}: no metrics.jsonl (not a training run folder)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]  # training rows (evaluation rows carry val/ figures only)
     if len(rows) < parts + 1:
         raise SystemExit(f"{run}: {len(rows)} logged training rows, too few for {parts} parts")
