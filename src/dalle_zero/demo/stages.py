@@ -472,8 +472,7 @@ def stage_prior(ctx: DemoContext) -> dict[str, Any]:
 
 def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> tuple[str | None, float | None]:
     """(precision, steps/s) for stage ``name``. The precision is None (its preset's) unless the preset asks
-    for bf16; then
-    whichever of "bf16" and "fp32" runs the stage's own steps faster here, timed by
+    for bf16; then whichever of "bf16" and "fp32" runs the stage's own steps faster here, timed by
     :func:`budget.measure_steps_per_second` on ``build(min_steps, precision)`` (ties go to fp32).
 
     A CPU without bf16 instructions runs bf16 autocast many times slower (an AVX2-only AMD EPYC:
