@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from pathlib import Path
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,17 +17,7 @@ from PIL import Image
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.transforms import DVAETransform
 
-
-def write_image(path: Path, size=(20, 16), colour=(200, 30, 30), mode="RGB", fmt="PNG") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, colour).save(path, format=fmt)
-
-
-def good_folder(root: Path, n: int = 4) -> Path:
-    for i in range(n):
-        write_image(root / f"img{i}.png", colour=(i * 50, 100, 200))
-        (root / f"img{i}.txt").write_text(f"picture number {i}\n")
-    return root
+from .helpers import good_folder, write_image
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
@@ -135,6 +127,21 @@ def test_one_of_several_caption_lines_is_chosen_by_the_sample_seed(tmp_path):
     chosen = {ds[(0, seed)]["caption"] for seed in range(30)}
     assert chosen == {"first", "second", "third"}
     assert all(ds[(0, 7)]["caption"] == ds[(0, 7)]["caption"] for _ in range(3))
+
+
+def test_caption_files_are_read_as_utf8_whatever_the_locale(tmp_path):
+    # The emoji builder writes Korean captions as UTF-8; under a C (ASCII) or cp1252 locale the
+    # locale's encoding would turn them into replacement characters.
+    root = tmp_path / "d"
+    write_image(root / "a.png")
+    (root / "a.txt").write_text("둥근 원\nround circle\n", encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    script = (
+        "import sys; from dalle_zero.data.folder import ImageTextFolder; "
+        "print(ascii(ImageTextFolder(sys.argv[1]).captions(0)))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(root)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ascii(["둥근 원", "round circle"])
 
 
 def test_random_transform_is_reproducible_from_the_key(tmp_path):

@@ -18,8 +18,7 @@ from dalle_zero.data.tokens import TokenDataset
 from dalle_zero.data.transforms import ResizeTransform
 from dalle_zero.errors import DataError
 
-from .test_folder import good_folder, write_image
-from .test_webdataset import noise_folder
+from .helpers import good_folder, noise_folder, write_image
 
 
 def write_csv(path: Path, rows: list[dict[str, str]], fields=("image", "caption")) -> Path:
@@ -69,6 +68,27 @@ def test_jsonl_rows_take_caption_lists_keys_and_absolute_paths_and_bad_rows_are_
     report = pairs.report_skipped()
     assert "2 pairs" in report and "3 bad row" in report and "\n" not in report
     assert {pairs[(0, s)]["caption"] for s in range(20)} == {"a red thing", "a crimson thing"}
+
+
+def test_a_caption_list_that_is_empty_or_holds_a_non_string_is_skipped_and_counted(tmp_path):
+    good_folder(tmp_path / "img", n=4)
+    rows = [
+        {"image": "img/img0.png", "caption": ["a red thing", "a crimson thing"]},
+        {"image": "img/img1.png", "caption": []},  # empty caption
+        {"image": "img/img2.png", "caption": ["", "   "]},  # empty caption
+        {"image": "img/img3.png", "caption": ["a blue thing", 7]},  # bad row
+        {"image": "img/img3.png", "caption": [None]},  # bad row
+        {"image": "img/img3.png", "caption": [["nested"]]},  # bad row
+        {"image": "img/img3.png", "caption": ["one caption only"], "key": "single"},
+    ]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = ImageTextManifest(tmp_path / "pairs.jsonl")
+    assert pairs.stems == ["img0", "single"]
+    assert pairs.captions(1) == ["one caption only"]
+    assert pairs.skipped == {"empty caption": 2, "bad row": 3}
+    report = pairs.report_skipped()
+    assert "2 pairs" in report and "2 empty caption" in report and "3 bad row" in report and "\n" not in report
+    assert {pairs[(1, s)]["caption"] for s in range(10)} == {"one caption only"}
 
 
 def test_a_manifest_without_its_columns_or_file_is_a_one_line_error(tmp_path):

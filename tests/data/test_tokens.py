@@ -12,7 +12,7 @@ from dalle_zero.cli.main import main
 from dalle_zero.data.emoji import EmojiDatasetConfig, build_emoji_dataset_from_tarballs
 from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_shards
 from dalle_zero.errors import DataError
-from tests.demo_data import SIZE, make_emoji_tarball
+from tests.demo_data import SIZE, make_emoji_tarball, make_emojibase_tarball
 
 
 def items(n: int, grid: int = 4, vocab: int = 50):
@@ -103,10 +103,13 @@ def tiny_dvae(folder: Path) -> Path:
 
 def test_encode_cli_tokenizes_every_image_once_and_keeps_the_splits(tmp_path, capsys):
     run = tiny_dvae(tmp_path)
-    tarball = make_emoji_tarball(tmp_path / "npm" / "emoji-datasource-16.0.0.tgz")
+    tarballs = {
+        "emoji-datasource": make_emoji_tarball(tmp_path / "npm" / "emoji-datasource-16.0.0.tgz"),
+        "emojibase-data": make_emojibase_tarball(tmp_path / "npm" / "emojibase-data-17.0.0.tgz"),
+    }
     data = tmp_path / "emoji"
-    config = EmojiDatasetConfig(size=SIZE)
-    build_emoji_dataset_from_tarballs(config, data, {"emoji-datasource": tarball}, progress=False)
+    config = EmojiDatasetConfig(size=SIZE, captions_per_image=4)
+    build_emoji_dataset_from_tarballs(config, data, tarballs, progress=False)
     argv = ["encode", "--dvae", str(run), "--data", str(data), "--out", str(tmp_path / "tok"), "--no-progress"]
     assert main(argv + ["--batch-size", "7"]) == 0
     assert "encoded 30 images into 8x8 tokens of 32 codes" in capsys.readouterr().out
@@ -117,8 +120,9 @@ def test_encode_cli_tokenizes_every_image_once_and_keeps_the_splits(tmp_path, ca
     train = TokenDataset(tmp_path / "tok", split="train")
     assert sorted(train.stems) == sorted(source_splits["train"])
     assert (tmp_path / "tok" / "metadata.jsonl").is_file()
-    first = ds[0]
-    assert first["caption"] == (data / "images" / f"{first['stem']}.txt").read_text().strip()
+    for i in (0, 7, 29):  # every caption line of the image is kept, and one of them is drawn
+        lines = (data / "images" / f"{ds.stems[i]}.txt").read_text(encoding="utf-8").splitlines()
+        assert ds.captions[i] == lines and len(lines) == config.captions_per_image and ds[i]["caption"] in lines
     # Deterministic: encoding again gives the same tokens.
     assert main(argv[:-3] + ["--out", str(tmp_path / "tok2"), "--no-progress", "--split", "train"]) == 0
     again = TokenDataset(tmp_path / "tok2")

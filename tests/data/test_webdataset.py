@@ -31,7 +31,7 @@ from dalle_zero.data.webdataset import (
 from dalle_zero.errors import DataError
 from dalle_zero.training.sampler import ResumableBatchSampler
 
-from .test_folder import good_folder, write_image
+from .helpers import good_folder, noise_folder, write_image
 
 
 def png_bytes(size=(12, 10), colour=(10, 200, 30), mode="RGB") -> bytes:
@@ -53,24 +53,6 @@ def write_tar(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def noise_folder(root: Path, n: int = 6) -> Path:
-    """``n`` random-noise images in several formats (one RGBA, one JPEG), some with several caption lines."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for i in range(n):
-        pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
-        if i == 3:
-            Image.fromarray(pixels).save(root / f"img{i}.jpg")
-        elif i == 4:
-            alpha = rng.integers(0, 255, (20, 24, 1), dtype=np.uint8)
-            Image.fromarray(np.concatenate([pixels, alpha], axis=2)).save(root / f"img{i}.png")  # RGBA
-        else:
-            Image.fromarray(pixels).save(root / f"img{i}.png")
-        caption = f"noise number {i}\n" if i % 2 else f"noise {i}\nanother caption of {i}\n\n"
-        (root / f"img{i}.txt").write_text(caption)
-    return root
 
 
 def test_shards_give_exactly_the_items_of_the_image_folder(tmp_path):

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from dalle_zero.cli.main import main
+from dalle_zero.cli.train_tokenizer import read_captions
+from dalle_zero.data.webdataset import write_shards
 from dalle_zero.tokenizers.bpe import BPETokenizer
+from tests.data.helpers import caption_folder, write_jsonl_manifest
 
 
 def _folder(root, captions: dict[str, str], splits: dict | None = None):
@@ -48,6 +51,29 @@ def test_cli_trains_on_the_train_split_only_and_reports_statistics(tmp_path, cap
     assert tok.text_seq_len == 6
     vocab = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"]
     assert not any("xylo" in t or "zebra" in t for t in vocab)  # neither held-out nor README text leaked
+
+
+def test_every_line_of_a_caption_file_is_a_caption_of_its_own(tmp_path, capsys):
+    train = {f"t{i}": f"a {c} square\n{c} square, noto style\n\n  square number {i}  \n" for i, c in
+             enumerate(["red", "green", "blue"] * 2)}  # fmt: skip
+    held_out = {"v0": "a validation caption\nxylophone zebra unseen phrasing\n"}
+    data = _folder(tmp_path / "data", {**train, **held_out}, {"train": list(train), "validation": ["v0"]})
+    captions, _ = read_captions(data, "train")
+    assert len(captions) == 18 and "a red square" in captions and "square number 4" in captions
+    assert not [c for c in captions if "xylophone" in c or "\n" in c]
+    assert read_captions(data, "validation")[0] == ["a validation caption", "xylophone zebra unseen phrasing"]
+    code = main(["train", "tokenizer", "--data", str(data), "--out", str(tmp_path / "tok"), "--vocab-size", "300"])
+    assert code == 0 and "read 18 captions" in capsys.readouterr().out
+
+
+def test_shards_and_a_manifest_give_every_caption_line_as_a_caption(tmp_path):
+    lines = {"a": ["round circle", "circle emoji, noto style"], "b": ["plain square"], "c": ["x", "y", "z"]}
+    folder = caption_folder(tmp_path / "folder", lines)
+    expected = sorted(line for stem_lines in lines.values() for line in stem_lines)
+    write_shards(folder, tmp_path / "shards")
+    manifest = write_jsonl_manifest(folder, tmp_path / "pairs.jsonl")
+    for source in (folder, tmp_path / "shards", manifest):
+        assert sorted(read_captions(source, "train")[0]) == expected, source
 
 
 def test_cli_reports_a_missing_folder_in_one_line(tmp_path, capsys):

@@ -28,6 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for the downloaded npm tarballs (default ~/.cache/dalle-zero/npm)",
     )
+    parser.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=16,
+        help="training captions per image: the canonical one, the plain name, the name with its "
+        "attributes and phrasings drawn from the metadata (default 16; 1: the canonical caption only)",
+    )
+    parser.add_argument(
+        "--languages",
+        default="en",
+        help="comma-separated caption languages: en, or en,ko to add captions from CLDR's Korean names",
+    )
     parser.add_argument("--seed", type=int, default=0, help="salt of the split hashes (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -38,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     styles = tuple(s.strip().lower() for s in args.styles.split(",") if s.strip())
+    languages = tuple(s.strip().lower() for s in args.languages.split(",") if s.strip())
     config = EmojiDatasetConfig(
-        styles=styles, size=args.size, skin_tones=args.skin_tones, splits=SplitConfig(seed=args.seed)
-    )
+        styles=styles, size=args.size, skin_tones=args.skin_tones, splits=SplitConfig(seed=args.seed),
+        captions_per_image=args.captions_per_image, languages=languages,
+    )  # fmt: skip
     s = build_emoji_dataset(config, args.out, cache_dir=args.cache, progress=not args.no_progress)
     how = "already built, reused" if s.reused else "built"
     print(f"{how} {s.out_dir}: {s.images} images, {s.concepts} concepts in {s.seconds:.1f} s")

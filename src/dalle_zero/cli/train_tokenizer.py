@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dalle_zero.data.pairs import IMAGE_SUFFIXES, split_stems
+from dalle_zero.data.pairs import IMAGE_SUFFIXES, caption_lines, split_stems
 
 HELP = "train the BPE text tokenizer on the captions of an image-caption folder"
 
@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], str]:
-    """Caption texts under ``root`` (restricted to ``split`` if ``root/splits.json`` exists), and a note."""
+    """Caption texts under ``root`` (restricted to ``split`` if ``root/splits.json`` exists), every line
+    of a caption file a caption of its own, and a note."""
     from dalle_zero.data.manifest import is_manifest
     from dalle_zero.data.webdataset import is_shard_source
 
@@ -54,14 +55,14 @@ def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], st
         rel = str(txt.relative_to(root).with_suffix(""))
         if wanted is not None and txt.stem not in wanted and rel not in wanted:
             continue
-        captions.append(txt.read_text(encoding="utf-8", errors="replace").strip())
+        captions += caption_lines(txt.read_text(encoding="utf-8", errors="replace"))
     if not captions:
         raise ValueError(f"{root}: no captions found (.txt files beside same-stem images; {note})")
     return captions, note
 
 
 def _indexed_captions(source: str | Path, split: str) -> tuple[list[str], str]:
-    """The captions of WebDataset shards or a manifest (a sample's caption lines joined), restricted to
+    """The captions of WebDataset shards or a manifest (every caption line of every sample), restricted to
     ``split`` by a ``splits.json`` beside them; without one, they are all the train split (shards) or
     all read (a manifest)."""
     from dalle_zero.data.manifest import is_manifest
@@ -72,7 +73,7 @@ def _indexed_captions(source: str | Path, split: str) -> tuple[list[str], str]:
     pairs = open_image_text_dataset(source, split=split if has_splits or not is_manifest(source) else None,
                                     check="none")
     note = f"split {split!r} of {splits_path}" if has_splits else "all captions (no splits.json)"
-    return ["\n".join(pairs.captions(i)) for i in range(len(pairs))], note
+    return [line for i in range(len(pairs)) for line in pairs.captions(i)], note
 
 
 def run(args: argparse.Namespace) -> int:

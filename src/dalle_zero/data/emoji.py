@@ -8,14 +8,21 @@ images come from
   (every cell has a 1 px transparent border: origin ``(x*(S+2)+1, y*(S+2)+1)``);
 - 64 px: the PNGs ``img/{style}/64/*.png`` of ``emoji-datasource-{style}@16.0.0``.
 
-Images are composited onto a fixed background before alpha is dropped (Twemoji keeps stray colours
-under alpha = 0). Captions are lower-case and follow one template::
+Names and keywords come from Unicode CLDR through ``emojibase-data@17.0.0`` ("red heart", where
+emoji-datasource says "heavy black heart"). Images are composited onto a fixed background before
+alpha is dropped (Twemoji keeps stray colours under alpha = 0). Every image gets several lower-case
+captions (:mod:`dalle_zero.data.emoji_captions`), the canonical one first::
 
     "{name}[, {tone} skin tone[, {tone} skin tone]], {style word} style ({category}, {subcategory})"
     e.g. "snowboarder, light skin tone, noto style (people & body, person sport)"
 
-The output folder uses the img2dataset layout (``images/<stem>.png`` + ``images/<stem>.txt``) plus
-``metadata.jsonl`` (stem, caption, concept, tone, style, category, subcategory, split, holdout, ...),
+then the plain name ("snowboarder"), the name with its attributes and variants in other phrasings;
+a reader draws one of them per sample and epoch. Phrasings kept out of training entirely (the
+unseen phrasings) are stored in ``metadata.jsonl`` only, for evaluation.
+
+The output folder uses the img2dataset layout (``images/<stem>.png`` + ``images/<stem>.txt``, one
+caption a line) plus ``metadata.jsonl`` (stem, caption, captions, name, plain_caption,
+unseen_captions, concept, tone, style, category, subcategory, split, holdout, ...),
 ``splits.json`` (see :mod:`dalle_zero.data.splits`), ``NOTICE.md`` and ``build.json`` (the options
 and tarball hashes; a second build with the same options reuses the folder).
 """
@@ -34,7 +41,15 @@ from typing import Any
 
 from PIL import Image
 
-from dalle_zero.config import Config, check_choice
+from dalle_zero.config import Config, check_choice, check_int
+from dalle_zero.data.emoji_captions import (
+    STYLE_WORDS,
+    CaptionParts,
+    canonical_caption,
+    plain_caption,
+    training_captions,
+    unseen_captions,
+)
 from dalle_zero.data.npm import fetch_npm_tarball, sha512_integrity
 from dalle_zero.data.splits import SPLIT_NAMES, SplitConfig, SplitItem, assign_splits, group_splits
 from dalle_zero.errors import DataError
@@ -42,8 +57,10 @@ from dalle_zero.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-BUILD_FORMAT_VERSION = 2  # 2: shared names fall back to the short name only where needed
+BUILD_FORMAT_VERSION = 3  # 3: CLDR names and several captions per image
 DATASOURCE_VERSION = "16.0.0"
+EMOJIBASE = ("emojibase-data", "17.0.0")  # CLDR names and keywords (en, ko), MIT
+LANGUAGES = ("en", "ko")
 SIZES = (32, 64)
 
 
@@ -56,8 +73,10 @@ class EmojiStyle:
 
 
 STYLES: dict[str, EmojiStyle] = {
-    "google": EmojiStyle("noto", "Noto Emoji", "Apache-2.0", "Copyright Google Inc."),
-    "twitter": EmojiStyle("twemoji", "Twemoji", "CC-BY-4.0", "Copyright Twitter, Inc and other contributors"),
+    "google": EmojiStyle(STYLE_WORDS["google"], "Noto Emoji", "Apache-2.0", "Copyright Google Inc."),
+    "twitter": EmojiStyle(
+        STYLE_WORDS["twitter"], "Twemoji", "CC-BY-4.0", "Copyright Twitter, Inc and other contributors"
+    ),
 }
 
 # Fitzpatrick modifiers, as named in Unicode CLDR.
@@ -73,6 +92,8 @@ class EmojiDatasetConfig(Config):
     skin_tones: bool = True
     background: tuple[int, int, int] = (255, 255, 255)
     splits: SplitConfig = field(default_factory=SplitConfig)
+    captions_per_image: int = 16  # training captions per image: canonical, plain name, variants
+    languages: tuple[str, ...] = ("en",)  # "ko" adds captions from CLDR's Korean names
 
     def __post_init__(self) -> None:
         if not self.styles or len(set(self.styles)) != len(self.styles):
@@ -81,6 +102,12 @@ class EmojiDatasetConfig(Config):
             if s not in STYLES:
                 raise ValueError(f"EmojiDatasetConfig.styles: unknown style {s!r}; choose from {sorted(STYLES)}")
         check_choice(self, "size", SIZES)
+        check_int(self, "captions_per_image", min_value=1, max_value=64)
+        if not self.languages or self.languages[0] != "en" or not set(self.languages) <= set(LANGUAGES):
+            raise ValueError(
+                f"EmojiDatasetConfig.languages must start with 'en' and be among {list(LANGUAGES)}, "
+                f"got {self.languages!r}"
+            )
         if len(self.background) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in self.background):
             raise ValueError(f"EmojiDatasetConfig.background must be 3 ints in [0, 255], got {self.background!r}")
 
@@ -90,8 +117,9 @@ class EmojiRecord:
     """One image of the dataset, before its pixels are read."""
 
     stem: str
-    caption: str
-    concept: str
+    captions: tuple[str, ...]  # training captions, the canonical one first
+    parts: CaptionParts  # what the captions say (name, aliases, keywords, tone, style, category)
+    concept: str  # unique id of the emoji (emoji-datasource's name, disambiguated); splits hash it
     tone: str | None  # "light", ..., "light/dark" for two-person emoji; None for the base image
     style: str
     category: str
@@ -100,6 +128,11 @@ class EmojiRecord:
     image: str  # PNG file name in the package
     sheet_x: int
     sheet_y: int
+
+    @property
+    def caption(self) -> str:
+        """The canonical caption."""
+        return self.captions[0]
 
 
 @dataclass(frozen=True)
@@ -122,12 +155,24 @@ def packages_for(config: EmojiDatasetConfig) -> dict[str, str]:
 
 
 def make_caption(concept: str, tone: str | None, style: str, category: str, subcategory: str) -> str:
-    """The caption template (lower-case): name, skin tone(s), style word, category and subcategory."""
-    parts = [concept]
-    if tone is not None:
-        parts += [f"{t} skin tone" for t in tone.split("/")]
-    parts.append(f"{STYLES[style].word} style ({category}, {subcategory})")
-    return ", ".join(parts).lower()
+    """The canonical caption (lower-case): name, skin tone(s), style word, category and subcategory."""
+    parts = CaptionParts(name=concept.lower(), style=style, tone=tone, category=category, subcategory=subcategory)
+    return canonical_caption(parts).lower()
+
+
+def _hex_key(code: str) -> str:
+    """A code point sequence without variation selectors: emoji-datasource writes "2764-FE0F" where
+    emojibase writes "2764"."""
+    return "-".join(c for c in code.upper().split("-") if c != "FE0F")
+
+
+def cldr_index(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{code points: emojibase entry}`` over the entries of emojibase's ``data.json`` and their skins."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if isinstance(e, dict) and isinstance(e.get("hexcode"), str):
+            out[_hex_key(e["hexcode"])] = e
+    return out
 
 
 def concept_names(entries: list[dict[str, Any]]) -> list[str]:
@@ -152,8 +197,21 @@ def _tone_label(key: str) -> str:
     return "/".join(tones)
 
 
-def emoji_records(entries: list[dict[str, Any]], style: str, *, skin_tones: bool = True) -> list[EmojiRecord]:
-    """The records of one style from the entries of ``emoji.json`` (in the file's sort order)."""
+def emoji_records(
+    entries: list[dict[str, Any]],
+    style: str,
+    *,
+    skin_tones: bool = True,
+    cldr: dict[str, dict[str, Any]] | None = None,
+    cldr_ko: dict[str, dict[str, Any]] | None = None,
+    captions_per_image: int = 1,
+) -> list[EmojiRecord]:
+    """The records of one style from the entries of ``emoji.json`` (in the file's sort order).
+
+    ``cldr`` (:func:`cldr_index` of emojibase's English data) gives each emoji its CLDR name and
+    keywords; without it, or for an emoji it lacks, the emoji-datasource name is the name.
+    ``cldr_ko`` adds captions from the Korean names.
+    """
     has_img = f"has_img_{style}"
     records: list[EmojiRecord] = []
     order = sorted(range(len(entries)), key=lambda i: (entries[i].get("sort_order", i), i))
@@ -162,6 +220,13 @@ def emoji_records(entries: list[dict[str, Any]], style: str, *, skin_tones: bool
         e = entries[i]
         category = str(e["category"]).lower()
         subcategory = str(e["subcategory"]).replace("-", " ").lower()
+        key = _hex_key(str(e["unified"]))
+        base = (cldr or {}).get(key) or {}
+        name = str(base.get("label") or names[i]).lower()
+        aliases = [names[i]] + [str(n).replace("_", " ").lower() for n in e.get("short_names") or []]
+        aliases = list(dict.fromkeys(a for a in aliases if a and a != name))
+        keywords = tuple(dict.fromkeys(str(k).lower() for k in base.get("tags") or [] if str(k).lower() != name))
+        ko = (cldr_ko or {}).get(key) or {}
         variants: list[tuple[str | None, dict[str, Any]]] = [(None, e)]
         if skin_tones:
             variants += [(_tone_label(k), v) for k, v in sorted((e.get("skin_variations") or {}).items())]
@@ -169,10 +234,15 @@ def emoji_records(entries: list[dict[str, Any]], style: str, *, skin_tones: bool
             if not v.get(has_img, False):
                 continue
             image = str(v["image"])
+            parts = CaptionParts(
+                name=name, style=style, tone=tone, category=category, subcategory=subcategory,
+                aliases=tuple(aliases), keywords=keywords, ko_name=str(ko["label"]) if ko.get("label") else None,
+            )  # fmt: skip
             records.append(
                 EmojiRecord(
                     stem=f"{style}_{Path(image).stem}",
-                    caption=make_caption(names[i], tone, style, category, subcategory),
+                    captions=tuple(training_captions(parts, captions_per_image)),
+                    parts=parts,
                     concept=names[i],
                     tone=tone,
                     style=style,
@@ -247,6 +317,24 @@ def read_emoji_json(tar_path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def read_cldr(tar_path: Path, language: str) -> dict[str, dict[str, Any]]:
+    """:func:`cldr_index` of ``package/<language>/data.json`` in an emojibase-data tarball."""
+    member = f"package/{language}/data.json"
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            data = json.loads(_read_member(tar, member, tar_path))
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as e:
+        raise DataError(f"{tar_path}: cannot read {member} ({e})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{tar_path}: {member} is not a list of emoji")
+    out = cldr_index(data)
+    for e in data:  # skin-tone variants carry their own labels; the base entry's keywords are kept
+        for skin in (e.get("skins") or []) if isinstance(e, dict) else []:
+            if isinstance(skin, dict) and isinstance(skin.get("hexcode"), str):
+                out.setdefault(_hex_key(skin["hexcode"]), skin)
+    return out
+
+
 def build_emoji_dataset(
     config: EmojiDatasetConfig,
     out_dir: str | Path,
@@ -257,6 +345,7 @@ def build_emoji_dataset(
     """Download (or reuse) the pinned tarballs and build the dataset in ``out_dir``."""
     names = sorted(set(packages_for(config).values()))
     tarballs = {n: fetch_npm_tarball(n, DATASOURCE_VERSION, cache_dir) for n in names}
+    tarballs[EMOJIBASE[0]] = fetch_npm_tarball(*EMOJIBASE, cache_dir)
     return build_emoji_dataset_from_tarballs(config, out_dir, tarballs, progress=progress)
 
 
@@ -267,7 +356,10 @@ def build_emoji_dataset_from_tarballs(
     *,
     progress: bool = True,
 ) -> EmojiBuildSummary:
-    """Build from local tarballs ``{package name: path}`` laid out like the npm packages."""
+    """Build from local tarballs ``{package name: path}`` laid out like the npm packages.
+
+    Without an ``emojibase-data`` tarball the names are emoji-datasource's (no CLDR names, keywords
+    or Korean captions)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -284,6 +376,10 @@ def build_emoji_dataset_from_tarballs(
             f"{n}@{DATASOURCE_VERSION}": sha512_integrity(tarballs[n]) for n in sorted(set(style_pkgs.values()))
         },
     }
+    if EMOJIBASE[0] in tarballs:
+        build_info["packages"]["@".join(EMOJIBASE)] = sha512_integrity(tarballs[EMOJIBASE[0]])
+    cldr = read_cldr(tarballs[EMOJIBASE[0]], "en") if EMOJIBASE[0] in tarballs else None
+    cldr_ko = read_cldr(tarballs[EMOJIBASE[0]], "ko") if cldr is not None and "ko" in config.languages else None
     reused = _reuse_existing(out_dir, build_info)
     if reused is not None:
         return EmojiBuildSummary(**{**reused, "seconds": time.perf_counter() - t0, "reused": True})
@@ -295,7 +391,10 @@ def build_emoji_dataset_from_tarballs(
         pkg = style_pkgs[style]
         if pkg not in entries_by_pkg:
             entries_by_pkg[pkg] = read_emoji_json(tarballs[pkg])
-        style_records = emoji_records(entries_by_pkg[pkg], style, skin_tones=config.skin_tones)
+        style_records = emoji_records(
+            entries_by_pkg[pkg], style, skin_tones=config.skin_tones, cldr=cldr, cldr_ko=cldr_ko,
+            captions_per_image=config.captions_per_image,
+        )  # fmt: skip
         logger.info("reading %d %s images from %s", len(style_records), style, tarballs[pkg].name)
         images.update(read_images(tarballs[pkg], style, config.size, style_records, config.background))
         records += style_records
@@ -323,11 +422,15 @@ def build_emoji_dataset_from_tarballs(
         lines = []
         for r in tqdm(records, desc="writing images", unit="img", disable=not progress):
             images[r.stem].save(tmp / "images" / f"{r.stem}.png", optimize=False)
-            (tmp / "images" / f"{r.stem}.txt").write_text(r.caption + "\n")
+            (tmp / "images" / f"{r.stem}.txt").write_text("\n".join(r.captions) + "\n", encoding="utf-8")
             a = assignment[r.stem]
             meta = {
                 "stem": r.stem,
                 "caption": r.caption,
+                "captions": list(r.captions),
+                "name": r.parts.name,
+                "plain_caption": plain_caption(r.parts),
+                "unseen_captions": unseen_captions(r.parts),
                 "concept": r.concept,
                 "tone": r.tone,
                 "style": r.style,
@@ -338,7 +441,7 @@ def build_emoji_dataset_from_tarballs(
                 "unified": r.unified,
             }
             lines.append(json.dumps(meta, ensure_ascii=False))
-        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
         (tmp / "NOTICE.md").write_text(notice_text(config.styles))
         counts = {k: v for k, v in summary.items() if k != "out_dir"}
@@ -378,7 +481,8 @@ def notice_text(styles: tuple[str, ...]) -> str:
     lines = [
         "# Emoji art in this dataset",
         "",
-        f"Metadata: emoji-datasource@{DATASOURCE_VERSION} (iamcal/emoji-data), MIT, Copyright (c) 2013 Cal Henderson.",
+        f"Metadata: emoji-datasource@{DATASOURCE_VERSION} (iamcal/emoji-data), MIT, Copyright (c) 2013 Cal Henderson;",
+        f"names and keywords: {'@'.join(EMOJIBASE)} (Unicode CLDR annotations), MIT, Copyright (c) Miles Johnson.",
         "Images were cropped/resized and composited onto a plain background; captions were derived from the metadata.",
         "",
     ]

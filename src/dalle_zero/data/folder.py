@@ -1,8 +1,8 @@
 """A folder of images with same-stem ``.txt`` captions (the layout img2dataset and ``dalle data emoji`` write).
 
-``root/**/NAME.{png,jpg,jpeg,webp,bmp,gif}`` with ``NAME.txt`` beside it. If ``root/splits.json``
-exists (``{"train": [stems], "validation": [...], ...}``), or ``splits_file`` is given, a ``split``
-restricts the dataset to those stems. Unusable samples are skipped and counted, never fatal:
+``root/**/NAME.{png,jpg,jpeg,webp,bmp,gif}`` with ``NAME.txt`` beside it (UTF-8, one caption a line).
+If ``root/splits.json`` exists (``{"train": [stems], "validation": [...], ...}``), or ``splits_file``
+is given, a ``split`` restricts the dataset to those stems. Unusable samples are skipped and counted, never fatal:
 
 - at index time: a missing, empty or unreadable caption, a zero-byte image;
 - once at construction (``check="load"``, the default): an image PIL cannot open or decode
@@ -69,7 +69,7 @@ class ImageTextFolder(ImageTextPairs):
         if not caption.is_file():
             return "no caption file", []
         try:
-            lines = caption_lines(caption.read_text(errors="replace"))
+            lines = caption_lines(caption.read_text(encoding="utf-8", errors="replace"))  # not the locale's
         except OSError:
             return "unreadable caption", []
         if not lines:

@@ -33,6 +33,9 @@ PINNED_INTEGRITY: dict[tuple[str, str], str] = {
     ("emoji-datasource-twitter", "16.0.0"): (
         "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ=="
     ),
+    ("emojibase-data", "17.0.0"): (
+        "sha512-Yvgb5AWoHViHV/gq1qr5ZAarcBip+B27/ZLRsUJkbgAEaLlZ/fof9g882LTpmEpyhBNEC0m2SEmItljHsTygjA=="
+    ),
 }
 
 NPM_TIMEOUT_S = 600

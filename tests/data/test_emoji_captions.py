@@ -1,0 +1,72 @@
+"""The phrasings of an emoji's captions: canonical first, distinct, seeded, and never an unseen phrasing."""
+
+from __future__ import annotations
+
+import pytest
+
+from dalle_zero.data.emoji_captions import (
+    KO_STYLE,
+    CaptionParts,
+    canonical_caption,
+    korean_captions,
+    plain_caption,
+    training_captions,
+    unseen_captions,
+)
+
+HEART = CaptionParts(
+    name="red heart", style="google", category="smileys & emotion", subcategory="heart",
+    aliases=("heavy black heart", "heart"), keywords=("love", "emotion"),
+)  # fmt: skip
+KISS = CaptionParts(name="kiss", style="twitter", tone="light/dark", category="people & body", subcategory="family")
+THUMBS = CaptionParts(
+    name="thumbs up", style="twitter", tone="dark", category="people & body", subcategory="hand",
+    aliases=("+1",), keywords=("hand", "up"), ko_name="엄지 척",
+)  # fmt: skip
+BARE = CaptionParts(name="cat", style="google")  # no tone, aliases, keywords or category
+ALL_PARTS = [HEART, KISS, THUMBS, BARE]
+
+
+def test_canonical_and_plain_captions_name_every_tone_and_the_style_word():
+    assert canonical_caption(KISS) == "kiss, light skin tone, dark skin tone, twemoji style (people & body, family)"
+    assert plain_caption(KISS) == "kiss, light skin tone, dark skin tone, twemoji style"
+    assert plain_caption(HEART) == "red heart, noto style"
+
+
+@pytest.mark.parametrize("parts", ALL_PARTS, ids=lambda p: p.name)
+def test_training_captions_start_with_the_canonical_caption_then_the_plain_name(parts):
+    captions = training_captions(parts, 12)
+    assert captions[:3] == [canonical_caption(parts), parts.name, plain_caption(parts)]
+    assert training_captions(parts, 1) == [canonical_caption(parts)]
+    assert training_captions(parts, 5) == captions[:5]  # more captions only add to the list
+
+
+@pytest.mark.parametrize("parts", ALL_PARTS, ids=lambda p: p.name)
+def test_training_captions_are_distinct_and_the_same_for_the_same_parts_and_seed(parts):
+    captions = training_captions(parts, 64)
+    assert len(captions) == len(set(captions)) and all(c and c == c.strip() for c in captions)
+    assert training_captions(parts, 64) == captions
+    assert training_captions(parts, 64, seed=1) != captions  # the variants follow the seed
+
+
+@pytest.mark.parametrize("parts", ALL_PARTS, ids=lambda p: p.name)
+def test_no_training_caption_is_an_unseen_phrasing(parts):
+    unseen = unseen_captions(parts)
+    assert len(unseen) == len(set(unseen)) == 3 and all(parts.name in c for c in unseen)
+    for seed in range(5):
+        training = training_captions(parts, 64, seed=seed)
+        assert not set(unseen) & set(training)
+        # the unseen connectives are not used by any training caption
+        assert not [c for c in training if " in " in c or c.startswith("a picture of") or " as a " in c]
+
+
+def test_korean_captions_need_a_korean_name():
+    assert korean_captions(HEART) == [] and not any("하트" in c for c in training_captions(HEART, 64))
+    ko = korean_captions(THUMBS)
+    assert ko == ["엄지 척", f"엄지 척, 어두운 피부색, {KO_STYLE['twitter']}"]
+    assert set(ko) <= set(training_captions(THUMBS, 16))
+
+
+def test_a_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        training_captions(HEART, 0)
