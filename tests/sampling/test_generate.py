@@ -71,10 +71,11 @@ def test_guidance_scale_one_gives_exactly_the_unguided_tokens():
 
 
 def test_guidance_scale_zero_samples_the_empty_caption():
-    """s = 0 leaves only the unconditional stream: the same tokens as sampling the all-pad caption."""
+    """s = 0 leaves only the unconditional stream: with plain guidance (no nucleus), the same tokens as
+    sampling the all-pad caption."""
     model, text = _model(), _text()
     empty = torch.zeros_like(text)
-    assert torch.equal(_gen(model, text, seed=4, guidance_scale=0.0), _gen(model, empty, seed=4))
+    assert torch.equal(_gen(model, text, seed=4, guidance_scale=0.0, guidance_top_p=None), _gen(model, empty, seed=4))
 
 
 def test_guidance_changes_the_output_and_leaves_the_callers_tensors_untouched():
@@ -132,3 +133,37 @@ def test_bad_arguments_raise_value_error(kw):
     text = kw.pop("text", _text())
     with pytest.raises(ValueError):
         _gen(_model(), text, **kw)
+
+
+def _outside_nucleus(model, text, tokens, p):
+    """How many sampled tokens lie outside the conditional distribution's top-p nucleus at their position."""
+    from dalle_zero.sampling.filters import top_p_filter
+
+    with torch.no_grad():
+        cond = model.eval()(text, tokens)[1]  # (B, Ti, Vi): logits of position j from tokens < j
+    kept = ~top_p_filter(cond, p).isneginf()
+    return int((~kept.gather(-1, tokens[..., None])).sum())
+
+
+def test_guidance_moves_probability_only_within_the_conditional_nucleus():
+    model, text = _model(seed=3), _text(b=8)
+    plain = _gen(model, text, seed=4, guidance_scale=8.0, guidance_top_p=None)
+    kept = _gen(model, text, seed=4, guidance_scale=8.0, guidance_top_p=0.5)
+    # plain guidance at a large scale draws codes the conditional model itself finds unlikely ...
+    assert _outside_nucleus(model, text, plain, 0.5) > 0
+    # ... guidance within the nucleus never does
+    assert _outside_nucleus(model, text, kept, 0.5) == 0
+
+
+def test_guidance_scale_one_is_unguided_whatever_the_guidance_nucleus():
+    model, text = _model(), _text()
+    plain = _gen(model, text, seed=6)
+    for p in (None, 0.5, 0.95):
+        assert torch.equal(_gen(model, text, seed=6, guidance_scale=1.0, guidance_top_p=p), plain)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.5, "x"])
+def test_a_guidance_nucleus_outside_0_1_is_refused(p):
+    model, text = _model(), _text()
+    with pytest.raises(ValueError, match="top_p"):
+        _gen(model, text, guidance_scale=2.0, guidance_top_p=p)

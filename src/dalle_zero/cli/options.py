@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dalle_zero.sampling.generate import GUIDANCE_TOP_P
+
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p, --guidance-scale (read as args.temperature, ...)."""
@@ -17,6 +19,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions)",
     )
+    parser.add_argument(
+        "--guidance-top-p",
+        type=float,
+        default=GUIDANCE_TOP_P,
+        help=f"guidance moves probability only among the codes of the conditional nucleus of this mass "
+        f"(default {GUIDANCE_TOP_P:g}; 1 = plain classifier-free guidance)",
+    )
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, float | int | None]:
@@ -26,6 +35,7 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, float | int | None]
         "top_k": args.top_k,
         "top_p": args.top_p,
         "guidance_scale": args.guidance_scale,
+        "guidance_top_p": args.guidance_top_p,
     }
 
 

@@ -15,7 +15,11 @@ one raster position at a time:
 - **classifier-free guidance** (not in the paper; Ho & Salimans 2022, dalle-mini): the conditional
   and the unconditional (all-pad caption) streams run as one batch of 2B rows with their own cache
   rows, and ``logits = uncond + s · (cond - uncond)`` before temperature and filters. ``s = 1`` skips
-  the unconditional stream, so it gives exactly the unguided tokens. Inputs are never modified
+  the unconditional stream, so it gives exactly the unguided tokens. Guidance moves probability only
+  among the codes of the conditional distribution's nucleus (``guidance_top_p``, default 0.95): the
+  extrapolation otherwise favours codes that the sharp unconditional model rules out and the
+  conditional one also thinks unlikely, which turns a drawing into a noisy patchwork (see
+  ``docs/sampling.md``). ``guidance_top_p=1`` is plain guidance. Inputs are never modified
   (DALLE-pytorch's guidance zeroed the caller's caption in place; anchors §2.5).
 - **priming** (image-to-image, paper §3.3): ``prime_tokens[B, n]`` fixes the first ``n`` image
   tokens, e.g. the top rows of an encoded photo, and the rest are sampled.
@@ -32,7 +36,9 @@ from torch import Tensor, nn
 
 from dalle_zero.models.transformer import DalleTransformer
 from dalle_zero.nn.embeddings import PAD_ID
-from dalle_zero.sampling.filters import check_temperature, check_top_k, check_top_p, filter_logits
+from dalle_zero.sampling.filters import check_temperature, check_top_k, check_top_p, filter_logits, top_p_filter
+
+GUIDANCE_TOP_P = 0.95
 
 ProgressCallback = Callable[[int, int], None]
 """Called after each sampled token with (tokens sampled so far, tokens to sample) of this call."""
@@ -110,6 +116,7 @@ def generate_image_tokens(
     top_k: int | None = None,
     top_p: float | None = None,
     guidance_scale: float = 1.0,
+    guidance_top_p: float | None = GUIDANCE_TOP_P,
     prime_tokens: Tensor | None = None,
     use_cache: bool = True,
     progress: bool | ProgressCallback = False,
@@ -123,6 +130,8 @@ def generate_image_tokens(
             from the model's.
         temperature, top_k, top_p: see :mod:`dalle_zero.sampling.filters` (paper: 1, None, None).
         guidance_scale: classifier-free guidance scale ``s``; 1 = plain conditional sampling.
+        guidance_top_p: guided logits are kept only on the conditional distribution's top-p nucleus
+            (None or 1: everywhere, plain classifier-free guidance). Unused when ``s = 1``.
         prime_tokens: LongTensor[B, n], the fixed first ``n`` image tokens (raster order).
         use_cache: key/value-cached decoding (fast) or a full forward per token (reference).
         progress: a tqdm bar over tokens if True, or a callback ``(done, total)`` per token.
@@ -139,6 +148,7 @@ def generate_image_tokens(
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    check_top_p(guidance_top_p)
     text, prime = _check_inputs(model, text_ids, prime_tokens)
     b, n_prime, ti = text.shape[0], prime.shape[1], c.image_seq_len
 
@@ -157,6 +167,8 @@ def generate_image_tokens(
         if guided:
             cond, uncond = raw[:b], raw[b:]
             raw = uncond + guidance_scale * (cond - uncond)
+            if guidance_top_p is not None and guidance_top_p < 1.0:
+                raw = raw.masked_fill(top_p_filter(cond, guidance_top_p).isneginf(), float("-inf"))
         return filter_logits(raw, temperature=temperature, top_k=top_k, top_p=top_p)
 
     callback, close = _progress(progress, ti - n_prime)
