@@ -129,3 +129,38 @@ def test_assemble_reports_a_corrupt_component_config_in_one_line(parts, tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "not valid JSON" in err and "\n" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_assemble_takes_a_prior_runs_best_model_unless_last_and_stores_examples(parts, tmp_path, capsys):
+    import shutil
+
+    from dalle_zero.models.transformer import DalleTransformer
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+
+    run = tmp_path / "prior_run"
+    shutil.copytree(parts / "prior_run", run)
+    best = tiny_transformer(tiny_tokenizer().vocab_size, seed=1)  # other weights than model/
+    best.save_pretrained(run / "best_model")
+    (run / "best.json").write_text(json.dumps({"step": 40, "figure": "loss", "value": 3.25}))
+    examples = tmp_path / "examples.txt"
+    examples.write_text("red heart\n\npizza, noto style\n", encoding="utf-8")
+    common = f"assemble --tokenizer {parts}/tokenizer --dvae {parts}/dvae_run --prior {run}"
+    assert main(f"{common} --out {tmp_path / 'best'} --examples {examples}".split()) == 0
+    assert "best model of the run (loss 3.25 at step 40)" in capsys.readouterr().out
+    assert main(f"{common} --out {tmp_path / 'last'} --last".split()) == 0
+    chosen = TextToImagePipeline.from_pretrained(tmp_path / "best")
+    last = TextToImagePipeline.from_pretrained(tmp_path / "last")
+    assert chosen.examples == ["red heart", "pizza, noto style"] and last.examples == []
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert same(chosen.transformer, best)
+    assert same(last.transformer, DalleTransformer.from_pretrained(run / "model"))
+    assert not same(chosen.transformer, last.transformer)
+
+
+def test_assemble_with_a_missing_examples_file_is_a_one_line_error(parts, tmp_path, capsys):
+    rc = main(
+        f"assemble --tokenizer {parts}/tokenizer --dvae {parts}/dvae_run --prior {parts}/prior_run "
+        f"--out {tmp_path / 'm'} --examples {tmp_path / 'nope.txt'}".split()
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "--examples: file not found" in err and len(err.strip().splitlines()) == 1

@@ -4,12 +4,15 @@ Each source may be a model folder (``config.json`` + weights), a training run fo
 ``model/`` sub-folder is used) or an existing pipeline folder (its matching component). The
 components are checked against each other (text vocabulary and length, image vocabulary and grid)
 before anything is written; the result loads with ``TextToImagePipeline.from_pretrained`` and runs
-with ``dalle generate --model``.
+with ``dalle generate --model``. A prior run trained with ``select_by`` contributes its
+``best_model/`` (the lowest validation figure) unless ``--last`` asks for the last model. ``--examples``
+stores example captions in the folder (``dalle generate --examples`` prints them).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "assemble tokenizer + dVAE + prior (+ CLIP) into one model folder for `dalle generate`"
 
@@ -20,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", required=True, help="transformer prior run or model folder")
     parser.add_argument("--clip", help="CLIP reranker run or model folder (optional)")
     parser.add_argument("--out", required=True, help="model folder to write")
+    parser.add_argument(
+        "--last", action="store_true", help="take a prior run's last model, not its best by validation"
+    )
+    parser.add_argument(
+        "--examples", help="text file of example captions, one per line, stored with the model (optional)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,12 +37,24 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.models.transformer import DalleTransformer
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline, resolve_component_dir
     from dalle_zero.tokenizers.bpe import BPETokenizer
+    from dalle_zero.training.loop import best_model
 
     tokenizer = BPETokenizer.from_pretrained(resolve_component_dir(args.tokenizer, "tokenizer"))
     dvae = DiscreteVAE.from_pretrained(resolve_component_dir(args.dvae, "dvae"))
-    prior = DalleTransformer.from_pretrained(resolve_component_dir(args.prior, "transformer"))
+    best = None if args.last else best_model(args.prior)
+    prior_dir = best[0] if best is not None else resolve_component_dir(args.prior, "transformer")
+    if best is not None:
+        print(f"prior: the best model of the run ({best[1].get('figure')} {best[1].get('value'):.4g} at step "
+              f"{best[1].get('step')}); --last takes the last")
+    prior = DalleTransformer.from_pretrained(prior_dir)
     clip = DalleCLIP.from_pretrained(resolve_component_dir(args.clip, "clip")) if args.clip else None
-    pipeline = TextToImagePipeline(tokenizer, dvae, prior, clip)
+    examples: list[str] = []
+    if args.examples:
+        path = Path(args.examples)
+        if not path.is_file():
+            raise FileNotFoundError(f"--examples: file not found: {path}")
+        examples = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pipeline = TextToImagePipeline(tokenizer, dvae, prior, clip, examples=examples)
     out = pipeline.save_pretrained(args.out)
     t = prior.config
     print(

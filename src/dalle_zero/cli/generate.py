@@ -10,6 +10,10 @@ For each caption it writes, into ``--out``:
 With ``--candidates N`` and a CLIP in the model folder, N samples are drawn and the best ``-n``
 kept. ``--prime-image PATH --prime-rows R`` keeps the top R token rows of the encoded image and
 samples the rest (image-to-image). Without ``--seed`` a random seed is drawn and recorded.
+
+``--examples`` prints the model folder's example captions (``examples.json``) instead. A caption
+most of whose words the training captions never contained gets a ``dalle: warning:`` line on stderr
+and is drawn anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 from dalle_zero.cli.options import add_sampling_arguments, load_pipeline, sampling_settings
@@ -26,7 +31,12 @@ HELP = "generate images from captions with a model folder (from `dalle assemble`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("captions", nargs="+", metavar="CAPTION", help="one or more captions")
+    parser.add_argument("captions", nargs="*", metavar="CAPTION", help="one or more captions")
+    parser.add_argument(
+        "--examples",
+        action="store_true",
+        help="print the model's example captions, one per line, and exit (no CAPTION needed)",
+    )
     parser.add_argument("--model", required=True, help="model folder written by `dalle assemble`")
     parser.add_argument("-n", type=int, default=4, help="images to keep per caption (default 4)")
     parser.add_argument("--candidates", type=int, help="samples drawn per caption, reranked by CLIP (>= -n)")
@@ -70,12 +80,37 @@ def make_grid(images: list, scale: int, pad: int = 2) -> object:
     return grid
 
 
+def print_examples(args: argparse.Namespace) -> int:
+    """``--examples``: the example captions of ``--model``, one per line (the models are not loaded)."""
+    from dalle_zero.pipelines.text_to_image import EXAMPLES_NAME, read_examples, read_pipeline_json
+
+    if args.captions:
+        raise ValueError("--examples lists the model's example captions and draws nothing: drop the captions")
+    model_dir = Path(args.model)
+    read_pipeline_json(model_dir)  # a clear error unless this is a model folder
+    examples = read_examples(model_dir)
+    if not examples:
+        print(
+            f"dalle: {model_dir} has no example captions (a JSON list of captions in {EXAMPLES_NAME} adds some)",
+            file=sys.stderr,
+        )
+        return 0
+    for caption in examples:
+        # one line each; the tokenizer collapses whitespace runs anyway, so the caption means the same
+        print(" ".join(caption.split()))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from dalle_zero.io import atomic_write_text
     from dalle_zero.pipelines.text_to_image import to_pil
 
+    if args.examples:
+        return print_examples(args)
+    if not args.captions:
+        raise ValueError("give at least one caption to draw (--examples lists the model's example captions)")
     for caption in args.captions:
         if not caption.strip():
             raise ValueError("a caption is empty: give some text to draw")
@@ -85,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--prime-image: image not found: {args.prime_image}")
     model_dir = Path(args.model)
     pipeline = load_pipeline(args)
+    for caption in args.captions:
+        pipeline.check_caption(caption)  # e.g. only control characters: nothing left once normalised
+        warning = pipeline.caption_warning(caption)
+        if warning:
+            hint = " (dalle generate --examples lists some)" if pipeline.examples else ""
+            print(f"dalle: warning: {warning}{hint}", file=sys.stderr)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     settings = {
         "n": args.n,

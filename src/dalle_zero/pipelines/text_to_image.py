@@ -3,7 +3,8 @@
 ``TextToImagePipeline(tokenizer, dvae, transformer, clip=None)`` turns captions into images:
 
 1. the caption is BPE-encoded to ``text_seq_len`` ids (lower-cased; an over-long caption keeps its
-   first tokens, with a warning; an empty caption is refused);
+   first tokens, with a warning; a caption with no text left after normalisation is refused,
+   :meth:`~TextToImagePipeline.check_caption`);
 2. ``candidates`` image-token grids per caption are sampled from the prior
    (:func:`~dalle_zero.sampling.generate.generate_image_tokens`), optionally primed with the top
    ``prime_rows`` rows of an encoded image (image-to-image, paper §3.3);
@@ -19,12 +20,19 @@ A pipeline saves as one folder (design.md): ``pipeline.json`` naming the compone
 sub-folders ``tokenizer/``, ``dvae/``, ``transformer/`` and (optionally) ``clip/``, written atomically.
 Components that do not fit together (text vocabulary or length, image vocabulary or grid) are
 refused with both values in the message.
+
+A model only draws what its training captions taught it, and nothing in a free-text box says what
+that is. So a pipeline may carry ``examples`` (captions that show its caption language, saved as
+``examples.json``, a JSON list of strings), and :meth:`~TextToImagePipeline.caption_warning` flags a
+caption most of whose words the training captions never contained (the tokenizer's word list,
+:meth:`~dalle_zero.tokenizers.bpe.BPETokenizer.unknown_words`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +46,15 @@ from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, resolve
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.transformer import DalleTransformer
-from dalle_zero.sampling.generate import generate_image_tokens
+from dalle_zero.sampling.generate import GUIDANCE_TOP_P, generate_image_tokens
 from dalle_zero.sampling.rerank import rerank
-from dalle_zero.tokenizers.bpe import BPETokenizer
+from dalle_zero.tokenizers.bpe import BPETokenizer, caption_words
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_NAME = "pipeline.json"
+EXAMPLES_NAME = "examples.json"
+MAX_WORDS_NAMED = 10  # a caption warning names at most this many unseen words
 COMPONENTS = ("tokenizer", "dvae", "transformer", "clip")
 COMPONENT_TYPES = {"tokenizer": "tokenizer", "dvae": "dvae", "transformer": "transformer", "clip": "clip"}
 
@@ -127,8 +137,39 @@ def check_components(
             raise ValueError(f"components do not match: {a_name} is {a} but {b_name} is {b}")
 
 
+def check_examples(examples: Any, *, source: str = "examples") -> list[str]:
+    """``examples`` as a new list, or ValueError naming ``source`` unless it is a list of non-empty strings."""
+    expected = "must be a list of non-empty caption strings"
+    if not isinstance(examples, (list, tuple)):  # a lone string would pass as a list of letters
+        raise ValueError(f"{source}: {expected}, got a {type(examples).__name__}")
+    bad = [e for e in examples if not isinstance(e, str) or not e.strip()]
+    if bad:
+        raise ValueError(f"{source}: {expected}, found {bad[0]!r}")
+    return list(examples)
+
+
+def read_examples(folder: str | Path) -> list[str]:
+    """The example captions of a model folder (``examples.json``); an empty list if it has none."""
+    path = Path(folder) / EXAMPLES_NAME
+    if not path.is_file():
+        return []
+    return check_examples(read_json_file(path), source=str(path))
+
+
+def _no_text_message(caption: str) -> str:
+    if not caption.strip():
+        return f"caption {caption!r} is empty: give some text to draw"
+    return (
+        f"caption {caption[:60]!r} has no text to draw: normalisation drops all of its characters "
+        "(control or formatting characters); give some words"
+    )
+
+
 class TextToImagePipeline:
-    """Captions -> images with a BPE tokenizer, a dVAE, a DALL-E prior and an optional CLIP reranker."""
+    """Captions -> images with a BPE tokenizer, a dVAE, a DALL-E prior and an optional CLIP reranker.
+
+    ``examples``: captions that show what the model can draw (saved as ``examples.json``).
+    """
 
     def __init__(
         self,
@@ -136,8 +177,11 @@ class TextToImagePipeline:
         dvae: DiscreteVAE,
         transformer: DalleTransformer,
         clip: DalleCLIP | None = None,
+        *,
+        examples: Sequence[str] = (),
     ) -> None:
         check_components(tokenizer, dvae, transformer, clip)
+        self.examples = check_examples(examples)
         self.tokenizer = tokenizer
         self.dvae = dvae.eval()
         self.transformer = transformer.eval()
@@ -161,12 +205,48 @@ class TextToImagePipeline:
 
     # ---- captions and priming ----
 
+    def check_caption(self, caption: str) -> None:
+        """Raise ValueError (one line) if ``caption`` leaves no text to condition on: blank, or made only
+        of characters the normalisation drops (:func:`~dalle_zero.tokenizers.bpe.normalize_caption`)."""
+        if not isinstance(caption, str):
+            raise ValueError(f"a caption must be a string, got {type(caption).__name__}")
+        if not self.tokenizer.tokenize([caption])[0]:
+            raise ValueError(_no_text_message(caption))
+
+    def unknown_words(self, caption: str) -> list[str]:
+        """Words of ``caption`` that no training caption of the tokenizer contained, each once, in order.
+
+        Empty when the tokenizer records no word list (trained before word lists were recorded).
+        """
+        return self.tokenizer.unknown_words(caption)
+
+    def caption_warning(self, caption: str) -> str | None:
+        """One line if more than half of the words of ``caption`` never appeared in training, else None.
+
+        The prior has never seen those words (byte-level BPE encodes them anyway), so the images
+        follow the few words it knows, or none. None as well without the tokenizer's word list.
+        """
+        unknown = self.unknown_words(caption)
+        if not unknown:
+            return None
+        words, unseen = caption_words(caption), set(unknown)
+        n_unknown = sum(w in unseen for w in words)  # with repeats: "zebra zebra" counts twice
+        if 2 * n_unknown <= len(words):
+            return None
+        named = ", ".join(f'"{w}"' for w in unknown[:MAX_WORDS_NAMED])
+        if len(unknown) > MAX_WORDS_NAMED:
+            named += f" and {len(unknown) - MAX_WORDS_NAMED} more"
+        return (
+            f"most words of this caption never appeared in training: {named}; "
+            "the model draws only what its captions taught it"
+        )
+
     def encode_captions(self, prompts: list[str]) -> Tensor:
-        """Captions -> LongTensor[B, Tt]; empty captions are refused, over-long ones truncated with a warning."""
+        """Captions -> LongTensor[B, Tt]; captions without text are refused, over-long ones truncated with a warning."""
         lengths = [len(ids) for ids in self.tokenizer.tokenize(prompts)]
         for prompt, n in zip(prompts, lengths):
             if n == 0:
-                raise ValueError(f"caption {prompt!r} is empty: give some text to draw")
+                raise ValueError(_no_text_message(prompt))
             if n > self.tokenizer.text_seq_len:
                 logger.warning(
                     "caption %r has %d tokens; only the first %d (text_seq_len) are used",
@@ -221,6 +301,7 @@ class TextToImagePipeline:
         top_k: int | None = None,
         top_p: float | None = None,
         guidance_scale: float = 1.0,
+        guidance_top_p: float | None = GUIDANCE_TOP_P,
         prime_image: str | Path | Tensor | Any | None = None,
         prime_rows: int | None = None,
         batch_size: int = 8,
@@ -269,6 +350,7 @@ class TextToImagePipeline:
                         top_k=top_k,
                         top_p=top_p,
                         guidance_scale=guidance_scale,
+                        guidance_top_p=guidance_top_p,
                         prime_tokens=None if prime is None else prime.expand(bsz, -1),
                         progress=(lambda done, total: bar.update(1)) if bar is not None else False,
                     )
@@ -299,7 +381,8 @@ class TextToImagePipeline:
     # ---- save / load ----
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``pipeline.json`` and one sub-folder per component to ``folder`` atomically."""
+        """Write ``pipeline.json``, one sub-folder per component and (with examples) ``examples.json``
+        to ``folder`` atomically."""
         folder = Path(folder)
         parts = {"tokenizer": self.tokenizer, "dvae": self.dvae, "transformer": self.transformer, "clip": self.clip}
         with atomic_directory(folder) as tmp:
@@ -313,6 +396,8 @@ class TextToImagePipeline:
                 "components": {name: (name if part is not None else None) for name, part in parts.items()},
             }
             (tmp / PIPELINE_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+            if self.examples:
+                (tmp / EXAMPLES_NAME).write_text(json.dumps(self.examples, indent=2) + "\n")
         return folder
 
     @classmethod
@@ -325,8 +410,9 @@ class TextToImagePipeline:
         clip = None
         if components.get("clip"):
             clip = DalleCLIP.from_pretrained(folder / components["clip"], map_location=map_location)
+        examples = read_examples(folder)
         try:
-            return cls(tokenizer, dvae, transformer, clip)
+            return cls(tokenizer, dvae, transformer, clip, examples=examples)
         except ValueError as e:
             raise ValueError(f"{folder}: {e}") from None
 

@@ -18,7 +18,10 @@ learned per-position pad. :class:`BPETokenizer` does the same on top of Hugging 
 
 A tokenizer saves as a folder holding ``tokenizer.json`` (the library's format) and
 ``config.json`` (``model_type`` "tokenizer", ``format_version``, ``vocab_size``, ``text_seq_len``,
-``dropout_p``).
+``dropout_p``). A tokenizer from :meth:`BPETokenizer.train` also records the words of its training
+captions (:func:`caption_words`) in ``words.json``, a sorted JSON list: byte-level BPE encodes any
+word, so only this list tells which words a model trained with it has ever read
+(:meth:`BPETokenizer.unknown_words`). A folder without it leaves ``known_words`` None.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,17 +38,19 @@ from pathlib import Path
 
 import torch
 
-from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, read_config_json
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
+WORDS_FILE = "words.json"
 PAD_ID = 0
 PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS = (PAD_TOKEN,)  # id i = SPECIAL_TOKENS[i]
 N_BYTES = 256  # byte-level alphabet: every string is representable without an unknown token
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + N_BYTES
+WORD = re.compile(r"\w+")  # a word of a normalised caption: letters of any script, digits, underscores
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,13 +76,23 @@ def normalize_caption(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", ftfy.fix_text(text)).lower().split())
 
 
+def caption_words(text: str) -> list[str]:
+    """The words of a caption in order, as :func:`normalize_caption` leaves them: runs of letters
+    (any script), digits and underscores; punctuation, symbols and emoji are not words."""
+    return WORD.findall(normalize_caption(text))
+
+
 class BPETokenizer:
     """Byte-level BPE with fixed-length output; build with :meth:`train` or :meth:`from_pretrained`."""
 
-    def __init__(self, tokenizer: object, config: TokenizerConfig) -> None:
-        """Wrap a trained ``tokenizers.Tokenizer``; prefer :meth:`train` / :meth:`from_pretrained`."""
+    def __init__(self, tokenizer: object, config: TokenizerConfig, *, known_words: Iterable[str] | None = None) -> None:
+        """Wrap a trained ``tokenizers.Tokenizer``; prefer :meth:`train` / :meth:`from_pretrained`.
+
+        ``known_words``: the words of the training captions (:func:`caption_words`), or None if unknown.
+        """
         self._tok = tokenizer
         self.config = config
+        self.known_words: frozenset[str] | None = None if known_words is None else frozenset(known_words)
         self.truncated_count = 0  # captions longer than text_seq_len seen by encode() so far
         self._warned_truncation = False
         self._merge_ranks: dict[tuple[str, str], int] | None = None  # built lazily for dropout
@@ -114,6 +130,7 @@ class BPETokenizer:
         TokenizerConfig(vocab_size=vocab_size, text_seq_len=text_seq_len, dropout_p=dropout_p)
 
         n_captions = 0
+        words: set[str] = set()
 
         def normalized() -> Iterable[str]:
             nonlocal n_captions
@@ -121,7 +138,9 @@ class BPETokenizer:
                 if not isinstance(c, str):
                     raise ValueError(f"captions must be strings, got {type(c).__name__}")
                 n_captions += 1
-                yield normalize_caption(c)
+                text = normalize_caption(c)
+                words.update(WORD.findall(text))  # caption_words(c), without normalising twice
+                yield text
 
         tok = Tokenizer(models.BPE())
         tok.normalizer = None  # normalize_caption runs in Python (ftfy has no Rust equivalent)
@@ -151,7 +170,8 @@ class BPETokenizer:
                 vocab_size,
             )
         logger.info("trained BPE tokenizer: %d tokens from %d captions", actual, n_captions)
-        return cls(tok, TokenizerConfig(vocab_size=actual, text_seq_len=text_seq_len, dropout_p=dropout_p))
+        config = TokenizerConfig(vocab_size=actual, text_seq_len=text_seq_len, dropout_p=dropout_p)
+        return cls(tok, config, known_words=words)
 
     # ---- properties ----
 
@@ -169,7 +189,15 @@ class BPETokenizer:
 
     def with_text_seq_len(self, text_seq_len: int) -> BPETokenizer:
         """A copy that pads/truncates to another length (same vocabulary)."""
-        return BPETokenizer(self._tok, dataclasses.replace(self.config, text_seq_len=text_seq_len))
+        config = dataclasses.replace(self.config, text_seq_len=text_seq_len)
+        return BPETokenizer(self._tok, config, known_words=self.known_words)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` (:func:`caption_words`) absent from the training captions, each once,
+        in caption order; empty when this tokenizer has no word list (``known_words`` is None)."""
+        if self.known_words is None:
+            return []
+        return list(dict.fromkeys(w for w in caption_words(text) if w not in self.known_words))
 
     # ---- encoding ----
 
@@ -267,13 +295,16 @@ class BPETokenizer:
     # ---- save / load ----
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``tokenizer.json`` + ``config.json`` to ``folder`` atomically."""
+        """Write ``tokenizer.json`` + ``config.json`` (+ ``words.json`` if known) to ``folder`` atomically."""
         folder = Path(folder)
         meta = {"model_type": "tokenizer", "format_version": FORMAT_VERSION}
         with atomic_directory(folder) as tmp:
             (tmp / TOKENIZER_FILE).write_text(self._tok.to_str(pretty=True))  # type: ignore[attr-defined]
             cfg = json.loads(self.config.to_json())
             (tmp / CONFIG_NAME).write_text(json.dumps({**meta, **cfg}, indent=2) + "\n")
+            if self.known_words is not None:
+                # one word per line; ASCII escapes, so reading it back never depends on the locale
+                (tmp / WORDS_FILE).write_text(json.dumps(sorted(self.known_words), indent=0) + "\n")
         return folder
 
     @classmethod
@@ -291,13 +322,27 @@ class BPETokenizer:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on malformed files
             raise ValueError(f"{path}: not a readable tokenizers file ({e})") from None
+        known_words = read_words_file(folder / WORDS_FILE)
         try:
-            return cls(tok, config)
+            return cls(tok, config, known_words=known_words)
         except ValueError as e:
             raise ValueError(f"{folder}: {e}") from None
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}, text_seq_len={self.text_seq_len})"
+
+
+def read_words_file(path: Path) -> list[str] | None:
+    """The word list of a tokenizer folder's ``words.json``; None if the file is absent."""
+    if not path.is_file():
+        return None
+    words = read_json_file(path)
+    if not isinstance(words, list):
+        raise ValueError(f"{path}: must be a JSON list of words (strings), got a {type(words).__name__}")
+    bad = [w for w in words if not isinstance(w, str)]
+    if bad:
+        raise ValueError(f"{path}: must be a JSON list of words (strings), found {bad[0]!r}")
+    return words
 
 
 def _merge_word(symbols: list[str], ranks: dict[tuple[str, str], int], p: float, rng: random.Random) -> list[str]:
