@@ -37,6 +37,7 @@ import torch
 def main() -> None:
     from tqdm.auto import tqdm
 
+    from dalle_zero.data.metadata import read_metadata
     from dalle_zero.evaluation.evaluate import EvalConfig, asked_labels, pick_evenly, read_splits, sample_candidates
     from dalle_zero.evaluation.metrics import to_float_images
     from dalle_zero.io import resolve_model_dir
@@ -44,7 +45,6 @@ def main() -> None:
     from dalle_zero.models.evaluator import EmojiEvaluator
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.sampling.rerank import rerank
-    from dalle_zero.training.evaluator import read_metadata
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="pipeline folder (`dalle assemble`, or a demo's model/)")

@@ -191,6 +191,7 @@ def main() -> None:
 def compare(args: argparse.Namespace) -> None:
     import torch
 
+    from dalle_zero.data.metadata import read_metadata
     from dalle_zero.data.tokens import TokenDataset
     from dalle_zero.demo import DemoConfig
     from dalle_zero.demo.budget import fastest_thread_count
@@ -207,7 +208,6 @@ def compare(args: argparse.Namespace) -> None:
     from dalle_zero.models.evaluator import EmojiEvaluator
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.sampling.rerank import rerank
-    from dalle_zero.training.evaluator import read_metadata
 
     demo = Path(args.demo)
     out = Path(args.out) if args.out else demo / "bench_dalle_pytorch"

@@ -21,12 +21,12 @@ import torch
 
 
 def main() -> None:
+    from dalle_zero.data.metadata import read_metadata
     from dalle_zero.evaluation import metrics
     from dalle_zero.evaluation.evaluate import asked_labels, load_real_images, read_splits, round_trip
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.models.evaluator import EmojiEvaluator
-    from dalle_zero.training.evaluator import read_metadata
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--evaluator", required=True, help="evaluator run or model folder")

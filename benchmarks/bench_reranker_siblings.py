@@ -22,13 +22,13 @@ import torch
 
 @torch.no_grad()
 def main() -> None:
+    from dalle_zero.data.metadata import read_metadata
     from dalle_zero.evaluation.evaluate import load_real_images, read_splits, round_trip
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.sampling.rerank import resize_pixels
     from dalle_zero.tokenizers.bpe import BPETokenizer
-    from dalle_zero.training.evaluator import read_metadata
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="dataset folder from `dalle data emoji`")

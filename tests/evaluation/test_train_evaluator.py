@@ -36,6 +36,7 @@ def _config(data, steps: int = 150) -> EvaluatorTrainConfig:
         loop=LoopConfig(steps=steps, batch_size=32, log_every=50, checkpoint_every=1000, seed=0),
         lr=3e-3,
         warmup_steps=10,
+        concept_field=None,  # the label heads alone, trained on the training split (test_concept_head.py)
     )
     return build_train_config(cfg)
 
@@ -132,7 +133,7 @@ def test_train_evaluator_command_writes_a_model_and_prints_held_out_accuracy(
     code = main([*argv, "--steps", "10", "--batch-size", "16", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "evaluator heads: category (3), subcategory (3), tone (3), style (2); input 16 px" in out
+    assert "evaluator heads: category (3), subcategory (3), tone (3), style (2), concept (3); input 16 px" in out
     assert "validation: category_acc" in out
     model = EmojiEvaluator.from_pretrained(run / "model")
     assert model.config.image_size == 16 and model.config.widths == (8, 16)

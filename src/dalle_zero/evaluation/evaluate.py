@@ -14,6 +14,15 @@ real images (§6.1). :func:`evaluate_model` does the same on a dataset built by 
   by a CLIP trained apart from the reranker (never the reranker itself);
 - the share of images whose skin tone / style the evaluator reads as the one the caption asked for,
   with the same read-out on the real images beside it (how well the evaluator reads them at all);
+- concept top-1 / top-5 accuracy: does the evaluator's concept head read the image as the concept
+  asked for, beside the same read on the real images and on their dVAE reconstructions (the
+  ceilings);
+- the last two for several **kinds of caption** (``caption_kinds``): the dataset's canonical caption,
+  the plain name alone ("red heart"), the name with its attributes in plain words ("thumbs up, dark
+  skin tone, noto style") and a phrasing no training caption uses; the non-canonical kinds are
+  sampled for the splits in ``kind_splits`` only, since each kind costs as much sampling as a split;
+- how much the prior uses the caption: its bits per image on real images with the right caption, a
+  shuffled one and the empty one;
 - held-out bits per image token and per (non-pad) text token of the prior on the real pairs;
 - dVAE reconstruction PSNR / SSIM and codebook perplexity / usage;
 - with a TorchScript Inception-v3 (``inception``), standard FID and IS as well.
@@ -27,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +47,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.data.metadata import read_metadata
 from dalle_zero.data.pairs import read_splits as read_splits_file
 from dalle_zero.evaluation import metrics
+from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, kinds_for
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
+from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, concept_figures, kind_figures
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +72,15 @@ class EvalConfig(Config):
     top_k: int | None = None
     top_p: float | None = None
     guidance_scale: float = 1.0
+    guidance_top_p: float | None = 0.95  # guidance only within the conditional nucleus (sampling.generate)
     r_precision_distractors: int = 99  # AttnGAN/DM-GAN protocol: 1 true caption among 100
     kid_subsets: int = 50
     dvae_split: str = "validation"  # real images for the reconstruction figures
     dvae_images: int = 512
     grid_images: int = 32  # generated images per split saved as a PNG grid (0: none)
+    caption_kinds: tuple[str, ...] = CAPTION_KINDS  # see the module docstring; "canonical" always runs
+    kind_splits: tuple[str, ...] = ("train", "unseen_compositions")  # splits sampled with the other kinds
+    concept_head: str = "concept"  # the evaluator head that names concepts (skipped if it has none)
 
     def __post_init__(self) -> None:
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits):
@@ -78,20 +95,14 @@ class EvalConfig(Config):
             check_int(self, "top_k", min_value=1)
         if self.top_p is not None:
             check_float(self, "top_p", min_value=0.0, max_value=1.0, strict_min=True)
-
-
-@dataclass(frozen=True)
-class SplitSamples:
-    """The captions of one split, their real images and the images generated for them."""
-
-    split: str
-    stems: list[str]
-    captions: list[str]
-    rows: list[dict[str, Any]]  # metadata rows
-    real: Tensor  # float[N, 3, S, S] in [0, 1] (S: the dVAE's image size)
-    fake: Tensor  # float[N, 3, S, S] in [0, 1]
-    scores: Tensor | None  # float[N] reranker scores of the kept images (None: no reranking)
-    recon: Tensor | None = None  # float[N, 3, S, S]: the real images through the dVAE and back
+        if self.guidance_top_p is not None:
+            check_float(self, "guidance_top_p", min_value=0.0, max_value=1.0, strict_min=True)
+        unknown = [k for k in self.caption_kinds if k not in CAPTION_KINDS]
+        if unknown or "canonical" not in self.caption_kinds:
+            raise ValueError(
+                f"EvalConfig.caption_kinds must include 'canonical' and be among {list(CAPTION_KINDS)}, "
+                f"got {list(self.caption_kinds)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,23 +131,6 @@ def load_real_images(data_dir: Path, stems: Sequence[str], size: int) -> Tensor:
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(0, 1)
-
-
-def asked_labels(rows: Sequence[dict[str, Any]], head: str, *, holdout_only: bool = False) -> list[str | None]:
-    """The label of ``head`` each caption asks for (None: no single label, or not the held-out part).
-
-    ``holdout_only`` keeps only the attribute an unseen-composition item was held out for
-    (``holdout`` "tone" for the tone head, "style" for the style head).
-    """
-    from dalle_zero.training.evaluator import field_label
-
-    out: list[str | None] = []
-    for r in rows:
-        if holdout_only and r.get("holdout") != head:
-            out.append(None)
-        else:
-            out.append(field_label(r, head))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +200,7 @@ def sample_candidates(
             top_k=config.top_k,
             top_p=config.top_p,
             guidance_scale=config.guidance_scale,
+            guidance_top_p=config.guidance_top_p,
         )  # (b, Ti)
         tokens.append(t.cpu())
         images.append(pipeline._decode(t.view(-1, grid, grid)))  # (b, 3, S, S)
@@ -277,37 +272,18 @@ def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tup
     return out, recon
 
 
-def attribute_figures(evaluator: nn.Module, s: SplitSamples) -> dict[str, Any]:
-    """Tone / style read-outs of the generated images, and of the same captions' real images
-    (``real_*``: how well the evaluator reads) and their dVAE reconstructions (``recon_*``: what a
-    prior that drew exactly the real images' codes would score; a reference for what the tokenizer
-    loses, not a bound, since a prior can draw more typical colours than one image's codes), per head
-    the evaluator has."""
-    out: dict[str, Any] = {}
-    heads = [h for h in ("tone", "style") if h in evaluator.config.head_names]
-    views = {"": s.fake, "real_": s.real}
-    if s.recon is not None:
-        views["recon_"] = s.recon
-    for head in heads:
-        asked = asked_labels(s.rows, head)
-        for prefix, images in views.items():
-            acc, n = metrics.attribute_accuracy(evaluator, images, head, asked)
-            out[f"{prefix}{head}_accuracy"] = acc
-        out[f"{head}_n"] = n
-    if s.split == "unseen_compositions":
-        right = dict.fromkeys(views, 0.0)
-        total = 0
-        for head in heads:
-            asked = asked_labels(s.rows, head, holdout_only=True)
-            for prefix, images in views.items():
-                acc, n = metrics.attribute_accuracy(evaluator, images, head, asked)
-                out[f"{prefix}heldout_{head}_accuracy"] = acc
-                right[prefix] += acc * n if n else 0.0
-            out[f"heldout_{head}_n"] = n
-            total += n
-        for prefix in views:
-            out[f"{prefix}heldout_attribute_accuracy"] = right[prefix] / total if total else math.nan
-        out["heldout_attribute_n"] = total
+@torch.no_grad()
+def caption_use_bits(pipeline: Any, captions: Sequence[str], real: Tensor, *, batch_size: int = 64) -> dict[str, float]:
+    """The prior's bits per image on real images with the right caption, a shuffled caption (each image
+    gets the caption half the list away) and the empty caption. Right against shuffled is how much the
+    model uses the caption; right against empty, how much the caption tells it at all."""
+    n = len(captions)
+    ti = pipeline.transformer.config.image_seq_len
+    shuffled = [captions[(i + n // 2) % n] for i in range(n)] if n > 1 else list(captions)
+    out = {}
+    for name, caps in (("right", list(captions)), ("shuffled", shuffled), ("empty", [""] * n)):
+        bits = prior_bits(pipeline, caps, real, batch_size=batch_size)["bits_per_image_token"]
+        out[f"bits_per_image_{name}_caption"] = bits * ti
     return out
 
 
@@ -383,7 +359,6 @@ def evaluate_model(
     from tqdm.auto import tqdm
 
     from dalle_zero.evaluation.report import save_image_grid
-    from dalle_zero.training.evaluator import read_metadata
 
     config = config or EvalConfig()
     data_dir = Path(data_dir)
@@ -405,10 +380,11 @@ def evaluate_model(
         else:
             logger.info("split %r is empty: skipped", name)
     generator = torch.Generator().manual_seed(config.seed)
-    total = sum(len(v) for v in plan.values()) * config.candidates
+    total = sum(len(v) * (1 + len(kinds_for(config, k))) for k, v in plan.items()) * config.candidates
     bar = tqdm(total=total, desc="eval: sampling", unit="img", disable=not progress, dynamic_ncols=True)
     results: dict[str, Any] = {"splits": {}}
     samples: dict[str, SplitSamples] = {}
+    skipped: Counter[str] = Counter()
     try:
         for name, stems in plan.items():
             rows = [meta[s] for s in stems]
@@ -416,9 +392,22 @@ def evaluate_model(
             real = load_real_images(data_dir, stems, size)
             fake, scores = generate_for_captions(pipeline, captions, config, generator=generator, progress=bar)
             _, recon = round_trip(pipeline.dvae, real)
-            samples[name] = SplitSamples(name, stems, captions, rows, real, fake, scores, recon)
+            kinds: dict[str, SplitSamples] = {}
+            for kind in kinds_for(config, name):
+                idx, caps = kind_captions(rows, kind)
+                skipped[f"{name}/{kind}"] += len(rows) - len(idx)
+                if not idx:
+                    continue
+                k_fake, k_scores = generate_for_captions(pipeline, caps, config, generator=generator, progress=bar)
+                kinds[kind] = SplitSamples(
+                    name, [stems[i] for i in idx], caps, [rows[i] for i in idx], real[idx], k_fake, k_scores, recon[idx]
+                )
+            samples[name] = SplitSamples(name, stems, captions, rows, real, fake, scores, recon, kinds)
     finally:
         bar.close()
+    if any(skipped.values()):
+        logger.warning("rows without a caption of that kind, skipped: %s",
+                       ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()) if v))
     for name, s in tqdm(samples.items(), desc="eval: figures", unit="split", disable=not progress):
         figures = split_figures(
             s,
@@ -429,11 +418,24 @@ def evaluate_model(
             inception=inception,
         )
         figures.update(prior_bits(pipeline, s.captions, s.real))
+        figures.update(concept_figures(evaluator, s, config.concept_head))
+        kinds = {"canonical": s, **(s.kinds or {})}
+        figures["captions"] = {
+            kind: kind_figures(evaluator, k, config.concept_head, asks_attributes=kind != "name")
+            for kind, k in kinds.items()
+        }
+        for kind in ("canonical", "name"):
+            if kind in kinds and len(kinds[kind].captions) > 1:
+                figures["captions"][kind].update(caption_use_bits(pipeline, kinds[kind].captions, kinds[kind].real))
         results["splits"][name] = figures
         if out_dir is not None and config.grid_images:
             k = min(config.grid_images, len(s.fake))
             save_image_grid(s.fake[:k], Path(out_dir) / "samples" / f"{name}_generated.png", nrow=8, scale=2)
             save_image_grid(s.real[:k], Path(out_dir) / "samples" / f"{name}_real.png", nrow=8, scale=2)
+            for kind, ks in (s.kinds or {}).items():
+                k = min(config.grid_images, len(ks.fake))
+                path = Path(out_dir) / "samples" / f"{name}_{kind}_generated.png"
+                save_image_grid(ks.fake[:k], path, nrow=8, scale=2)
     dvae_stems = pick_evenly(splits.get(config.dvae_split) or [], config.dvae_images)
     if dvae_stems and config.dvae_images:
         real = load_real_images(data_dir, dvae_stems, size)
@@ -444,6 +446,7 @@ def evaluate_model(
             pairs = torch.stack([real[:k], recon[:k]], dim=1).flatten(0, 1)  # original, reconstruction, ...
             save_image_grid(pairs, Path(out_dir) / "samples" / "dvae_reconstructions.png", nrow=8, scale=3)
     results["samples"] = {name: s.captions for name, s in samples.items()}
+    results["skipped_rows"] = {k: v for k, v in sorted(skipped.items()) if v}
     results["settings"] = {**config.to_dict(), "data": str(data_dir), "seconds": time.perf_counter() - t0}
     results["note"] = IN_HOUSE_NOTE
     return results

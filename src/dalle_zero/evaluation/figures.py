@@ -61,7 +61,8 @@ def figures(settings: dict[str, Any]) -> list[Figure]:
         Figure(
             "is_mean",
             "in-house IS ↑",
-            "torchmetrics InceptionScore from the evaluator's most detailed head (subcategory) on the generated "
+            "torchmetrics InceptionScore from the evaluator's head with the most labels (the concept head) on the "
+            "generated "
             "images; in brackets the real images of the same captions.",
             real_key="real_is_mean",
         ),
@@ -71,6 +72,26 @@ def figures(settings: dict[str, Any]) -> list[Figure]:
             f"share of generated images whose own caption a separately trained CLIP (another seed, not the "
             f"reranker) ranks above {k} random other captions of the split; in brackets: real images.",
             real_key="real_r_precision",
+        ),
+        Figure(
+            "concept_top1",
+            "concept read as asked, top-1 ↑",
+            "share of generated images that the evaluator's concept head (over every concept of the dataset, "
+            "trained on every real image) reads as the concept the caption asks for; in brackets: real images.",
+            real_key="real_concept_top1",
+        ),
+        Figure(
+            "concept_top5",
+            "concept read as asked, top-5 ↑",
+            "the same, counting an image as right when the asked concept is among the head's 5 most probable; "
+            "in brackets: real images.",
+            real_key="real_concept_top5",
+        ),
+        Figure(
+            "recon_concept_top5",
+            "concept top-5 of dVAE reconstructions ↑",
+            "the top-5 read-out on the real images after a round trip through the dVAE's codes: the ceiling a "
+            "prior could reach through this tokenizer.",
         ),
         Figure(
             "tone_accuracy",
@@ -140,7 +161,7 @@ def figure_rows(results: dict[str, Any]) -> list[FigureRow]:
             v = _value(f, fig.key, fig.scale)
             if v is not None:
                 rows.append(FigureRow(f"{SPLIT_TITLES.get(split, split)}: {fig.label}", v, fig.how))
-    return rows + dvae_rows(results)
+    return rows + kind_rows(results) + dvae_rows(results)
 
 
 def figure_table_html(results: dict[str, Any]) -> str:
@@ -163,7 +184,68 @@ def figure_table_html(results: dict[str, Any]) -> str:
         body.append(
             f"<tr><td>{html.escape(fig.label)}</td>{''.join(cells)}<td class='how'>{html.escape(fig.how)}</td></tr>"
         )
-    return f'<table class="figures"><tr><th>figure</th>{head}<th>how obtained</th></tr>{"".join(body)}</table>'
+    table = f'<table class="figures"><tr><th>figure</th>{head}<th>how obtained</th></tr>{"".join(body)}</table>'
+    return table + caption_kind_table_html(results)
+
+
+KIND_TITLES = {
+    "canonical": "canonical caption",
+    "name": "plain name",
+    "name_attributes": "plain name + attributes",
+    "unseen_phrasing": "unseen phrasing",
+}
+KIND_COLUMNS = (
+    ("concept_top1", "concept top-1"),
+    ("concept_top5", "concept top-5"),
+    ("heldout_attribute_accuracy", "held-out tone/style"),
+    ("bits_per_image_right_caption", "bits/image: right caption"),
+    ("bits_per_image_shuffled_caption", "shuffled"),
+    ("bits_per_image_empty_caption", "empty"),
+)
+KIND_NOTE = (
+    "The same model asked in four ways: the dataset's canonical caption; the plain name alone (\"red heart\"); "
+    "the name with its tone and style in plain words; and phrasings no training caption uses (\"red heart in "
+    "noto style\", \"a picture of red heart, google style\", \"red heart as a noto emoji\"). Concept accuracy "
+    "is read by the evaluator's concept head (ceilings: the table above, real images and dVAE reconstructions). "
+    "Bits per image are the prior's cross-entropy on the real images' codes with the right caption, another "
+    "caption of the split and the empty caption: right against shuffled is how much the model uses the caption."
+)
+
+
+def caption_kind_table_html(results: dict[str, Any]) -> str:
+    """An HTML table of the figures by caption kind: one row per (split, kind), "" if there are none."""
+    rows = []
+    for split, f in results.get("splits", {}).items():
+        for kind, k in (f.get("captions") or {}).items():
+            cells = "".join(
+                f'<td class="value">{html.escape(format_value(_value(k, key)))}</td>' for key, _ in KIND_COLUMNS
+            )
+            example = html.escape(str(k.get("example_caption") or ""))
+            rows.append(
+                f"<tr><td>{html.escape(SPLIT_TITLES.get(split, split))}</td>"
+                f"<td>{html.escape(KIND_TITLES.get(kind, kind))}<br><span class='how'>e.g. “{example}”</span></td>"
+                f"<td class='how'>{k.get('n_images', 0)}</td>{cells}</tr>"
+            )
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in KIND_COLUMNS)
+    return (
+        f"<p class='how'>{html.escape(KIND_NOTE)}</p><table class='figures'><tr><th>split</th><th>caption kind</th>"
+        f"<th>captions</th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def kind_rows(results: dict[str, Any]) -> list[FigureRow]:
+    """The caption-kind figures as flat rows (for plain-text output)."""
+    rows = []
+    for split, f in results.get("splits", {}).items():
+        for kind, k in (f.get("captions") or {}).items():
+            for key, label in KIND_COLUMNS:
+                v = _value(k, key)
+                if v is not None:
+                    title = f"{SPLIT_TITLES.get(split, split)}, {KIND_TITLES.get(kind, kind)}: {label}"
+                    rows.append(FigureRow(title, v, KIND_NOTE))
+    return rows
 
 
 def dvae_rows(results: dict[str, Any]) -> list[FigureRow]:

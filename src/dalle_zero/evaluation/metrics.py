@@ -265,6 +265,41 @@ def attribute_accuracy(
     return right / len(keep), len(keep)
 
 
+def label_top_k(
+    evaluator: nn.Module,
+    images: torch.Tensor,
+    head: str,
+    asked: Sequence[str | None],
+    *,
+    ks: Sequence[int] = (1, 5),
+    batch_size: int = 256,
+) -> tuple[dict[int, float], int]:
+    """``({k: share}, n)``: share of images whose ``asked`` label is among the ``k`` labels of ``head``
+    the evaluator finds most probable (top-1 is :func:`attribute_accuracy`'s read-out). Images are
+    counted as there; shares are NaN when n = 0. Used for "does the sample show the asked concept"."""
+    if len(asked) != len(images):
+        raise ValueError(f"asked has {len(asked)} labels for {len(images)} images")
+    labels = evaluator.config.head(head).labels
+    index = {lab: i for i, lab in enumerate(labels)}
+    keep = [i for i, a in enumerate(asked) if a is not None and a in index]
+    if not keep:
+        return {k: math.nan for k in ks}, 0
+    target = torch.tensor([index[asked[i]] for i in keep])  # type: ignore[index]
+    was = evaluator.training
+    evaluator.eval()
+    ranks = []
+    try:
+        with torch.no_grad():
+            for lo, b in zip(range(0, len(keep), batch_size), images[keep].split(batch_size)):
+                logits = evaluator(to_float_images(b).to(_device(evaluator)))[head].float().cpu()  # (b, L)
+                t = target[lo : lo + len(b)]
+                ranks.append((logits > logits.gather(1, t[:, None])).sum(1))  # labels scored above the asked one
+    finally:
+        evaluator.train(was)
+    rank = torch.cat(ranks)
+    return {k: float((rank < k).float().mean()) for k in ks}, len(keep)
+
+
 # ---------------------------------------------------------------------------------------------
 # reconstruction and token statistics
 

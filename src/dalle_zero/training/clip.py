@@ -213,8 +213,8 @@ class WithSiblings(Dataset):
 
 def concept_groups(data: str | Path, stems: Sequence[str]) -> list[str | None]:
     """The ``concept`` of each stem from ``metadata.jsonl`` beside the images or shards (None where it has none)."""
+    from dalle_zero.data.metadata import read_metadata
     from dalle_zero.data.sources import data_folder
-    from dalle_zero.training.evaluator import read_metadata
 
     folder = data_folder(data)  # a shard pattern or a single .tar: the folder holding them
     try:

@@ -12,6 +12,12 @@ measure of how well it reads category, skin tone and style. Labels come from the
   one-style dataset) is dropped, since it could only learn a constant;
 - a held-out label the training split never shows is ignored when scoring that head.
 
+The **concept** head (``concept_field``, default the metadata's ``concept``) is the exception: it
+names every concept of the dataset, so it reads whether a generated image shows what was asked, and
+it learns from *every* real image, held-out splits included. That is what Inception is to FID: a
+reader trained on real data, never on samples; the generated images it reads are new either way.
+Its accuracy on held-out real images is therefore not a held-out figure.
+
 Augmentation is label-preserving: a random shift of up to ``max_shift`` pixels (filled with the
 image's corner colour, the dataset background), an optional horizontal flip, and, for a share
 ``blur_prob`` of the images, a Gaussian blur of radius drawn uniformly from ``(0, max_blur]`` pixels.
@@ -24,7 +30,6 @@ per-sample seed the loop's sampler hands out, so a resumed run sees the same bat
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.data.metadata import field_label, read_metadata
 from dalle_zero.data.pairs import read_splits, split_list
 from dalle_zero.errors import DataError
 from dalle_zero.evaluation.metrics import random_blur
@@ -65,6 +71,7 @@ class EvaluatorTrainConfig(Config):
     )
     data: str | None = None  # dataset folder (images/, metadata.jsonl, splits.json); `--data` on the CLI
     fields: tuple[str, ...] = LABEL_FIELDS  # metadata fields that become heads
+    concept_field: str | None = "concept"  # a head over every concept, trained on every real image
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("validation", "unseen_compositions", "unseen_concepts")
     eval_max_images: int = 2048  # per split, first N stems in splits.json order
@@ -98,6 +105,11 @@ class EvaluatorTrainConfig(Config):
                 raise ValueError(
                     f"EvaluatorTrainConfig.{name} must be true or false, got {getattr(self, name)!r}"
                 )
+        concept = self.concept_field
+        if concept is not None and (not isinstance(concept, str) or not concept or concept in self.fields):
+            raise ValueError(
+                f"EvaluatorTrainConfig.concept_field must be null or a field name not in fields, got {concept!r}"
+            )
         check_int(self, "eval_max_images", min_value=1)
         check_int(self, "eval_batch_size", min_value=1)
         check_int(self, "max_shift", min_value=0)
@@ -118,35 +130,6 @@ class EvaluatorTrainConfig(Config):
 
 # ---------------------------------------------------------------------------------------------
 # labelled images from a dataset folder
-
-
-def field_label(row: dict[str, Any], name: str) -> str | None:
-    """The label of metadata field ``name`` for one row, or None when the field has no single label."""
-    value = row.get(name)
-    if name == "tone":
-        if value is None:
-            return "none"
-        return None if "/" in str(value) else str(value)
-    return None if value is None else str(value)
-
-
-def read_metadata(root: str | Path) -> dict[str, dict[str, Any]]:
-    """``{stem: row}`` from ``root/metadata.jsonl``."""
-    path = Path(root) / "metadata.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is {root} a dataset built by `dalle data emoji`?)")
-    rows: dict[str, dict[str, Any]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "stem" not in row:
-            raise DataError(f"{path}:{n}: expected an object with a 'stem' field")
-        rows[str(row["stem"])] = row
-    return rows
 
 
 def read_split(root: str | Path, split: str) -> list[str]:
@@ -382,8 +365,22 @@ class EvaluatorTask(TrainTask):
             blur_prob=cfg.blur_prob,
             max_blur=cfg.max_blur,
         )
-        evals = {}
         known = read_splits(root / "splits.json", error=DataError)
+        names = cfg.model.head_names
+        if cfg.concept_field is not None and cfg.concept_field in names:
+            # every other split's real images teach the concept head only; other heads ignore them
+            j = names.index(cfg.concept_field)
+            extra = [
+                load_labelled_split(root, split, heads, metadata=meta, image_size=size)
+                for split in sorted(known) if split != cfg.train_split and known[split]
+            ]
+            if extra:
+                labels = torch.cat([e.labels for e in extra])
+                only_concept = torch.full_like(labels, IGNORE)
+                only_concept[:, j] = labels[:, j]
+                train.images = torch.cat([train.images, *(e.images for e in extra)])
+                train.labels = torch.cat([train.labels, only_concept])
+        evals = {}
         for split in cfg.eval_splits:
             if not known.get(split):
                 logger.info("split %r is missing or empty in %s: not evaluated", split, root)
@@ -433,5 +430,13 @@ def build_train_config(cfg: EvaluatorTrainConfig) -> EvaluatorTrainConfig:
     if not model.heads:
         meta = read_metadata(root)
         rows = [meta[s] for s in read_split(root, cfg.train_split) if s in meta]
-        model = model.replace(heads=label_heads(rows, cfg.fields))
+        heads = label_heads(rows, cfg.fields)
+        if cfg.concept_field is not None:
+            field_ = cfg.concept_field
+            concepts = sorted({str(r[field_]) for r in meta.values() if r.get(field_) is not None})
+            if len(concepts) >= 2:
+                heads += (EvaluatorHead(name=cfg.concept_field, labels=tuple(concepts)),)
+            else:
+                logger.info("field %r has %d value(s): no concept head", cfg.concept_field, len(concepts))
+        model = model.replace(heads=heads)
     return cfg.replace(model=model)
