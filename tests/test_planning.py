@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from dalle_zero.cli.main import main
-from dalle_zero.cli.plan import load_transformer_config
+from dalle_zero.cli.plan import load_plan_config, load_transformer_config
 from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
-from dalle_zero.planning import attention_pairs, count_parameters, flops_per_sequence, plan_training
+from dalle_zero.planning import (
+    attention_pairs,
+    block_matrix_shapes,
+    count_parameters,
+    flops_per_sequence,
+    plan_training,
+)
 
 
 def tiny() -> TransformerConfig:
@@ -41,10 +47,18 @@ def test_attention_pairs_count_the_mask_entries():
     assert attention_pairs(full)["sparse"] == pairs["dense"]
 
 
-def test_training_flops_are_three_forwards_and_about_6n_per_token():
+def test_training_flops_of_a_tiny_config_match_a_hand_count_and_about_6n_per_token():
+    tiny_full = TransformerConfig(n_layer=1, n_head=1, n_embd=8, text_vocab_size=5, text_seq_len=3,
+                                  image_vocab_size=6, image_grid=2, attn_pattern=("full",))
+    # 7 input positions; per position 2 FLOPs per block-matrix weight (12·8² = 768); heads on their own
+    # positions (3 text × 5, 4 image × 6, 8 wide); attention 4·8 per causal pair (7·8/2 = 28)
+    forward = 2 * 768 * 7 + 2 * 8 * (3 * 5 + 4 * 6) + 4 * 8 * 28
+    assert forward == 12_272
+    flops = flops_per_sequence(tiny_full)
+    assert flops["forward"] == forward
+    assert flops["train"] == 36_816  # backward ≈ 2 forwards
     config = TransformerConfig.paper_12b()
     flops = flops_per_sequence(config)
-    assert flops["train"] == 3 * flops["forward"]
     six_n = 6 * count_parameters(config)["total"] * config.stream_len
     assert 0.95 < flops["train"] / six_n < 1.05
 
@@ -72,3 +86,70 @@ def test_plan_command_prints_a_table_and_json(capsys, tmp_path):
     assert data["parameters"]["total"] == count_parameters(tiny())["total"]
     assert main(["plan", "--config", "no-such-preset"]) == 2
     assert "no-such-preset" in capsys.readouterr().err
+
+
+# ---- the paper's setup (§2.5, App. E, Table 1) ----
+
+# Table 1: parameters, d_model, the smallest PowerSGD rank without a loss gap, and the compression rate
+TABLE_1 = {
+    "paper_2.8b": (2.8e9, 1920, 512, 0.83),
+    "paper_5.6b": (5.6e9, 2688, 640, 0.85),
+    "paper_12b": (12.0e9, 3968, 896, 0.86),
+}
+
+
+def _paper_plan(preset: str):
+    """The paper's run: 1024 V100s (125 TFLOP/s fp16) in machines of 8, state sharded within a machine."""
+    config, loop = load_plan_config(preset)
+    plan = plan_training(config, gpus=1024, gpus_per_machine=8, precision="fp16", peak_flops=125e12,
+                         powersgd_rank=loop["powersgd_rank"])
+    return config, loop, plan
+
+
+def test_block_matrix_shapes_are_the_built_blocks_matrices():
+    block = DalleTransformer(tiny()).blocks[0]
+    built = {name: tuple(p.shape) for name, p in block.named_parameters() if p.ndim == 2}
+    assert dict(block_matrix_shapes(tiny())) == built
+
+
+@pytest.mark.parametrize("preset", TABLE_1)
+def test_paper_presets_reproduce_table_1(preset):
+    params, d, rank, rate = TABLE_1[preset]
+    config, loop, plan = _paper_plan(preset)
+    assert (config.n_layer, config.n_embd, config.n_embd // config.n_head) == (64, d, 64)
+    assert loop["powersgd_rank"] == rank and loop["powersgd_shards"] == 8
+    assert plan.parameters["block_matrices"] == pytest.approx(params, rel=0.02)  # the table counts 12·d²·64
+    assert plan.compression_rate == pytest.approx(rate, abs=0.005)  # the table's "≈83 %" etc.
+    assert plan.shard == 8
+
+
+def test_the_12b_model_fits_a_16_gb_v100_as_the_paper_trained_it():
+    config, _, plan = _paper_plan("paper_12b")
+    assert 2 * plan.parameters["total"] == pytest.approx(24e9, rel=0.05)  # "24 GB of memory ... in 16-bit"
+    assert plan.memory_bytes_per_gpu < 16e9
+    fp32_state = plan_training(config, gpus=1024, gpus_per_machine=8, precision="bf16", powersgd_rank=896)
+    assert fp32_state.memory_bytes_per_gpu > 16e9  # fp32 master weights and moments would not fit
+    rest = plan.parameters["total"] - plan.parameters["block_matrices"]
+    matrices_sent = (plan.bytes_sent_per_step - 4 * rest) / (2 * plan.parameters["block_matrices"])
+    assert matrices_sent == pytest.approx(1 - 0.86, abs=0.005)  # 16-bit factors, the rest in fp32
+
+
+def test_plan_command_prints_the_papers_setup(capsys):
+    args = ["--gpus", "1024", "--gpus-per-machine", "8", "--precision", "fp16", "--peak-tflops", "125"]
+    assert main(["plan", "--config", "paper_12b", *args, "--gpu-memory", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "rank 896 (112 for each of 8 shards)" in out and "compressed 85.9%" in out
+    assert "fits a 16 GB GPU" in out and "sharded over 8" in out and "128 machine(s) of 8 GPU(s)" in out
+    assert main(["plan", "--config", "paper_12b", "--gpus", "1024", "--gpu-memory", "16"]) == 0  # bf16 state
+    assert "does not fit a 16 GB GPU" in capsys.readouterr().out
+
+
+def test_bad_machine_and_rank_settings_are_one_line_errors(capsys):
+    config = TransformerConfig.paper_12b()
+    with pytest.raises(ValueError, match=r"blocks.\*.attn.qkv.weight\[q\] \(3968×3968\): cut into 8 shards"):
+        plan_training(config, gpus=16, gpus_per_machine=8, powersgd_rank=8 * 500)
+    with pytest.raises(ValueError, match="multiple of gpus per machine"):
+        plan_training(config, gpus=12, gpus_per_machine=8)
+    assert main(["plan", "--config", "paper_12b"]) == 2  # 1 GPU, but the preset's machines hold 8
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--gpus-per-machine" in err

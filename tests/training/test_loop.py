@@ -185,3 +185,32 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     subprocess.run([*cmd, "--resume"], env=env, timeout=120, check=True, capture_output=True)
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_0000012"
 
+
+
+class _UShapedValidation(ToyTask):
+    """Validation that falls to its lowest at step 6, then rises (a run that starts to memorise)."""
+
+    def evaluate(self, model, step: int, run_dir: Path) -> dict[str, float]:
+        self.evaluated.append(step)
+        return {"loss": (step - 6) ** 2 + 1.0}
+
+
+def test_select_by_keeps_the_model_of_the_lowest_validation_figure(tmp_path):
+    from dalle_zero.training.loop import best_model
+
+    _run(tmp_path / "run", steps=12, eval_every=3, select_by="loss", task=_UShapedValidation)
+    found = best_model(tmp_path / "run")
+    assert found is not None
+    path, record = found
+    assert record == {"step": 6, "figure": "loss", "value": 1.0}
+    # the kept model is the one evaluated at step 6, not the last
+    _run(tmp_path / "six", steps=12, stop_after=6, task=_UShapedValidation)
+    assert _same(ToyModel.from_pretrained(path), ToyModel.from_pretrained(tmp_path / "six" / "model"))
+    assert not _same(ToyModel.from_pretrained(path), ToyModel.from_pretrained(tmp_path / "run" / "model"))
+
+
+def test_select_by_without_evaluations_or_with_an_unknown_figure_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="eval_every"):
+        LoopConfig(select_by="loss")
+    with pytest.raises(ValueError, match="reports only"):
+        _run(tmp_path / "run", steps=6, eval_every=3, select_by="bleu", task=_UShapedValidation)

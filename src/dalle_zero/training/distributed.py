@@ -5,7 +5,9 @@ Launch with ``torchrun --nproc_per_node N dalle train ...``: the environment var
 each rank takes a disjoint slice of every batch. Two strategies (``LoopConfig.strategy``):
 
 - ``"ddp"``: every rank holds the whole model; DistributedDataParallel averages the gradients,
-  optionally with PowerSGD gradient compression (the paper's choice).
+  optionally compressed by PowerSGD (``powersgd_rank`` > 0): the paper's variant
+  (:mod:`~dalle_zero.training.powersgd`, ``powersgd="paper"``) or PyTorch's stock hook
+  (``powersgd="torch"``).
 - ``"fsdp"``: FSDP2 (``fully_shard``) for models that do not fit one device. Each repeated block is
   one unit (its parameters all-gathered before its forward and backward, its gradients
   reduce-scattered after), the rest of the model another; a rank keeps only its shard of every
@@ -19,14 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from dalle_zero.training import powersgd as psgd
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +71,84 @@ def setup(device: str | None = None) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def wrap(module: torch.nn.Module, ctx: DistContext, *, powersgd_rank: int = 0) -> torch.nn.Module:
+def check_powersgd(kind: str, rank: int, shards: int) -> None:
+    """Validate ``LoopConfig``'s PowerSGD fields (``powersgd``, ``powersgd_rank``, ``powersgd_shards``)."""
+    if kind not in psgd.KINDS:
+        raise ValueError(f"LoopConfig.powersgd must be one of {list(psgd.KINDS)}, got {kind!r}")
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ValueError(f"LoopConfig.powersgd_shards must be an integer >= 1, got {shards!r}")
+    if shards > 1 and kind != "paper":
+        raise ValueError(f"LoopConfig.powersgd_shards is {shards} but only powersgd 'paper' shards its matrices")
+    if rank % shards:
+        raise ValueError(f"LoopConfig.powersgd_rank ({rank}) must be a multiple of powersgd_shards ({shards})")
+
+
+def wrap(
+    module: nn.Module,
+    ctx: DistContext,
+    *,
+    powersgd_rank: int = 0,
+    powersgd: str = "paper",
+    powersgd_shards: int = 1,
+    blocks: Iterable[nn.Module] = (),
+    seed: int = 0,
+) -> nn.Module:
+    """``module`` in DDP when there are several processes (else itself), its gradients compressed by
+    PowerSGD at ``powersgd_rank`` if > 0: the paper's hook (the 2-D weights of ``blocks``, each cut into
+    ``powersgd_shards``; Q from ``seed``) or the stock one (``powersgd="torch"``). A rank too large for
+    one of the blocks' matrices is a ``ValueError`` naming it, with one process too."""
+    blocks = list(blocks)
+    if powersgd_rank > 0 and powersgd == "paper":
+        names = {id(p): name for name, p in module.named_parameters()}
+        for p in (p for block in blocks for p in block.parameters() if p.ndim == 2):
+            psgd.check_rank(names.get(id(p), "a block matrix"), tuple(p.shape), powersgd_rank, powersgd_shards)
     if not ctx.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ddp = DDP(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if powersgd_rank > 0:
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
+    if powersgd_rank > 0 and powersgd == "paper":
+        state = psgd.PowerSGD(module, blocks, rank=powersgd_rank, shards=powersgd_shards, seed=seed)
+        psgd.register(ddp, state)
+    elif powersgd_rank > 0:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as stock
 
-        state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
-                                       start_powerSGD_iter=2, use_error_feedback=True)
-        ddp.register_comm_hook(state, powersgd.powerSGD_hook)
+        state = stock.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
+                                    start_powerSGD_iter=2, use_error_feedback=True)
+        ddp.register_comm_hook(state, stock.powerSGD_hook)
     return ddp
+
+
+def grad_clipper(module: nn.Module) -> Callable[[Iterable[nn.Parameter], float], Any]:
+    """``clip(parameters, max_norm) -> norm`` for ``module`` as :func:`wrap` returned it: by the paper's
+    PowerSGD norm under its hook, else ``torch.nn.utils.clip_grad_norm_``."""
+    state = psgd.state_of(module)
+    return state.clip_grad_norm_ if state is not None else torch.nn.utils.clip_grad_norm_
+
+
+def update_is_finite(module: nn.Module) -> bool:
+    """False when the paper's PowerSGD hook saw a nonfinite gradient this step: the update is skipped
+    (its error buffers were zeroed). Always True otherwise."""
+    state = psgd.state_of(module)
+    return state is None or math.isfinite(state.grad_norm())
+
+
+def gather_powersgd_state(module: nn.Module, ctx: DistContext) -> list[dict[str, torch.Tensor]] | None:
+    """Every rank's PowerSGD error buffers, in rank order, on rank 0 (None elsewhere, and without the
+    paper's hook). A collective when the hook is on: every rank calls it."""
+    state = psgd.state_of(module)
+    return gather_to_main(state.state_dict(), ctx) if state is not None else None
+
+
+def load_powersgd_state(module: nn.Module, saved: list[dict[str, torch.Tensor]] | None, ctx: DistContext) -> None:
+    """Restore the error buffers :func:`gather_powersgd_state` saved (nothing to do without the hook)."""
+    state = psgd.state_of(module)
+    if state is None:
+        return
+    if saved is None:
+        logger.info("the checkpoint holds no PowerSGD error buffers: they start from zero")
+        return
+    state.load_state_dict(saved, ctx.rank)
 
 
 # ---- FSDP2 ----

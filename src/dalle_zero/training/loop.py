@@ -95,6 +95,13 @@ class LoopConfig(Config):
     activation_checkpointing: bool = False
     strategy: str = "ddp"  # with several processes: "ddp" (replicas) or "fsdp" (sharded, training/distributed.py)
     powersgd_rank: int = 0  # ddp only
+    # PowerSGD (training/powersgd.py): "paper" (App. E) or "torch" (the stock hook); paper: 8 shards per matrix
+    powersgd: str = "paper"
+    powersgd_shards: int = 1
+    # A validation figure (a key of the task's evaluate(), lower is better, e.g. "loss"): every evaluation
+    # that lowers it saves the evaluated model to ``best_model/`` (a longer run that starts to memorise
+    # its data keeps the model from before it did); None: only ``model/``, the last.
+    select_by: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "ema_every", "log_every", "checkpoint_every"):
@@ -102,9 +109,14 @@ class LoopConfig(Config):
         for name in ("eval_every", "num_workers", "powersgd_rank", "seed"):
             check_int(self, name, min_value=0)
         check_int(self, "keep_checkpoints", min_value=1)
+        if self.select_by is not None and (not isinstance(self.select_by, str) or not self.select_by):
+            raise ValueError(f"LoopConfig.select_by must be a validation figure's name or null, got {self.select_by!r}")
+        if self.select_by is not None and not self.eval_every:
+            raise ValueError("LoopConfig.select_by needs eval_every > 0: the model is chosen at evaluations")
         check_choice(self, "precision", ("fp32", "bf16"))
         check_bool(self, "activation_checkpointing")
         check_choice(self, "strategy", distributed.STRATEGIES)
+        distributed.check_powersgd(self.powersgd, self.powersgd_rank, self.powersgd_shards)  # PowerSGD
         if self.strategy == "fsdp" and self.powersgd_rank > 0:
             raise ValueError(
                 f"LoopConfig.powersgd_rank is {self.powersgd_rank} but PowerSGD compresses DDP's gradients only; "
@@ -289,10 +301,14 @@ def train(
         if ema is not None:  # sharded alike, so that each rank averages its own shards
             distributed.shard(ema.model, ctx, blocks=distributed.repeated_blocks(ema.model))
     else:
-        loss_module = distributed.wrap(loss_module, ctx, powersgd_rank=loop.powersgd_rank)
+        loss_module = distributed.wrap(  # PowerSGD: the paper's hook compresses the blocks' matrices
+            loss_module, ctx, powersgd_rank=loop.powersgd_rank, powersgd=loop.powersgd,
+            powersgd_shards=loop.powersgd_shards, blocks=distributed.repeated_blocks(model), seed=loop.seed,
+        )
     optimizer = task.make_optimizer(model)  # over the shards under FSDP
     if saved is not None:
         _restore_state(saved, model, optimizer, ctx, sharded=sharded)
+        distributed.load_powersgd_state(loss_module, saved.state.get("powersgd"), ctx)  # PowerSGD error buffers
 
     dataset = task.train_dataset()
     sampler = ResumableBatchSampler(
@@ -336,9 +352,10 @@ def train(
                 for k, v in {"loss": loss.item(), **parts}.items():
                     metrics[k] = metrics.get(k, 0.0) + float(v) / loop.grad_accum
             if loop.clip_grad_norm is not None:
-                clip = distributed.clip_sharded_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_
+                clip = distributed.clip_sharded_grad_norm_ if sharded else distributed.grad_clipper(loss_module)
                 metrics["grad_norm"] = float(clip(model.parameters(), loop.clip_grad_norm))
-            optimizer.step()
+            if distributed.update_is_finite(loss_module):  # PowerSGD "paper": a nonfinite gradient skips the update
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             samples_since += loop.batch_size * loop.grad_accum * ctx.world_size
@@ -362,9 +379,10 @@ def train(
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 sums, n_logged, t_log, samples_since = {}, 0, now, 0
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
-                _evaluate(task, model, ema, step, run_dir, ctx, full)
+                _evaluate(task, model, ema, step, run_dir, ctx, full, select_by=loop.select_by)
             if step % loop.checkpoint_every == 0 or last:
-                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, full)
+                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, full,
+                                 powersgd=distributed.gather_powersgd_state(loss_module, ctx))
                 _save_model(model, ema, run_dir, ctx, full)
             if full is not None:
                 full.release()  # the gathered weights are not kept between steps
@@ -406,8 +424,12 @@ class _FullCopy:
         return self.model
 
 
+BEST_MODEL = "best_model"
+BEST_RECORD = "best.json"
+
+
 def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run_dir: Path,
-              ctx: distributed.DistContext, full: _FullCopy | None) -> None:
+              ctx: distributed.DistContext, full: _FullCopy | None, *, select_by: str | None = None) -> None:
     target: nn.Module | None = ema.model if ema is not None else model
     if full is not None:
         target = full.of(target)
@@ -428,6 +450,33 @@ def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run
     if row:
         _log(run_dir, step, {f"val/{k}": v for k, v in row.items()}, ctx)
         logger.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    if select_by is not None:
+        _keep_if_best(target, row, select_by, step, run_dir)
+
+
+def best_model(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(best_model folder, its record)`` of a run trained with ``select_by``, or None."""
+    run_dir = Path(run_dir)
+    path = run_dir / BEST_RECORD
+    if not path.is_file() or not (run_dir / BEST_MODEL).is_dir():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return (run_dir / BEST_MODEL, record) if isinstance(record, dict) else None
+
+
+def _keep_if_best(model: nn.Module, row: dict[str, float], name: str, step: int, run_dir: Path) -> None:
+    """Save ``model`` to ``best_model/`` if validation figure ``name`` is the lowest so far."""
+    if name not in row:
+        raise ValueError(f"LoopConfig.select_by is {name!r} but the evaluation reports only {sorted(row)}")
+    value = float(row[name])
+    previous = best_model(run_dir)
+    if previous is not None and previous[1].get("step", 0) < step and not value < previous[1].get("value", math.inf):
+        return
+    model.save_pretrained(run_dir / BEST_MODEL)  # type: ignore[operator]
+    atomic_write_text(run_dir / BEST_RECORD, json.dumps({"step": step, "figure": name, "value": value}) + "\n")
 
 
 def _log(run_dir: Path, step: int, row: dict[str, float], ctx: distributed.DistContext) -> None:
@@ -466,7 +515,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,
                      optimizer: torch.optim.Optimizer, task: TrainTask, loop: LoopConfig,
-                     ctx: distributed.DistContext, full: _FullCopy | None) -> None:
+                     ctx: distributed.DistContext, full: _FullCopy | None, *, powersgd: Any = None) -> None:
     if full is not None:  # sharded: every rank sends its shards, rank 0 writes one process's files
         weights = full.weights(model)
         ema_weights = full.weights(ema.model) if ema is not None else None
@@ -486,6 +535,8 @@ def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None
     }
     if ctx.enabled:
         state["rng_ranks"] = rng
+    if powersgd is not None:  # every rank's PowerSGD error buffers
+        state["powersgd"] = powersgd
     ckpt.save_checkpoint(run_dir, step, model=weights, ema=ema_weights, state=state, keep=loop.keep_checkpoints)
 
 
