@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -32,6 +33,13 @@ def model_dir(tmp_path_factory):
         (["--model", "{model}", "--max-images", "8", "--max-candidates", "4"], "--max-candidates (4) must be >="),
         (["--model", "{model}", "--threads", "0"], "--threads must be >= 1"),
         (["--model", "{model}", "--int8", "--device", "cuda"], "--int8"),
+        (["--model", "{model}", "--token", "short"], "the token must have at least 16 characters"),
+        (["--model", "{model}", "--token-file", "{tmp}/absent"], "--token-file: no such file"),
+        (["--model", "{model}", "--allowed-hosts", "a.example,http://b.example"], "allowed host 'http://b.example'"),
+        (["--model", "{model}", "--max-connections", "0"], "--max-connections must be >= 1"),
+        (["--model", "{model}", "--max-queue", "0"], "--max-queue must be >= 1"),
+        (["--model", "{model}", "--queue-timeout", "nan"], "--queue-timeout must be a number of seconds > 0"),
+        (["--model", "{model}", "--request-timeout", "0"], "--request-timeout must be a number of seconds > 0"),
     ],
 )
 def test_start_up_mistakes_are_one_line_errors(model_dir, tmp_path, capsys, argv, message):
@@ -76,3 +84,33 @@ def test_the_command_prints_its_url_serves_and_stops_cleanly(model_dir, stop):
     assert proc.returncode == 0, err
     assert "stopped" in out and "Traceback" not in err
     assert "GET /health" in err  # one log line per request
+
+
+def test_the_command_takes_a_token_file_and_allowed_hosts(model_dir, tmp_path):
+    token = "a-token-from-a-file-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dalle_zero.cli.main", "serve", "--model", str(model_dir), "--port", "0"]
+    cmd += ["--token-file", str(tmp_path / "token"), "--allowed-hosts", "demo.example"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = next(line for line in proc.stdout if line.startswith("serving on ")).split()[2]
+
+        def health(**headers: str) -> int:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url + "health", headers=headers), timeout=30) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert health() == 401
+        assert health(Authorization=f"Bearer {token}") == 200
+        assert health(Authorization=f"Bearer {token}", Host="demo.example") == 200
+        assert health(Authorization=f"Bearer {token}", Host="rebind.evil.example") == 403
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0

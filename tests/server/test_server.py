@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import io
 import json
+import logging
 import re
 import socket
 import threading
@@ -26,8 +27,8 @@ LIMITS = ServerLimits(max_images=4, max_candidates=6, max_caption_chars=200, max
 
 
 @contextlib.contextmanager
-def running(service: GenerationService, timeout: float = 1.0) -> Iterator[DalleServer]:
-    server = make_server(service, "127.0.0.1", 0, timeout=timeout)
+def running(service: GenerationService, timeout: float = 1.0, **options: Any) -> Iterator[DalleServer]:
+    server = make_server(service, "127.0.0.1", 0, timeout=timeout, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -68,13 +69,18 @@ def call(
     *,
     raw: bytes | None = None,
     connection: http.client.HTTPConnection | None = None,
+    headers: dict[str, str | None] | None = None,
 ) -> tuple[int, http.client.HTTPResponse, Any]:
-    """One request; returns (status, response, decoded JSON or the raw bytes of a non-JSON answer)."""
+    """One request; returns (status, response, decoded JSON or the raw bytes of a non-JSON answer).
+
+    ``headers`` add to or replace the defaults (a JSON Content-Type with a body); None removes one.
+    """
     host, port = server.server_address[:2]
     conn = connection or http.client.HTTPConnection(host, port, timeout=30)
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    conn.request(method, path, body=data, headers=headers)
+    sent = {"Content-Type": "application/json"} if data is not None else {}
+    sent = {k: v for k, v in {**sent, **(headers or {})}.items() if v is not None}
+    conn.request(method, path, body=data, headers=sent)
     response = conn.getresponse()
     content = response.read()
     if connection is None:
@@ -160,6 +166,7 @@ def test_generate_returns_n_pngs_of_the_model_size_best_first(server):
         "top_k": 20,
         "top_p": None,
         "guidance_scale": 1.0,
+        "guidance_top_p": 0.95,
         "primed": False,
         "prime_rows": None,
     }
@@ -274,14 +281,14 @@ def png_b64_of_garbage() -> str:
         ({"caption": "a cat", "n": 1, "candidates": 7}, "candidates must be in [1, 6], got 7"),
         ({"caption": "a cat", "seed": -1}, "seed must be in [0, "),
         ({"caption": "a cat", "seed": "abc"}, "seed must be an integer"),
-        ({"caption": "a cat", "temperature": 0}, "temperature must be a number > 0"),
-        ({"caption": "a cat", "temperature": "hot"}, "temperature must be a finite number"),
-        ({"caption": "a cat", "top_k": 0}, "top_k must be >= 1"),
-        ({"caption": "a cat", "top_p": 1.5}, "top_p must be in (0, 1]"),
-        ({"caption": "a cat", "guidance_scale": [1]}, "guidance_scale must be a finite number"),
+        ({"caption": "a cat", "temperature": 0}, "temperature must be a number in [0.05, 10], got 0"),
+        ({"caption": "a cat", "temperature": "hot"}, "temperature must be a number in [0.05, 10]"),
+        ({"caption": "a cat", "top_k": 0}, "top_k must be in [1, 32], got 0"),
+        ({"caption": "a cat", "top_p": 1.5}, "top_p must be a number in (0, 1], got 1.5"),
+        ({"caption": "a cat", "guidance_scale": [1]}, "guidance_scale must be a number in [0, 50]"),
         ({"caption": "a cat", "prime_rows": 1}, "prime_rows needs a prime_image"),
         ({"caption": "a cat", "prime_image": "not base64!"}, "prime_image is not valid base64"),
-        ({"caption": "a cat", "prime_image": png_b64_of_garbage()}, "prime_image is not a readable image"),
+        ({"caption": "a cat", "prime_image": png_b64_of_garbage()}, "prime_image is not a readable"),
         ({"caption": "a cat", "prime_image": 7}, "prime_image must be a base64 string"),
         ({"caption": "a cat", "prime_image": "data:image/png,abc"}, "must be base64-encoded"),
         ({"caption": "a cat", "temp": 0.5}, "unknown field 'temp'"),
@@ -355,24 +362,30 @@ def raw_exchange(server: DalleServer, request: bytes) -> bytes:
 
 
 def test_a_post_without_content_length_gets_411(server):
-    answer = raw_exchange(server, b"POST /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = raw_exchange(server, b"POST /generate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 411") and b"Content-Length" in answer
 
 
 def test_a_body_that_stops_arriving_gets_408_instead_of_a_hanging_connection(server):
-    answer = raw_exchange(server, b'POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"caption"')
-    assert answer.startswith(b"HTTP/1.1 408") and b"stopped after 10 of 100 bytes (timeout 1 s)" in answer
+    head = b"POST /generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+    answer = raw_exchange(server, head + b'\r\n{"caption"')
+    assert answer.startswith(b"HTTP/1.1 408") and b"stopped after 10 of 100 bytes" in answer
+    assert b"must arrive within 1 s" in answer
 
 
 def test_a_malformed_request_line_gets_a_json_400(server):
-    answer = raw_exchange(server, b"GET / two spaces HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = raw_exchange(server, b"GET / two spaces HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400") and b'{"error": "Bad request syntax' in answer
 
 
-def test_an_internal_failure_is_a_500_with_one_line_and_the_server_keeps_serving(tokenizer):
+def test_an_internal_failure_is_a_500_with_a_request_id_and_the_details_only_in_the_log(tokenizer, caplog):
     broken = tiny_pipeline(tokenizer=tokenizer)
     broken.dvae.decoder = None  # a model that cannot decode: sampling works, decoding fails
-    with running(GenerationService(broken, LIMITS)) as s:
+    with running(GenerationService(broken, LIMITS)) as s, caplog.at_level(logging.ERROR, "dalle_zero.server"):
         status, _, error = call(s, "POST", "/generate", {"caption": "a red star", "n": 1})
-        assert status == 500 and error["error"].startswith("internal error: ") and "\n" not in error["error"]
+        assert status == 500 and set(error) == {"error", "status", "request_id"}
+        request_id = error["request_id"]
+        assert error["error"] == f"internal error (request id {request_id})"  # no exception text, no paths
         assert call(s, "GET", "/health")[0] == 200
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None and "NoneType" in caplog.text

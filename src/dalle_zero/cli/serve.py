@@ -3,14 +3,20 @@
 ``GET /`` is a page to try captions in a browser, ``GET /health`` the model summary, and
 ``POST /generate`` takes a JSON body (caption, n, candidates, seed, temperature, top_k, top_p,
 guidance_scale, prime_image, prime_rows) and answers with base64 PNGs, reranker scores, the seed
-and the timing (see :mod:`dalle_zero.server`). Requests are sampled one at a time; the same seed
-gives the same images as ``dalle generate --seed``. Ctrl-C stops the server.
+and the timing (see :mod:`dalle_zero.server`). Requests are sampled one at a time, from a bounded
+queue; the same seed gives the same images as ``dalle generate --seed``. Ctrl-C stops the server.
+
+The server answers only to its own names (``--allowed-hosts`` adds some) and pages of its own
+origin. Anyone who can reach the port can use the model, so beyond localhost give it ``--token``
+(or ``--token-file``, which keeps the token out of the process list).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
+import sys
 from pathlib import Path
 
 HELP = "serve a model folder over HTTP: a JSON API and a web page"
@@ -31,6 +37,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="int8 weight-only transformer blocks: faster sampling on CPU, slightly different samples",
     )
+    parser.add_argument(
+        "--allowed-hosts",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help="comma-separated host names the server may be called by besides localhost and --host "
+        "(e.g. the name of this machine); others get 403, which stops DNS-rebinding pages",
+    )
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every request but the page")
+    token.add_argument("--token-file", help="as --token, with the token read from this file's first line")
+    parser.add_argument(
+        "--max-connections", type=int, default=32, help="connections served at once; more get 503 (default 32)"
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=8, help="requests waiting for the model; more get 503 (default 8)"
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a request may wait for the model before it gets 503 (default 120)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds for a request's headers and body to arrive; slower ones get 408 (default 30)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dalle_zero.cli.options import load_pipeline
     from dalle_zero.server import GenerationService, ServerLimits, make_server
+    from dalle_zero.server.guards import check_host_name, check_token
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
@@ -50,13 +86,43 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.max_candidates < args.max_images:
         raise ValueError(f"--max-candidates ({args.max_candidates}) must be >= --max-images ({args.max_images})")
+    for flag, value in (("--max-connections", args.max_connections), ("--max-queue", args.max_queue)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--queue-timeout", args.queue_timeout), ("--request-timeout", args.request_timeout)):
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{flag} must be a number of seconds > 0, got {value}")
+    # checked here too (make_server does) so that a mistake does not wait for the model to load
+    allowed_hosts = [check_host_name(h.strip()) for hosts in args.allowed_hosts for h in hosts.split(",") if h.strip()]
+    token = _read_token(args)
+    if token is not None:
+        check_token(token)
     model_dir = Path(args.model)
     pipeline = load_pipeline(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    limits = ServerLimits(max_images=args.max_images, max_candidates=args.max_candidates)
+    limits = ServerLimits(
+        max_images=args.max_images,
+        max_candidates=args.max_candidates,
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout,
+    )
     service = GenerationService(pipeline, limits, name=model_dir.resolve().name)
-    server = make_server(service, args.host, args.port)
+    server = make_server(
+        service,
+        args.host,
+        args.port,
+        timeout=args.request_timeout,
+        max_connections=args.max_connections,
+        allowed_hosts=allowed_hosts,
+        token=token,
+    )
+    if token is None and not _is_loopback(args.host):
+        print(
+            f"dalle: warning: listening on {args.host} without --token: "
+            "anyone who can reach this port can use the model",
+            file=sys.stderr,
+        )
     logging.getLogger("dalle_zero.server").setLevel(logging.INFO)  # one line per request
     d = pipeline.dvae.config
     reranker = "with a CLIP reranker" if pipeline.clip is not None else "no reranker"
@@ -74,6 +140,27 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         server.server_close()
     return 0
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if args.token_file is None:
+        return args.token
+    path = Path(args.token_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--token-file: no such file: {path}")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"--token-file: {path} is empty; put the token on its first line")
+    return lines[0].strip()
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _interrupt(signum: int, frame: object) -> None:

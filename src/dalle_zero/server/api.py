@@ -3,10 +3,16 @@
 :class:`GenerationService` wraps one :class:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline`:
 
 - :meth:`~GenerationService.info` summarises the model (image size, token grid, vocabularies,
-  reranker) and the server's limits;
-- :meth:`~GenerationService.generate` checks a request (:func:`parse_generate_request`), samples
-  under a lock (one model, one device: requests run one at a time, in arrival order of the lock),
-  and returns base64 PNGs, reranker scores, the seed used and the timing.
+  reranker, example captions) and the server's limits;
+- :meth:`~GenerationService.generate` checks a request (:func:`parse_generate_request`), waits
+  for its turn in a bounded first-in-first-out queue (one model, one device: requests are sampled
+  one at a time), samples, and returns base64 PNGs, reranker scores, the seed used, the timing and
+  warnings (a truncated caption; a caption of mostly words the training captions never contained).
+
+The queue holds at most ``max_queue`` waiting requests; one more gets 503 with ``Retry-After``, and
+so does a request still waiting after ``queue_timeout`` seconds. A request whose client has hung up
+(the caller's ``client_gone()``) leaves the queue without being sampled: a model busy drawing for
+closed sockets would make every live client wait longer.
 
 Every mistake in a request raises :class:`ApiError` with an HTTP status and a one-line message
 naming the field and what was expected. The same seed and settings give the same PNG bytes, and
@@ -22,38 +28,69 @@ import io
 import math
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
+from dalle_zero.sampling.generate import GUIDANCE_TOP_P
 
 BATCH_SIZE = 8  # the pipeline's (and `dalle generate`'s) default, so seeds give the same images
 MAX_SEED = 2**63 - 1
+# Below 0.05 or above 10, sampling is greedy or uniform noise in practice; far beyond, the scaled
+# logits overflow to inf/NaN and every seed draws the same image. The same holds for guidance
+# beyond 50 (`uncond + s * (cond - uncond)`); a negative scale would draw away from the caption.
+TEMPERATURE_RANGE = (0.05, 10.0)
+GUIDANCE_SCALE_RANGE = (0.0, 50.0)
+# Pillow can open ~40 formats, some through outside programs (EPS runs Ghostscript); a prime image
+# is a picture from a browser or a script, so only these are decoded.
+PRIME_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+CLIENT_POLL_SECONDS = 0.1  # how often a waiting request checks that its client is still there
 
 
 class ApiError(ValueError):
-    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+    """A request the server refuses; ``status`` is the HTTP status to answer with, ``headers`` extra
+    response headers (``Retry-After``, ``Allow``, ``WWW-Authenticate``)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
+
+
+class ClientGone(Exception):
+    """The client hung up while its request waited for its turn; there is nobody to answer."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerLimits:
-    """What one request may ask for; larger requests are refused with a 400 (or 413 for the body)."""
+    """What one request may ask for (larger requests are refused with a 400, or 413 for the body), and
+    how many requests may wait for the sampler (``max_queue``) and for how long (``queue_timeout``, s)."""
 
     max_images: int = 16
     max_candidates: int = 64
     max_caption_chars: int = 1000
     max_body_bytes: int = 8 * 2**20
     max_prime_pixels: int = 4096 * 4096
+    max_queue: int = 8
+    queue_timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_candidates", "max_caption_chars", "max_body_bytes", "max_prime_pixels"):
+        for name in (
+            "max_images",
+            "max_candidates",
+            "max_caption_chars",
+            "max_body_bytes",
+            "max_prime_pixels",
+            "max_queue",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        timeout = self.queue_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"queue_timeout must be a number of seconds > 0, got {timeout!r}")
         if self.max_candidates < self.max_images:
             raise ValueError(
                 f"max_candidates ({self.max_candidates}) must be >= max_images ({self.max_images}): "
@@ -73,6 +110,7 @@ class GenerateRequest:
     top_k: int | None
     top_p: float | None
     guidance_scale: float
+    guidance_top_p: float
     prime_image: Any
     prime_rows: int | None
 
@@ -85,6 +123,7 @@ class GenerateRequest:
             "top_k": self.top_k,
             "top_p": self.top_p,
             "guidance_scale": self.guidance_scale,
+            "guidance_top_p": self.guidance_top_p,
             "primed": self.prime_image is not None,
             "prime_rows": self.prime_rows,
         }
@@ -99,6 +138,7 @@ FIELDS = (
     "top_k",
     "top_p",
     "guidance_scale",
+    "guidance_top_p",
     "prime_image",
     "prime_rows",
 )
@@ -107,28 +147,37 @@ FIELDS = (
 # ---- field checks: each raises ApiError naming the field ----
 
 
-def _integer(payload: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+def _integer(payload: dict, name: str, default: int | None, low: int, high: int) -> int | None:
     value = payload.get(name)
     if value is None:  # absent or null: the default
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(f"{name} must be an integer, got {_show(value)}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ApiError(f"{name} must be {bound}, got {value}")
+    if not low <= value <= high:
+        raise ApiError(f"{name} must be in [{low}, {high}], got {_show(value)}")
     return value
 
 
-def _number(payload: dict, name: str, default: float | None) -> float | None:
+def _number(
+    payload: dict, name: str, default: float | None, low: float, high: float, *, low_open: bool = False
+) -> float | None:
+    """A JSON number in [low, high] (or (low, high]) as a float. Bounds are compared before any
+    conversion: float() of a 400-digit JSON integer raises OverflowError."""
     value = payload.get(name)
     if value is None:  # absent or null: the default
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(f"{name} must be a finite number, got {_show(value)}")
+    bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(f"{name} must be a number in {bounds}, got {_show(value)}")
+    inside = (low < value if low_open else low <= value) and value <= high  # exact for ints of any size
+    if not inside:  # NaN fails both comparisons
+        raise ApiError(f"{name} must be a number in {bounds}, got {_show(value)}")
     return float(value)
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:  # repr() of a 5000-digit int raises ValueError
+        return f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -151,7 +200,7 @@ def decode_image(data: Any, *, max_pixels: int) -> Any:
     except (binascii.Error, ValueError):
         raise ApiError("prime_image is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        with Image.open(io.BytesIO(raw), formats=PRIME_FORMATS) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ApiError(f"prime_image is {w}x{h} pixels; at most {max_pixels} pixels are accepted")
@@ -159,6 +208,8 @@ def decode_image(data: Any, *, max_pixels: int) -> Any:
             return im.copy()
     except ApiError:
         raise
+    except Image.UnidentifiedImageError:
+        raise ApiError("prime_image is not a readable PNG, JPEG, WebP, GIF or BMP file") from None
     except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError, ...)
         raise ApiError(f"prime_image is not a readable image ({type(e).__name__}: {first_line(e)})") from None
 
@@ -176,12 +227,14 @@ def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: 
 
     Fields (absent or ``null``: the default):
 
-    - ``caption``: a non-empty string of at most ``max_caption_chars`` characters (required);
+    - ``caption``: a string of at most ``max_caption_chars`` characters with some text left once
+      normalised (:meth:`~TextToImagePipeline.check_caption`) (required);
     - ``n``: images to return, in [1, ``max_images``] (default 4, or ``max_images`` if smaller);
     - ``candidates``: samples to draw and rerank, in [n, ``max_candidates``]; more than ``n`` needs a CLIP;
     - ``seed``: an integer in [0, 2**63 - 1] (default: drawn at random and returned);
-    - ``temperature`` (> 0, default 1), ``top_k`` (>= 1), ``top_p`` (in (0, 1]), ``guidance_scale``
-      (default 1: no guidance), as in ``dalle generate``;
+    - ``temperature`` (in [0.05, 10], default 1), ``top_k`` (in [1, image vocabulary]), ``top_p``
+      (in (0, 1]), ``guidance_scale`` (in [0, 50], default 1: no guidance), ``guidance_top_p``
+      (in (0, 1], default 0.95: guidance within the conditional nucleus), as in ``dalle generate``;
     - ``prime_image``: base64 of an image file, or a ``data:image/...;base64,`` URL (image-to-image);
     - ``prime_rows``: token rows of the prime image to keep, in [0, grid] (default half the grid).
     """
@@ -197,17 +250,19 @@ def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: 
         raise ApiError("caption is empty: give some text to draw")
     if len(caption) > limits.max_caption_chars:
         raise ApiError(f"caption has {len(caption)} characters; at most {limits.max_caption_chars} are accepted")
+    try:
+        pipeline.check_caption(caption)  # refused here, not after waiting for the lock
+    except ValueError as e:
+        raise ApiError(first_line(e)) from None
     n = _integer(payload, "n", min(4, limits.max_images), 1, limits.max_images)
     candidates = _integer(payload, "candidates", None, n, limits.max_candidates)
     if candidates is not None and candidates > n and pipeline.clip is None:
         raise ApiError(f"candidates={candidates} > n={n} needs a CLIP reranker, and this model has none")
-    temperature = _number(payload, "temperature", 1.0)
-    if temperature <= 0:
-        raise ApiError(f"temperature must be a number > 0, got {_show(payload.get('temperature'))}")
-    top_p = _number(payload, "top_p", None)
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ApiError(f"top_p must be in (0, 1], got {top_p}")
-    guidance_scale = _number(payload, "guidance_scale", 1.0)
+    temperature = _number(payload, "temperature", 1.0, *TEMPERATURE_RANGE)
+    top_p = _number(payload, "top_p", None, 0.0, 1.0, low_open=True)
+    guidance_scale = _number(payload, "guidance_scale", 1.0, *GUIDANCE_SCALE_RANGE)
+    guidance_top_p = _number(payload, "guidance_top_p", GUIDANCE_TOP_P, 0.0, 1.0, low_open=True)
+    top_k = _integer(payload, "top_k", None, 1, pipeline.transformer.config.image_vocab_size)
     grid = pipeline.dvae.config.grid_size
     prime_data = payload.get("prime_image")
     prime_rows = _integer(payload, "prime_rows", None, 0, grid)
@@ -222,9 +277,10 @@ def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: 
         candidates=candidates,
         seed=_integer(payload, "seed", None, 0, MAX_SEED),
         temperature=temperature,
-        top_k=_integer(payload, "top_k", None, 1),
+        top_k=top_k,
         top_p=top_p,
         guidance_scale=guidance_scale,
+        guidance_top_p=guidance_top_p,
         prime_image=prime_image,
         prime_rows=prime_rows,
     )
@@ -238,18 +294,24 @@ def png_base64(image: Any) -> str:
 
 
 class GenerationService:
-    """One pipeline behind a lock: model summary and checked, serialised generation."""
+    """One pipeline behind a bounded first-in-first-out queue: model summary and checked, serialised generation."""
 
     def __init__(self, pipeline: TextToImagePipeline, limits: ServerLimits | None = None, *, name: str = "") -> None:
         self.pipeline = pipeline
         self.limits = limits or ServerLimits()
         self.name = name
-        self._lock = threading.Lock()
+        self._turns = threading.Condition()
+        self._waiting: deque[object] = deque()  # tickets of the requests waiting, first in line first
+        self._sampling = False
+        self._mean_seconds = 1.0  # running mean of a request's sampling time, for Retry-After
+        self.counts = {"queued": 0, "sampled": 0, "abandoned": 0, "timed_out": 0, "refused_busy": 0}
 
     def info(self) -> dict[str, Any]:
         """The model summary of ``GET /health``."""
         p = self.pipeline
         t, d = p.transformer.config, p.dvae.config
+        with self._turns:
+            queue = {"waiting": len(self._waiting), "sampling": self._sampling, "counts": dict(self.counts)}
         info: dict[str, Any] = {
             "status": "ok",
             "model": self.name,
@@ -265,6 +327,7 @@ class GenerationService:
                 "attn_pattern": t.attn_pattern,
             },
             "reranker": p.clip is not None,
+            "examples": list(p.examples),
             "device": str(p.device),
             "priming": {"prime_rows_max": d.grid_size, "prime_rows_default": d.grid_size // 2},
             "limits": {
@@ -272,40 +335,51 @@ class GenerationService:
                 "max_candidates": self.limits.max_candidates if p.clip is not None else self.limits.max_images,
                 "max_caption_chars": self.limits.max_caption_chars,
                 "max_body_bytes": self.limits.max_body_bytes,
+                "max_queue": self.limits.max_queue,
+                "queue_timeout": self.limits.queue_timeout,
             },
-            "busy": self._lock.locked(),
+            "busy": queue["sampling"],
+            "queue": queue,
         }
         return info
 
-    def generate(self, payload: Any) -> dict[str, Any]:
-        """Check ``payload`` (a decoded ``POST /generate`` body), sample, and return the response body."""
+    def generate(self, payload: Any, client_gone: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Check ``payload`` (a decoded ``POST /generate`` body), wait for a turn, sample, and return the
+        response body. ``client_gone()`` says whether the client hung up (checked while waiting and
+        just before sampling; :class:`ClientGone` if so)."""
         request = parse_generate_request(payload, self.pipeline, self.limits)
         warnings = []
+        caption_warning = self.pipeline.caption_warning(request.caption)
+        if caption_warning:
+            warnings.append(caption_warning)
         tokens = len(self.pipeline.tokenizer.tokenize([request.caption])[0])
         if tokens > self.pipeline.tokenizer.text_seq_len:
             warnings.append(
                 f"the caption has {tokens} tokens; only the first {self.pipeline.tokenizer.text_seq_len} are used"
             )
         arrived = time.perf_counter()
-        with self._lock:
-            started = time.perf_counter()
-            try:
-                output = self.pipeline(
-                    request.caption,
-                    n=request.n,
-                    candidates=request.candidates,
-                    seed=request.seed,
-                    temperature=request.temperature,
-                    top_k=request.top_k,
-                    top_p=request.top_p,
-                    guidance_scale=request.guidance_scale,
-                    prime_image=request.prime_image,
-                    prime_rows=request.prime_rows,
-                    batch_size=BATCH_SIZE,
-                )
-            except ValueError as e:  # the pipeline's own checks of user input
-                raise ApiError(first_line(e)) from None
+        self._wait_for_turn(client_gone or (lambda: False))
+        started = time.perf_counter()
+        try:
+            output = self.pipeline(
+                request.caption,
+                n=request.n,
+                candidates=request.candidates,
+                seed=request.seed,
+                temperature=request.temperature,
+                top_k=request.top_k,
+                top_p=request.top_p,
+                guidance_scale=request.guidance_scale,
+                guidance_top_p=request.guidance_top_p,
+                prime_image=request.prime_image,
+                prime_rows=request.prime_rows,
+                batch_size=BATCH_SIZE,
+            )
+        except ValueError as e:  # the pipeline's own checks of user input
+            raise ApiError(first_line(e)) from None
+        finally:
             seconds = time.perf_counter() - started
+            self._end_turn(seconds)
         pils = to_pil(output.images[0])
         scores = output.scores[0]
         return {
@@ -319,3 +393,49 @@ class GenerationService:
             "queued_seconds": round(started - arrived, 3),
             "warnings": warnings,
         }
+
+    # ---- the queue ----
+
+    def _wait_for_turn(self, client_gone: Callable[[], bool]) -> None:
+        """Join the queue and return once this request may sample (the caller then calls _end_turn)."""
+        limits = self.limits
+        ticket = object()
+        with self._turns:
+            if len(self._waiting) >= limits.max_queue:
+                self.counts["refused_busy"] += 1
+                raise self._busy(f"the server is busy: {len(self._waiting)} requests are waiting; retry later")
+            self._waiting.append(ticket)
+            self.counts["queued"] += 1
+            deadline = time.monotonic() + limits.queue_timeout
+            try:
+                while True:
+                    # a request whose client left is dropped here, before it costs any sampling
+                    if client_gone():
+                        self.counts["abandoned"] += 1
+                        raise ClientGone
+                    if not self._sampling and self._waiting[0] is ticket:
+                        self._sampling = True
+                        self.counts["sampled"] += 1
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self.counts["timed_out"] += 1
+                        raise self._busy(
+                            f"the server is busy: the request waited {limits.queue_timeout:g} s for its turn; "
+                            "retry later"
+                        )
+                    self._turns.wait(min(remaining, CLIENT_POLL_SECONDS))
+            finally:
+                self._waiting.remove(ticket)
+                self._turns.notify_all()  # the next in line may start
+
+    def _end_turn(self, seconds: float) -> None:
+        with self._turns:
+            self._sampling = False
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
+            self._turns.notify_all()
+
+    def _busy(self, message: str) -> ApiError:
+        # every waiting request and the one sampling finish before a retry could start
+        retry = math.ceil(self._mean_seconds * (len(self._waiting) + 1))
+        return ApiError(message, 503, {"Retry-After": str(min(max(retry, 1), 3600))})

@@ -4,46 +4,94 @@
 Endpoints (every answer but the page is JSON; errors are ``{"error": "...", "status": N}``):
 
 - ``GET /``: the web page (:mod:`dalle_zero.server.page`), self-contained;
-- ``GET /health`` (also ``/info``): the model summary and the server's limits;
+- ``GET /health`` (also ``/info``): the model summary (with its example captions), the server's
+  limits and its queue;
 - ``POST /generate``: a JSON body as described in :func:`~dalle_zero.server.api.parse_generate_request`.
 
-A bad request gets 400, an over-large body 413 (checked from ``Content-Length`` before reading it),
-a body without ``Content-Length`` 411, a body that stops arriving 408, an unknown path 404, a wrong
-method 405 (with ``Allow``), a failure of the server itself 500 with a one-line message (the
-traceback goes to the log). Each connection has a socket timeout, so a stalled client never holds a
-thread forever; error answers close the connection.
+Every request's head is checked before its body is read, in this order:
+
+1. ``Host`` must name this server (403): ``localhost``, a loopback address, the bound address (any
+   IP address when bound to all of them) or a name of ``allowed_hosts``. A DNS-rebinding page
+   reaches the server under its own name, and is refused here.
+2. ``Origin``, when present, must be the server's own (403): a page elsewhere cannot post to it.
+3. With a ``token``, everything but the page needs ``Authorization: Bearer <token>`` (401).
+4. An unknown path gets 404, a wrong method 405 (with ``Allow``).
+5. A body must come with a ``Content-Length`` (411) of at most ``max_body_bytes`` (413); a
+   ``POST`` must say ``Content-Type: application/json`` (415), which also makes a browser ask
+   before sending it cross-site. ``Expect: 100-continue`` gets one of these answers instead of
+   ``100 Continue`` when the request would be refused.
+
+Headers and body must arrive within ``timeout`` seconds of when the server starts waiting for the
+request (so an idle kept-alive connection also closes then): one deadline for the whole request,
+not one per read, which a client sending a byte a second never trips; otherwise 408. At most
+``max_connections`` connections are served at once; one more gets 503 straight away. A failure of
+the server itself gets 500 with ``internal error`` and a request id; the traceback goes to the log
+under that id. Error answers close the connection.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
+import secrets
 import socket
 import socketserver
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from dalle_zero import __version__
-from dalle_zero.server.api import ApiError, GenerationService, first_line
+from dalle_zero.server.api import ApiError, ClientGone, GenerationService
+from dalle_zero.server.guards import (
+    DeadlineReader,
+    HostNames,
+    bearer_matches,
+    check_token,
+    linger,
+    peer_closed,
+    refuse_connection,
+    same_origin,
+)
 from dalle_zero.server.page import PAGE
 
 logger = logging.getLogger(__name__)
 
-DRAIN_LIMIT = 64 * 2**20  # an unwanted body up to this size is read and dropped, so the client sees the answer
 ENDPOINTS = "GET /, GET /health, POST /generate"
+PAGE_PATHS = ("/", "/index.html")  # served without a token: the page itself holds nothing secret
+# After an error answer to a request whose body was not read, read and drop what still arrives for
+# this long: closing a socket with unread input resets the connection, and the client may lose the
+# answer. Bounded, so an oversize body is never read whole.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 2**20
 
 
 class DalleServer(ThreadingHTTPServer):
-    """A threaded HTTP server holding the :class:`GenerationService` its handlers use."""
+    """A threaded HTTP server holding the :class:`GenerationService` its handlers use, the
+    connection cap, the allowed host names and the optional bearer token."""
 
     daemon_threads = True  # Ctrl-C does not wait for a request in progress
 
-    def __init__(self, address: tuple[str, int], service: GenerationService, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: GenerationService,
+        *,
+        timeout: float = 30.0,
+        max_connections: int = 32,
+        allowed_hosts: Iterable[str] = (),
+        token: str | None = None,
+    ) -> None:
         self.service = service
         self.request_timeout = timeout
+        self.max_connections = max_connections
+        self.token = token
+        self.host_names = HostNames(address[0], allowed_hosts)
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, RequestHandler)
 
     def server_bind(self) -> None:
@@ -58,25 +106,76 @@ class DalleServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}/"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # to the log, not printed to stderr as socketserver does
+        logger.exception("the connection from %s failed", client_address[0])
 
-class _DalleServer6(DalleServer):
-    address_family = socket.AF_INET6
+    # ---- the connection cap ----
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse_connection(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_connection(self, request: socket.socket, client_address: Any) -> None:
+        logger.info("%s refused: %d connections open", client_address[0], self.max_connections)
+        message = f"too many connections (at most {self.max_connections}); retry shortly"
+        body = json.dumps({"error": message, "status": 503}).encode()
+        refuse_connection(request, "503 Service Unavailable", body, retry_after=1)
 
 
 def make_server(
-    service: GenerationService, host: str = "127.0.0.1", port: int = 8000, *, timeout: float = 60.0
+    service: GenerationService,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    timeout: float = 30.0,
+    max_connections: int = 32,
+    allowed_hosts: Iterable[str] = (),
+    token: str | None = None,
 ) -> DalleServer:
     """Bind a :class:`DalleServer` to ``host:port`` (port 0: any free port; see ``server.url``).
 
-    Raises ValueError with one line if the address cannot be used (port taken, unknown host, ...).
+    ``timeout``: seconds for a request's headers and body to arrive; ``max_connections``: connections
+    served at once; ``allowed_hosts``: host names besides the bound address and ``localhost`` that
+    the ``Host`` header may carry; ``token``: a bearer token every request but the page must carry.
+    Raises ValueError with one line if an argument is wrong or the address cannot be used.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ValueError(f"max_connections must be an integer >= 1, got {max_connections!r}")
+    if token is not None:
+        check_token(token)
     cls = _DalleServer6 if ":" in host else DalleServer
     try:
-        return cls((host, port), service, timeout=timeout)
+        return cls(
+            (host, port),
+            service,
+            timeout=timeout,
+            max_connections=max_connections,
+            allowed_hosts=allowed_hosts,
+            token=token,
+        )
     except OSError as e:
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+class _DalleServer6(DalleServer):
+    address_family = socket.AF_INET6
 
 
 class RequestHandler(BaseHTTPRequestHandler):
@@ -90,8 +189,34 @@ class RequestHandler(BaseHTTPRequestHandler):
         return self.server_version
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # socket timeout for every read and write
+        self.timeout = self.server.request_timeout  # until the first read sets its own
         super().setup()
+        self.rfile.close()  # replaced by a reader that enforces the request deadline
+        self._reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader, io.DEFAULT_BUFFER_SIZE)
+
+    def handle_one_request(self) -> None:
+        timeout = self.server.request_timeout
+        self._reader.start(timeout)
+        self._answered = False
+        self._body_pending = False
+        self.command, self.requestline, self.request_version = None, "", self.protocol_version
+        try:
+            super().handle_one_request()  # closes the connection quietly on a timeout
+        except ConnectionError:  # reset by the client before its request was read: nobody to answer
+            self.close_connection = True
+            return
+        if self._reader.timed_out and self._reader.received and not self._answered:
+            self._send_error_json(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within {timeout:g} s")
+
+    def handle_expect_100(self) -> bool:
+        # a request that will be refused gets its answer now, instead of an invitation to send the body
+        try:
+            self._check_head(self.command, urlsplit(self.path).path)
+        except ApiError as e:
+            self._send_error_json(e.status, str(e), e.headers)
+            return False
+        return super().handle_expect_100()
 
     # ---- routing ----
 
@@ -129,27 +254,74 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         path = urlsplit(self.path).path
-        methods = self._routes().get(path)
-        self._body_read = False
-        if method != "POST" or path != "/generate":
-            self._drain()  # a body this server does not use must not be read as the next request
         try:
-            if methods is None:
-                raise ApiError(f"no such path: {path} (the endpoints are {ENDPOINTS})", HTTPStatus.NOT_FOUND)
-            allowed = sorted({*methods, *(("HEAD",) if "GET" in methods else ())})
-            if method not in allowed:
-                self._allow = ", ".join(allowed)
-                raise ApiError(f"{method} is not allowed on {path}; use {self._allow}", HTTPStatus.METHOD_NOT_ALLOWED)
-            methods["GET" if method == "HEAD" else method]()
+            endpoint = self._check_head(method, path)
+            if endpoint != self._generate:
+                self._skip_body()  # a body this server does not use must not be read as the next request
+            endpoint()
         except ApiError as e:
-            self._drain()
-            self._send_error_json(e.status, str(e))
+            self._send_error_json(e.status, str(e), e.headers)
+        except ClientGone:
+            logger.info("%s left before its turn: %s %s not sampled", self.address_string(), method, path)
+            self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client went away or stopped reading; nobody to answer
-        except Exception as e:
-            logger.exception("%s %s failed", method, path)
-            message = first_line(e, empty="")
-            self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}: {message}")
+        except Exception:
+            request_id = secrets.token_hex(6)
+            logger.exception("request %s: %s %s failed", request_id, method, path)
+            self._send_error_json(
+                HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error (request id {request_id})", request_id=request_id
+            )
+
+    def _check_head(self, method: str, path: str) -> Callable[[], None]:
+        """Check a request's headers (see the module docstring) and return its endpoint."""
+        host = self.headers.get("Host")
+        if not host:
+            raise ApiError("a request needs a Host header")
+        if not self.server.host_names.allows(host):
+            raise ApiError(
+                f"Host {host!r} is not a name of this server (add it with --allowed-hosts)", HTTPStatus.FORBIDDEN
+            )
+        origin = self.headers.get("Origin")
+        if origin is not None and not same_origin(origin, host):
+            raise ApiError(f"requests from other sites are refused (Origin {origin!r})", HTTPStatus.FORBIDDEN)
+        token = self.server.token
+        authorization = self.headers.get("Authorization")
+        if token is not None and path not in PAGE_PATHS and not bearer_matches(authorization, token):
+            raise ApiError(
+                "this server needs the header Authorization: Bearer <token>",
+                HTTPStatus.UNAUTHORIZED,
+                {"WWW-Authenticate": 'Bearer realm="dalle-zero"'},
+            )
+        methods = self._routes().get(path)
+        if methods is None:
+            raise ApiError(f"no such path: {path} (the endpoints are {ENDPOINTS})", HTTPStatus.NOT_FOUND)
+        allowed = sorted({*methods, *(("HEAD",) if "GET" in methods else ())})
+        if method not in allowed:
+            allow = ", ".join(allowed)
+            raise ApiError(
+                f"{method} is not allowed on {path}; use {allow}", HTTPStatus.METHOD_NOT_ALLOWED, {"Allow": allow}
+            )
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(
+                "send the body with a Content-Length (chunked bodies are not read)", HTTPStatus.LENGTH_REQUIRED
+            )
+        length = self._content_length()
+        limit = self.server.service.limits.max_body_bytes
+        if length is not None and length > limit:
+            raise ApiError(
+                f"the body has {length} bytes; at most {limit} are accepted", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            )
+        if method == "POST":
+            if length is None:
+                raise ApiError("a POST needs a Content-Length header", HTTPStatus.LENGTH_REQUIRED)
+            content_type = self.headers.get("Content-Type", "")
+            if content_type.partition(";")[0].strip().lower() != "application/json":
+                raise ApiError(
+                    f"POST {path} takes Content-Type: application/json, got {content_type or 'none'!r}",
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                )
+        return methods["GET" if method == "HEAD" else method]
 
     # ---- endpoints ----
 
@@ -165,7 +337,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         )
 
     def _health(self) -> None:
-        self._send_json(HTTPStatus.OK, self.server.service.info())
+        info = self.server.service.info()
+        info["limits"].update(max_connections=self.server.max_connections, request_timeout=self.server.request_timeout)
+        self._send_json(HTTPStatus.OK, info)
 
     def _generate(self) -> None:
         body = self._read_body()
@@ -176,9 +350,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             detail = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
             raise ApiError(f"the body is not valid JSON ({detail})") from None
-        except ValueError as e:
+        except _ConstantError as e:
             raise ApiError(str(e)) from None
-        result = self.server.service.generate(payload)
+        except ValueError:  # Python's limit on digits in an integer
+            raise ApiError("the body is not valid JSON (a number has too many digits)") from None
+        result = self.server.service.generate(payload, client_gone=self._client_gone)
         logger.info(
             "generated %d image(s) for %r in %.2f s (seed %d)",
             len(result["images"]),
@@ -194,27 +370,20 @@ class RequestHandler(BaseHTTPRequestHandler):
         value = self.headers.get("Content-Length")
         if value is None:
             return None
+        self._body_pending = True  # until read; also when the value is wrong
+        text = value.strip()
         try:
-            length = int(value)
-        except ValueError:
+            length = int(text) if text.isascii() and text.isdigit() else -1
+        except ValueError:  # more digits than Python converts
             length = -1
         if length < 0:
             raise ApiError(f"Content-Length must be a non-negative integer, got {value!r}")
+        self._body_pending = length > 0
         return length
 
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise ApiError(
-                "send the body with a Content-Length (chunked bodies are not read)", HTTPStatus.LENGTH_REQUIRED
-            )
-        length = self._content_length()
-        if length is None:
-            raise ApiError("a POST needs a Content-Length header", HTTPStatus.LENGTH_REQUIRED)
-        limit = self.server.service.limits.max_body_bytes
-        if length > limit:
-            raise ApiError(
-                f"the body has {length} bytes; at most {limit} are accepted", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-            )
+        """The body (its size checked by _check_head), within the request deadline; 408 if it is late."""
+        length = self._content_length() or 0
         chunks, received = [], 0
         try:
             while received < length:
@@ -223,41 +392,32 @@ class RequestHandler(BaseHTTPRequestHandler):
                     break
                 chunks.append(chunk)
                 received += len(chunk)
-        except TimeoutError:
+        except (TimeoutError, OSError):
             pass
-        self._body_read = True
+        self._reader.stop()
         body = b"".join(chunks)
         if len(body) < length:
             raise ApiError(
-                f"the body stopped after {len(body)} of {length} bytes (timeout {self.server.request_timeout:g} s)",
+                f"the body stopped after {len(body)} of {length} bytes "
+                f"(a request must arrive within {self.server.request_timeout:g} s)",
                 HTTPStatus.REQUEST_TIMEOUT,
             )
+        self._body_pending = False
         return body
 
-    def _drain(self) -> None:
-        """Read and drop an unread request body (up to DRAIN_LIMIT) so that the error answer is seen:
-        closing a socket with unread input resets the connection, and the client may lose the answer."""
-        if getattr(self, "_body_read", False):
-            return
-        self._body_read = True
-        try:
-            length = self._content_length()
-        except ApiError:
-            return
-        if not length or length > DRAIN_LIMIT:
-            return
-        try:
-            while length > 0:
-                chunk = self.rfile.read(min(length, 2**16))
-                if not chunk:
-                    return
-                length -= len(chunk)
-        except OSError:
-            return
+    def _skip_body(self) -> None:
+        if self._content_length():
+            self._read_body()
+        self._reader.stop()
+
+    def _client_gone(self) -> bool:
+        return peer_closed(self.connection)
 
     # ---- answers ----
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self._answered = True
+        self.connection.settimeout(self.server.request_timeout)  # writes: whatever the reads left
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -275,13 +435,14 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode("utf-8"), "application/json", headers)
 
-    def _send_error_json(self, status: int, message: str) -> None:
-        allow = getattr(self, "_allow", None)
-        headers = {"Allow": allow} if status == HTTPStatus.METHOD_NOT_ALLOWED and allow else None
+    def _send_error_json(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         try:
-            self._send_json(status, {"error": message, "status": int(status)}, headers)
-        except (BrokenPipeError, ConnectionResetError):
+            self._send_json(status, {"error": message, "status": int(status), **extra}, headers)
+        except OSError:
             self.close_connection = True
+            return
+        if self._body_pending or self._reader.timed_out:
+            linger(self.connection, LINGER_SECONDS, LINGER_BYTES)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level errors of BaseHTTPRequestHandler (bad request line, 501, 414, ...) as JSON too."""
@@ -291,5 +452,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         logger.info("%s %s", self.address_string(), format % args)
 
 
+class _ConstantError(ValueError):
+    pass
+
+
 def _refuse_constant(name: str) -> None:
-    raise ValueError(f"the body is not valid JSON ({name} is not a JSON number)")
+    raise _ConstantError(f"the body is not valid JSON ({name} is not a JSON number)")

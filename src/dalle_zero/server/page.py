@@ -4,6 +4,11 @@ It reads ``GET /health`` to show the model and set the form's limits (candidates
 reranker), sends the form to ``POST /generate`` with ``fetch()``, and shows the images (upscaled
 with nearest neighbour, since models may draw tiny images), their reranker scores, the seed used
 and the timing. A prime image is sent as a ``data:`` URL (image-to-image).
+
+A model draws only what its captions taught it, so the model's example captions (``examples`` of
+``/health``) are shown under the caption box as buttons that fill it in, the first one as its
+placeholder, and the response's warnings (e.g. mostly unseen words) are shown above the images.
+Handlers are attached with ``addEventListener``, never as ``on...=`` attributes.
 """
 
 PAGE = """<!doctype html>
@@ -13,7 +18,7 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>dalle-zero</title>
 <style>
-  :root { color-scheme: light dark; --muted: #888; --accent: #3b6fd4; --error: #c0392b; }
+  :root { color-scheme: light dark; --muted: #888; --accent: #3b6fd4; --error: #c0392b; --warn: #b9770e; }
   body { font: 15px/1.4 system-ui, sans-serif; max-width: 980px; margin: 1.5em auto; padding: 0 1em; }
   h1 { font-size: 1.4em; margin: 0 0 .2em; }
   #model { color: var(--muted); margin: 0 0 1em; }
@@ -28,6 +33,14 @@ PAGE = """<!doctype html>
   #go:disabled { opacity: .6; cursor: wait; }
   #status { min-height: 1.4em; margin: .8em 0; }
   #status.error { color: var(--error); }
+  #examples { display: flex; flex-wrap: wrap; gap: .3em .4em; align-items: baseline; max-height: 7.5em;
+    overflow-y: auto; }
+  #examples[hidden] { display: none; }
+  .example { font-size: .85em; padding: .15em .6em; border: 1px solid #8886; border-radius: 1em;
+    background: transparent; color: inherit; }
+  .example:hover { border-color: var(--accent); }
+  #warning { color: var(--warn); margin: 0 0 .8em; }
+  #warning:empty { display: none; }
   #images { display: flex; flex-wrap: wrap; gap: 1em; }
   figure { margin: 0; text-align: center; font-size: .85em; color: var(--muted); }
   figure img { width: 160px; height: 160px; image-rendering: pixelated; display: block; border: 1px solid #8884; }
@@ -39,7 +52,8 @@ PAGE = """<!doctype html>
 <h1>dalle-zero</h1>
 <p id="model">loading the model summary&hellip;</p>
 <form id="form">
-  <textarea id="caption" placeholder="a caption, e.g. a red heart" required></textarea>
+  <textarea id="caption" placeholder="a caption" required></textarea>
+  <div id="examples" hidden><span class="note">captions like the ones it learned from (click to use):</span></div>
   <div class="row">
     <label>images <input id="n" type="number" min="1" value="4"></label>
     <label>candidates <input id="candidates" type="number" min="1" placeholder="= images"></label>
@@ -59,6 +73,7 @@ PAGE = """<!doctype html>
     <span class="note">Ctrl+Enter in the caption also generates</span></div>
 </form>
 <div id="status"></div>
+<div id="warning"></div>
 <div id="images"></div>
 <script>
 "use strict";
@@ -89,9 +104,32 @@ async function loadInfo() {
       $("candidates").disabled = true;
       $("candidates").placeholder = "needs CLIP";
     }
+    showExamples(info.examples || []);
   } catch (e) {
     $("model").textContent = "could not read /health: " + e.message;
   }
+}
+
+function showExamples(examples) {
+  if (!examples.length) return;
+  $("caption").placeholder = "a caption, e.g. " + examples[0];
+  for (const text of examples) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "example";
+    b.textContent = text;
+    b.addEventListener("click", () => { $("caption").value = text; $("caption").focus(); });
+    $("examples").appendChild(b);
+  }
+  $("examples").hidden = false;
+}
+
+function showWarnings(warnings) {
+  $("warning").replaceChildren(...(warnings || []).map((w) => {
+    const line = document.createElement("div");
+    line.textContent = "warning: " + w;
+    return line;
+  }));
 }
 
 function field(id) {
@@ -143,9 +181,9 @@ function showResult(res) {
     fig.append(link, cap);
     box.appendChild(fig);
   });
-  const warn = res.warnings && res.warnings.length ? "; " + res.warnings.join("; ") : "";
+  showWarnings(res.warnings);
   setStatus(`${res.images.length} image(s), seed ${res.seed}, ${res.seconds.toFixed(2)} s` +
-    (res.queued_seconds > 0.05 ? ` (+${res.queued_seconds.toFixed(2)} s waiting)` : "") + warn, false);
+    (res.queued_seconds > 0.05 ? ` (+${res.queued_seconds.toFixed(2)} s waiting)` : ""), false);
   const again = document.createElement("button");
   again.type = "button";
   again.textContent = "reuse seed";
@@ -167,6 +205,7 @@ $("form").addEventListener("submit", async (e) => {
     if (rows !== undefined) body.prime_rows = rows;
   }
   $("go").disabled = true;
+  showWarnings([]);
   const t0 = performance.now();
   setStatus("generating\\u2026", false);
   try {
