@@ -97,6 +97,26 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
         for key in ("fid", "kid_mean", "is_mean", "r_precision", "bits_per_image_token", "bits_per_text_token"):
             assert figures[key] is not None and math.isfinite(figures[key]), (split, key)
     assert all(math.isfinite(x) for x in _finite_numbers(results["dvae"]))
+    # the caption kinds: every kind on the kind splits, the canonical one elsewhere; concept figures
+    for split, figures in results["splits"].items():
+        kinds = set(figures["captions"])
+        expected = set(config.eval.caption_kinds) if split in config.eval.kind_splits else {"canonical"}
+        assert kinds == expected, split
+        for kind, k in figures["captions"].items():
+            assert 0.0 <= k["concept_top1"] <= k["concept_top5"] <= 1.0, (split, kind)
+            assert ("heldout_attribute_accuracy" in k) == (split == "unseen_compositions" and kind != "name")
+        assert 0.0 <= figures["recon_concept_top5"] <= 1.0 and 0.0 <= figures["real_concept_top5"] <= 1.0
+        right = figures["captions"]["canonical"]["bits_per_image_right_caption"]
+        assert math.isfinite(right) and right > 0
+    # plain-word samples and the example captions stored with the model
+    assert [e["caption"] for e in showcase["plain_words"]] == list(config.plain_captions)
+    assert all((out / p).is_file() for e in showcase["plain_words"] for p in e["images"])
+    from dalle_zero.pipelines.text_to_image import read_examples
+
+    examples = read_examples(out / "model")
+    assert examples[: len(config.plain_captions)] == list(config.plain_captions) and len(examples) > len(
+        config.plain_captions
+    )
     html = report.read_text()
     for text in (
         "dVAE reconstructions",
@@ -104,6 +124,9 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
         "unseen compositions",
         "unseen concepts",
         "Image-to-image",
+        "captions in plain words",
+        "plain name",
+        "unseen phrasing",
         "in-house",
         "not comparable to published FID",
         "reranker",
@@ -234,8 +257,15 @@ def test_the_reserve_is_the_measured_sampling_time_of_the_showcase_and_evaluatio
     assert record["images_per_second"] == max(by_threads.values())
     splits = json.loads((emoji / "splits.json").read_text())
     e = config.eval
-    assert record["eval_images"] == sum(min(e.samples, len(splits.get(s, []))) for s in e.splits) * e.candidates
-    assert record["showcase_images"] == (3 * config.showcase_captions + 1) * config.showcase_candidates
+    # every split once with its canonical captions, and again per other caption kind on the kind splits
+    per_split = {s: min(e.samples, len(splits.get(s, []))) for s in e.splits}
+    kinds = len(e.caption_kinds) - 1
+    assert record["eval_images"] == e.candidates * sum(
+        n * (1 + (kinds if s in e.kind_splits else 0)) for s, n in per_split.items()
+    )
+    assert record["showcase_images"] == (
+        3 * config.showcase_captions + 1 + len(config.plain_captions)
+    ) * config.showcase_candidates
     sampling = (record["eval_images"] + 2 * record["showcase_images"]) / record["images_per_second"]
     assert record["images_per_second"] > 0 and record["fixed_seconds"] == 7.0
     assert seconds == pytest.approx(7.0 + stages.TAIL_MARGIN * sampling) and seconds > 7.0

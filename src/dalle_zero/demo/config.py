@@ -75,6 +75,11 @@ class DemoConfig(Config):
     showcase_n: int = 4  # images kept per caption
     showcase_candidates: int = 16  # drawn per caption and reranked
     prime_rows: int | None = None  # image-to-image: token rows kept (None: half the grid)
+    # captions in plain words, the same for every run and budget (training concepts of the emoji data)
+    plain_captions: tuple[str, ...] = (
+        "red heart", "pizza", "thumbs up, dark skin tone", "dog face, twitter style", "rocket",
+        "face with tears of joy",
+    )  # fmt: skip
     seed: int = 0
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -97,6 +102,8 @@ class DemoConfig(Config):
             )
         if self.prime_rows is not None:
             check_int(self, "prime_rows", min_value=1)
+        if not all(isinstance(c, str) and c.strip() for c in self.plain_captions):
+            raise ValueError(f"DemoConfig.plain_captions must be non-empty strings, got {self.plain_captions!r}")
         missing = [s for s in TRAIN_STAGES if s not in self.stages]
         unknown = sorted(set(self.stages) - set(TRAIN_STAGES))
         if missing or unknown:

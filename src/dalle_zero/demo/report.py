@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.evaluation.figures import IN_HOUSE_NOTE, SPLIT_TITLES, dvae_rows, figure_table_html
+from dalle_zero.evaluation.figures import IN_HOUSE_NOTE, KIND_TITLES, SPLIT_TITLES, dvae_rows, figure_table_html
 from dalle_zero.evaluation.report import FigureRow, GridItem, HtmlReport, plot_curves, read_metrics
 
 # metrics.jsonl columns worth plotting per stage (those a run did not log are left out)
@@ -127,6 +127,21 @@ def write_report(
         for stage, path in plots.items():
             report.image(path, STAGE_TITLES.get(stage, stage))
 
+    if showcase and showcase.get("plain_words"):
+        entries = showcase["plain_words"]
+        report.section(
+            "Samples: captions in plain words",
+            f"Captions as a person would type them, the same for every run: the best {len(entries[0]['images'])} "
+            f"of {showcase['candidates']} samples by the reranker; guidance scale "
+            f"{showcase.get('guidance_scale', 1.0):g}.",
+        )
+        for e in entries:
+            report.raw_html(f"<h4>{html.escape(e['caption'])}</h4>")
+            scores = e["scores"] or [None] * len(e["images"])
+            report.grid(
+                [GridItem(p, f"sample {j + 1}", sc) for j, (p, sc) in enumerate(zip(e["images"], scores))],
+                cell_px=96, score_name="reranker",
+            )  # fmt: skip
     if showcase:
         for split, entries in showcase.get("splits", {}).items():
             if not entries:
@@ -173,6 +188,10 @@ def write_report(
             if gen.is_file() and real.is_file():
                 report.image(gen, f"{SPLIT_TITLES.get(split, split)}: generated (one per caption, first 32)")
                 report.image(real, "the real images of the same captions")
+            for kind in ("name", "name_attributes", "unseen_phrasing"):
+                path = out / "eval" / "samples" / f"{split}_{kind}_generated.png"
+                if path.is_file():
+                    report.image(path, f"{SPLIT_TITLES.get(split, split)}: generated for the {KIND_TITLES[kind]}")
 
     report.section("Reproduce")
     report.raw_html("<pre>" + html.escape("\n".join(header.get("commands", []))) + "</pre>")

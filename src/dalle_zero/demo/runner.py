@@ -37,10 +37,16 @@ CONFIG_NAME = "demo_config.json"
 
 def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
     """Reranked samples for seen / unseen captions and the image-to-image example -> ``showcase.json``."""
-    from dalle_zero.demo.showcase import pick_prime_image, render_image_to_image, render_showcase, showcase_captions
+    from dalle_zero.data.metadata import read_metadata
+    from dalle_zero.demo.showcase import (
+        pick_prime_image,
+        render_image_to_image,
+        render_plain_words,
+        render_showcase,
+        showcase_captions,
+    )
     from dalle_zero.evaluation.evaluate import read_splits
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-    from dalle_zero.training.evaluator import read_metadata
 
     c = ctx.config
     data = st._data(ctx)
@@ -62,6 +68,10 @@ def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
         "candidates": c.showcase_candidates,
         "guidance_scale": c.eval.guidance_scale,
         "splits": gallery,
+        "plain_words": render_plain_words(
+            pipeline, c.plain_captions, ctx.out, n=c.showcase_n, candidates=c.showcase_candidates,
+            seed=c.seed, guidance_scale=c.eval.guidance_scale,
+        ),  # fmt: skip
         "image_to_image": None,
     }
     row = pick_prime_image(meta, splits)
@@ -241,7 +251,7 @@ def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:
     guidance = f" --guidance-scale {g:g}" if g != 1.0 else ""
     return [
         f"dalle demo --out {out} --minutes {config.minutes:g}",
-        f'dalle generate --model {out / "model"} "grinning face, noto style (smileys & emotion, face smiling)" '
+        f'dalle generate --model {out / "model"} "grinning face, noto style" '
         f"-n 4 --candidates {config.showcase_candidates}{guidance}",
         f"dalle eval --model {out / 'model'} --data {data} --evaluator {out / 'runs' / 'evaluator'} "
         f"--clip {out / 'runs' / 'eval_clip'} --samples {config.eval.samples} --candidates {config.eval.candidates}"

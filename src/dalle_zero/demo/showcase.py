@@ -3,7 +3,10 @@
 - :func:`showcase_captions` picks captions evenly from the training split (seen), the unseen
   compositions and the unseen concepts (``docs/data.md``);
 - :func:`render_showcase` draws ``candidates`` samples per caption, keeps the reranker's best ``n``
-  (paper §2.6) and writes them as PNGs beside the real image of that caption;
+  (paper §2.6) and writes them as PNGs beside the real image of that caption; the caption is the
+  one a person would write (name, tone and style in plain words), not the dataset's template;
+- :func:`render_plain_words` does the same for a few captions in plain words ("red heart"), the same
+  for every run, so runs of different budgets can be compared side by side;
 - :func:`render_image_to_image` keeps the top token rows of a held-out image and samples the rest
   for its own caption and for the same concept in another tone or style (paper §3.3, Fig. 14).
 
@@ -89,7 +92,7 @@ def render_showcase(
         for split, rows in picks.items():
             entries = []
             for i, row in enumerate(rows):
-                caption = str(row["caption"])
+                caption = str(row.get("plain_caption") or row["caption"])
                 folder = out_dir / "images" / split
                 paths, scores = _sample_and_save(
                     pipeline,
@@ -120,6 +123,28 @@ def render_showcase(
     finally:
         bar.close()
     return result
+
+
+def render_plain_words(
+    pipeline: Any,
+    captions: Sequence[str],
+    out_dir: Path,
+    *,
+    n: int,
+    candidates: int,
+    seed: int,
+    guidance_scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    """The reranker's best ``n`` of ``candidates`` images for each caption, saved under
+    ``images/plain_words``: ``[{caption, images, scores, seed}]`` with paths relative to ``out_dir``."""
+    entries = []
+    for i, caption in enumerate(captions):
+        paths, scores = _sample_and_save(
+            pipeline, caption, out_dir / "images" / "plain_words", f"{i:02d}", out_dir,
+            n=n, candidates=candidates, seed=seed + i, guidance_scale=guidance_scale,
+        )  # fmt: skip
+        entries.append({"caption": caption, "images": paths, "scores": scores, "seed": seed + i})
+    return entries
 
 
 def sibling_caption(meta: dict[str, dict[str, Any]], row: dict[str, Any]) -> str | None:

@@ -34,7 +34,7 @@ from dalle_zero.demo import budget
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig, StageSpec
 from dalle_zero.io import atomic_directory, atomic_write_text
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import TrainTask, last_validation
+from dalle_zero.training.loop import TrainTask, best_model, last_validation
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ def _with_loop(fields: dict[str, Any], steps: int) -> dict[str, Any]:
     loop["steps"] = steps
     loop.setdefault("checkpoint_every", budget.every(steps, 8))
     loop.setdefault("log_every", budget.every(steps, 100))
-    loop["eval_every"] = 0
+    # evaluation only at the end, unless the stage keeps its best model: then at every checkpoint
+    loop["eval_every"] = loop["checkpoint_every"] if loop.get("select_by") else 0
     return {**fields, "loop": loop}
 
 
@@ -242,6 +243,7 @@ def plan_reserve(ctx: DemoContext) -> float:
     if path.is_file():
         return float(json.loads(path.read_text())["seconds"])
     from dalle_zero.cli.train_tokenizer import read_captions
+    from dalle_zero.evaluation.caption_kinds import kinds_for
     from dalle_zero.evaluation.evaluate import read_splits
 
     c = ctx.config
@@ -249,9 +251,12 @@ def plan_reserve(ctx: DemoContext) -> float:
     threads = (torch.get_num_threads(), os.cpu_count() or 1)  # this stage's choice, and all the cores
     rate, rates = budget.best_sampling_rate(probe_pipeline(ctx), c.eval, captions, threads)
     sizes = {k: len(v) for k, v in read_splits(_data(ctx)).items()}
-    eval_images = sum(min(c.eval.samples, sizes.get(split, 0)) for split in c.eval.splits) * c.eval.candidates
-    # 3 showcase splits and the image-to-image example; drawn a caption at a time, about half as fast
-    showcase_images = (3 * c.showcase_captions + 1) * c.showcase_candidates
+    eval_images = c.eval.candidates * sum(
+        min(c.eval.samples, sizes.get(split, 0)) * (1 + len(kinds_for(c.eval, split))) for split in c.eval.splits
+    )  # each caption kind of a split is sampled like the split itself
+    # 3 showcase splits, the image-to-image example and the plain-word captions; drawn a caption at a
+    # time, about half as fast
+    showcase_images = (3 * c.showcase_captions + 1 + len(c.plain_captions)) * c.showcase_candidates
     sampling = (eval_images + 2 * showcase_images) / rate
     seconds = c.reserve_seconds + TAIL_MARGIN * sampling
     record = {"seconds": seconds, "images_per_second": rate, "eval_images": eval_images,
@@ -510,14 +515,32 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
     from dalle_zero.models.transformer import DalleTransformer
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
+    best = best_model(ctx.run_dir("prior"))  # the prior at its lowest validation loss, if it kept one
+    prior_dir = best[0] if best is not None else ctx.run_dir("prior") / "model"
     pipeline = TextToImagePipeline(
         _tokenizer(ctx),
         DiscreteVAE.from_pretrained(ctx.run_dir("dvae") / "model"),
-        DalleTransformer.from_pretrained(ctx.run_dir("prior") / "model"),
+        DalleTransformer.from_pretrained(prior_dir),
         DalleCLIP.from_pretrained(ctx.run_dir("clip") / "model"),
+        examples=example_captions(ctx),
     )
     pipeline.save_pretrained(ctx.model_dir)
-    return {"model": str(ctx.model_dir)}
+    return {"model": str(ctx.model_dir), "prior": str(prior_dir), "prior_selected": best[1] if best else None}
+
+
+def example_captions(ctx: DemoContext, count: int = 12) -> list[str]:
+    """Captions that show a user the model's language (``dalle generate --examples``, the web page):
+    the demo's plain-word captions, then plain captions of training images, one concept each."""
+    from dalle_zero.data.metadata import read_metadata
+    from dalle_zero.evaluation.evaluate import pick_evenly, read_splits
+
+    out = list(ctx.config.plain_captions)
+    meta, train = read_metadata(_data(ctx)), read_splits(_data(ctx)).get("train", [])
+    concepts = {meta[s].get("concept"): s for s in train if s in meta and meta[s].get("plain_caption")}
+    for stem in pick_evenly(sorted(concepts.values()), max(count - len(out), 0)):
+        if meta[stem]["plain_caption"] not in out:
+            out.append(str(meta[stem]["plain_caption"]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
