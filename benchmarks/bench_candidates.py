@@ -37,9 +37,9 @@ import torch
 def main() -> None:
     from tqdm.auto import tqdm
 
-    from dalle_zero.data.metadata import read_metadata
-    from dalle_zero.evaluation.evaluate import EvalConfig, asked_labels, pick_evenly, read_splits, sample_candidates
-    from dalle_zero.evaluation.metrics import to_float_images
+    from dalle_zero.data.images import to_float_images
+    from dalle_zero.data.metadata import read_dataset_splits, read_metadata
+    from dalle_zero.evaluation.evaluate import EvalConfig, asked_labels, pick_evenly, sample_candidates
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.evaluator import EmojiEvaluator
@@ -64,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = Path(args.data)
-    meta, splits = read_metadata(data), read_splits(data)
+    meta, splits = read_metadata(data), read_dataset_splits(data)
     stems = pick_evenly(splits["unseen_compositions"], args.samples)
     rows = [meta[s] for s in stems]
     captions = [str(r["caption"]) for r in rows]

@@ -47,7 +47,7 @@ def emit(metric: str, value=None, **extra) -> None:
 
 def faster_threads(torch) -> int:
     """All cores, or 1 thread if that is >= 1.2x faster on a small matmul workload right now (the rule
-    of dalle_zero.demo.budget.fastest_thread_count, repeated here because this also runs in the other venv)."""
+    of dalle_zero.runtime.fastest_thread_count, repeated here because this also runs in the other venv)."""
     cores = os.cpu_count() or 1
     x, w = torch.randn(1024, 256), torch.randn(256, 1024, requires_grad=True)
     times = {}
@@ -191,22 +191,21 @@ def main() -> None:
 def compare(args: argparse.Namespace) -> None:
     import torch
 
-    from dalle_zero.data.metadata import read_metadata
+    from dalle_zero.data.metadata import read_dataset_splits, read_metadata
     from dalle_zero.data.tokens import TokenDataset
     from dalle_zero.demo import DemoConfig
-    from dalle_zero.demo.budget import fastest_thread_count
     from dalle_zero.evaluation.evaluate import (
         SplitSamples,
         generate_for_captions,
         json_ready,
         load_real_images,
         pick_evenly,
-        read_splits,
         split_figures,
     )
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.evaluator import EmojiEvaluator
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+    from dalle_zero.runtime import fastest_thread_count
     from dalle_zero.sampling.rerank import rerank
 
     demo = Path(args.demo)
@@ -241,7 +240,7 @@ def compare(args: argparse.Namespace) -> None:
         "image": torch.stack([it["image_codes"].long() for it in items]),
     }
     torch.save(train, out / "train_tokens.pt")
-    meta, splits = read_metadata(data), read_splits(data)
+    meta, splits = read_metadata(data), read_dataset_splits(data)
     picks = {s: pick_evenly(splits[s], eval_cfg.samples) for s in HELD_OUT if splits.get(s)}
     captions = {s: [meta[x]["caption"] for x in stems] for s, stems in picks.items()}
     torch.save({s: tok.encode(c) for s, c in captions.items()}, out / "eval_text.pt")

@@ -96,11 +96,11 @@ def child_ours(
 
     ``tau``: the Gumbel-softmax temperature of every step (default: the schedule's start, 1), after
     ``settle`` untimed training steps at it. ``flush_denormal``: flush denormal floats to zero before
-    torch starts its threads, as the ``dalle`` program does (``training.denormals.flush_denormals``).
+    torch starts its threads, as the ``dalle`` program does (``dalle_zero.runtime.flush_denormals``).
     """
     import torch
 
-    from dalle_zero.training.denormals import flush_denormals
+    from dalle_zero.runtime import flush_denormals
 
     torch.set_num_threads(THREADS)
     if flush_denormal:

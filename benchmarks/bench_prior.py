@@ -85,7 +85,7 @@ def child(section: str, variant: str, profile: str | None) -> None:
     import torch
 
     from dalle_zero.models.transformer import DalleTransformer
-    from dalle_zero.training.allocator import keep_freed_memory
+    from dalle_zero.runtime import keep_freed_memory
     from dalle_zero.training.prior import make_optimizer
 
     common.set_threads()

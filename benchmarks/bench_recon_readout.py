@@ -6,7 +6,7 @@
 For every image of the unseen-composition split it asks the evaluator for the held-out attribute (the
 skin tone of a held-out (concept, tone) pair, the style of a held-out (concept, style) pair), and for
 every image of the validation split for its tone and style, on the real images and on each ``--dvae``'s
-hard-code reconstructions of them (:func:`dalle_zero.evaluation.evaluate.round_trip`). This is the
+hard-code reconstructions of them (:func:`dalle_zero.models.dvae.round_trip`). This is the
 ``real_`` / ``recon_`` read-out of ``dalle eval`` on whole splits instead of its 200 sampled captions,
 without a prior. Prints one JSON row per (split, images, head).
 """
@@ -21,11 +21,11 @@ import torch
 
 
 def main() -> None:
-    from dalle_zero.data.metadata import read_metadata
+    from dalle_zero.data.metadata import read_dataset_splits, read_metadata
     from dalle_zero.evaluation import metrics
-    from dalle_zero.evaluation.evaluate import asked_labels, load_real_images, read_splits, round_trip
+    from dalle_zero.evaluation.evaluate import asked_labels, load_real_images
     from dalle_zero.io import resolve_model_dir
-    from dalle_zero.models.dvae import DiscreteVAE
+    from dalle_zero.models.dvae import DiscreteVAE, round_trip
     from dalle_zero.models.evaluator import EmojiEvaluator
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = Path(args.data)
-    meta, splits = read_metadata(data), read_splits(data)
+    meta, splits = read_metadata(data), read_dataset_splits(data)
     evaluator = EmojiEvaluator.from_pretrained(resolve_model_dir(args.evaluator)).eval()
     dvaes = {d: DiscreteVAE.from_pretrained(resolve_model_dir(d)).eval() for d in args.dvae}
     size = evaluator.config.image_size

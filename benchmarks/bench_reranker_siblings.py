@@ -22,11 +22,11 @@ import torch
 
 @torch.no_grad()
 def main() -> None:
-    from dalle_zero.data.metadata import read_metadata
-    from dalle_zero.evaluation.evaluate import load_real_images, read_splits, round_trip
+    from dalle_zero.data.metadata import read_dataset_splits, read_metadata
+    from dalle_zero.evaluation.evaluate import load_real_images
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
-    from dalle_zero.models.dvae import DiscreteVAE
+    from dalle_zero.models.dvae import DiscreteVAE, round_trip
     from dalle_zero.sampling.rerank import resize_pixels
     from dalle_zero.tokenizers.bpe import BPETokenizer
 
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = Path(args.data)
-    meta, splits = read_metadata(data), read_splits(data)
+    meta, splits = read_metadata(data), read_dataset_splits(data)
     queries = splits["unseen_compositions"]
     concepts = {meta[s]["concept"] for s in queries}
     pool = sorted(s for s, r in meta.items() if r["concept"] in concepts)  # every image of those concepts

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import torch
 
-from dalle_zero.data.metadata import read_metadata
+from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.evaluate import (
     EvalConfig,
     kind_captions,
     load_real_images,
     pick_evenly,
-    read_splits,
     sample_candidates,
 )
 from dalle_zero.models.evaluator import EmojiEvaluator
@@ -46,7 +45,7 @@ def main() -> None:
     pipe = TextToImagePipeline.from_pretrained(args.model)
     data = Path(args.data)
     meta = read_metadata(data)
-    rows = [meta[s] for s in pick_evenly(read_splits(data)[args.split], args.captions)]
+    rows = [meta[s] for s in pick_evenly(read_dataset_splits(data)[args.split], args.captions)]
     real = load_real_images(data, [r["stem"] for r in rows], pipe.dvae.config.image_size)
     codes = pipe.dvae.encode(real).flatten(1)  # (N, Ti)
     evaluator = EmojiEvaluator.from_pretrained(args.evaluator).eval() if args.evaluator else None

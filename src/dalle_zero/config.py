@@ -43,11 +43,13 @@ class Config:
                 f"{source}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(fields)}"
             )
         hints = typing.get_type_hints(cls)
-        kwargs = {name: _coerce(hints[name], value) for name, value in data.items()}
+        kwargs = {name: _coerce(hints[name], value, source=source, field=name) for name, value in data.items()}
         try:
             return cls(**kwargs)
         except TypeError as e:  # missing required fields
             raise ValueError(f"{source}: {e}") from None
+        except ValueError as e:  # a field's check in __post_init__: say which file it came from
+            raise ValueError(_with_source(source, str(e))) from None
 
     def to_json(self) -> str:
         return json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2) + "\n"
@@ -63,9 +65,19 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def load_config_source(name_or_path: str | Path, *, prefix: str = "") -> tuple[dict[str, Any], Path]:
+# The nested configs of every train config (``DVAETrainConfig.model``, ``PriorTrainConfig.loop``, ...):
+# callers merge command-line options into them as dicts, so they must be objects before that.
+TRAIN_SECTIONS = ("model", "loop")
+
+
+def load_config_source(
+    name_or_path: str | Path, *, prefix: str = "", sections: tuple[str, ...] = TRAIN_SECTIONS
+) -> tuple[dict[str, Any], Path]:
     """The fields of a JSON config file, or of a preset in ``dalle_zero/configs`` named with or
-    without ``prefix`` (``"emoji"`` or ``"prior_emoji"`` for ``prior_emoji.json``), and its path."""
+    without ``prefix`` (``"emoji"`` or ``"prior_emoji"`` for ``prior_emoji.json``), and its path.
+
+    A file that is not a JSON object, or whose ``sections`` (nested configs) are neither objects nor
+    null, is a ValueError naming the file and the field."""
     path = Path(name_or_path)
     if not path.is_file():
         name = str(name_or_path)
@@ -77,8 +89,33 @@ def load_config_source(name_or_path: str | Path, *, prefix: str = "") -> tuple[d
         path = found[0]
     data = read_json_file(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ValueError(f"{path}: expected a JSON object, got {json_type(data)}")
+    for name in sections:
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise ValueError(f"{path}: field {name!r} must be a JSON object, got {json_type(data[name])}")
     return {k: v for k, v in data.items() if k not in ("config_class", "model_type", "format_version")}, path
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages ("a list", "a number", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})" if len(repr(value)) <= 20 else "a number"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _with_source(source: str, message: str) -> str:
+    """``message`` prefixed with ``source`` unless it names it already."""
+    return message if message.startswith(source) else f"{source}: {message}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,20 +126,26 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _coerce(hint: Any, value: Any) -> Any:
-    """Turn JSON values into the field's type where JSON cannot express it (tuples, nested configs)."""
+def _coerce(hint: Any, value: Any, *, source: str = "config", field: str = "") -> Any:
+    """Turn JSON values into the field's type where JSON cannot express it (tuples, nested configs).
+
+    A nested config given anything but a JSON object is a ValueError naming ``source`` and ``field``."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value) if len(args) == 1 else value
+        return _coerce(args[0], value, source=source, field=field) if len(args) == 1 else value
     if origin is tuple and isinstance(value, list):
         args = typing.get_args(hint)
         inner = args[0] if args else Any
-        return tuple(_coerce(inner, v) for v in value)
-    if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
-        return hint.from_dict(value)
+        return tuple(_coerce(inner, v, source=source, field=field) for v in value)
+    if isinstance(hint, type) and issubclass(hint, Config):
+        if not isinstance(value, (dict, Config)):
+            raise ValueError(
+                f"{source}: field {field!r} must be a JSON object ({hint.__name__}), got {json_type(value)}"
+            )
+        return hint.from_dict(value, source=f"{source}: {field}") if isinstance(value, dict) else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
@@ -110,14 +153,39 @@ def _coerce(hint: Any, value: Any) -> Any:
 
 def read_json_file(path: str | Path, *, missing: str | None = None, error: type[Exception] = ValueError) -> Any:
     """The parsed JSON of ``path``. With ``missing``, an absent file raises ``FileNotFoundError(missing)``;
-    a file that is not JSON raises ``error`` naming the file, the line and the problem."""
+    a file that is not JSON (including text that is not UTF-8, nesting too deep for the parser and
+    integers too long to convert) raises ``error`` naming the file, the line and the problem."""
     path = Path(path)
     if missing is not None and not path.is_file():
         raise FileNotFoundError(missing)
     try:
-        return json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not valid JSON (not UTF-8 text: byte {e.start})") from None
+    return parse_json(text, source=str(path), error=error)
+
+
+def parse_json(text: str, *, source: str, error: type[Exception] = ValueError) -> Any:
+    """``json.loads(text)``; anything the parser refuses raises ``error`` naming ``source``, never a traceback."""
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise error(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: the parser recurses once per level
+        raise error(f"{source}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise error(f"{source}: not valid JSON ({str(e).splitlines()[0] if str(e) else 'unreadable value'})") from None
+
+
+def check_format_version(data: dict[str, Any], supported: int, *, source: str) -> int:
+    """``data["format_version"]`` (default ``supported``), or ValueError naming ``source``: not an integer,
+    or newer than ``supported``."""
+    version = data.get("format_version", supported)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"{source}: field 'format_version' must be a non-negative integer, got {json_type(version)}")
+    if version > supported:
+        raise ValueError(f"{source}: format_version {version} is newer than this dalle-zero supports ({supported})")
+    return version
 
 
 # ---- validation helpers: each raises ValueError naming the config, field and expectation ----

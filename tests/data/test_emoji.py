@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from dalle_zero.cli.main import main
-from dalle_zero.cli.train_tokenizer import read_captions
 from dalle_zero.data.emoji import (
     EMOJIBASE,
     EmojiDatasetConfig,
@@ -29,6 +28,7 @@ from dalle_zero.data.emoji import (
 )
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.npm import PINNED_INTEGRITY, fetch_npm_tarball, sha512_integrity
+from dalle_zero.data.sources import read_captions
 from dalle_zero.errors import DataError
 from tests.demo_data import CLDR, SHAPES, SIZE, make_emoji_tarball, make_emojibase_tarball
 

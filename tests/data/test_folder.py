@@ -89,26 +89,25 @@ def test_split_without_splits_json_is_a_clear_error(tmp_path):
     ],
 )
 def test_every_splits_json_reader_gives_the_same_one_line_error(tmp_path, content, message):
-    from dalle_zero.cli.train_tokenizer import read_captions
+    from dalle_zero.data.metadata import read_dataset_split, read_dataset_splits
+    from dalle_zero.data.sources import read_captions
     from dalle_zero.errors import DataError
-    from dalle_zero.evaluation.evaluate import read_splits
-    from dalle_zero.training.evaluator import read_split
 
     root = good_folder(tmp_path / "d")
     (root / "splits.json").write_text(content)
     readers = [
         lambda: ImageTextFolder(root, split="train"),
         lambda: read_captions(root, "train"),
-        lambda: read_split(root, "train"),
+        lambda: read_dataset_split(root, "train"),
     ]
-    if "no split" not in message:  # read_splits reads every split and asks for none
-        readers.append(lambda: read_splits(root))
+    if "no split" not in message:  # read_dataset_splits reads every split and asks for none
+        readers.append(lambda: read_dataset_splits(root))
     for read in readers:
         with pytest.raises(ValueError, match=message) as caught:
             read()
         assert str(root / "splits.json") in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(DataError):
-        read_split(root, "train")  # the evaluator's data errors stay DataErrors
+        read_dataset_split(root, "train")  # the evaluator's data errors stay DataErrors
 
 
 def test_images_are_found_recursively_in_several_formats(tmp_path):

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from dalle_zero.cli.main import main
-from dalle_zero.cli.train_tokenizer import read_captions
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest
-from dalle_zero.data.sources import data_folder, open_image_text_dataset
+from dalle_zero.data.sources import data_folder, open_image_text_dataset, read_captions
 from dalle_zero.data.tokens import TokenDataset
 from dalle_zero.data.transforms import ResizeTransform
 from dalle_zero.errors import DataError

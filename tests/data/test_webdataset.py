@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from dalle_zero.cli.main import main
-from dalle_zero.cli.train_tokenizer import read_captions
 from dalle_zero.data.folder import ImageTextFolder
-from dalle_zero.data.sources import open_image_text_dataset
+from dalle_zero.data.sources import open_image_text_dataset, read_captions
 from dalle_zero.data.tokens import TokenDataset
 from dalle_zero.data.transforms import DVAETransform
 from dalle_zero.data.webdataset import (

@@ -20,6 +20,7 @@ from dalle_zero.evaluation.evaluate import (
     sample_candidates,
 )
 from dalle_zero.evaluation.figures import figure_rows
+from dalle_zero.evaluation.inception import sha256_file
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig
@@ -178,6 +179,7 @@ def test_eval_cli_adds_standard_fid_and_is_with_a_torchscript_inception(tiny, tm
         torch.jit.script(_FakeInception()).save(str(inception))
     out = tmp_path / "eval"
     argv = _argv(tiny, out, "--split", "unseen_concepts", "--samples", "4", "--inception", str(inception))
+    argv += ["--inception-sha256", sha256_file(inception)]  # without it (or --trust-inception) it is not loaded
     assert main(argv) == 0
     f = json.loads((out / "results.json").read_text())["splits"]["unseen_concepts"]
     assert math.isfinite(f["standard_fid"]) and f["standard_fid"] >= 0

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from dalle_zero.data.images import blur
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.inception import TorchScriptInception
+from dalle_zero.models.dvae_loss import codebook_stats
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
 from tests.evaluation.shapes import shape_batch
 
@@ -103,15 +105,15 @@ def test_inception_score_is_one_for_a_classifier_that_always_says_the_same():
 
 
 def test_codebook_stats_on_hand_made_codes():
-    uniform = metrics.codebook_stats(torch.tensor([0, 1, 2, 3] * 5), vocab_size=8)
+    uniform = codebook_stats(torch.tensor([0, 1, 2, 3] * 5), vocab_size=8)
     assert uniform.perplexity == pytest.approx(4.0) and uniform.usage == 0.5 and uniform.used == 4
-    single = metrics.codebook_stats(torch.zeros(2, 3, 3, dtype=torch.long), vocab_size=16)
+    single = codebook_stats(torch.zeros(2, 3, 3, dtype=torch.long), vocab_size=16)
     assert single.perplexity == pytest.approx(1.0) and single.usage == 1 / 16
-    skewed = metrics.codebook_stats(torch.tensor([0, 0, 0, 1]), vocab_size=2)
+    skewed = codebook_stats(torch.tensor([0, 0, 0, 1]), vocab_size=2)
     h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert skewed.perplexity == pytest.approx(math.exp(h))
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
-        metrics.codebook_stats(torch.tensor([0, 4]), vocab_size=4)
+        codebook_stats(torch.tensor([0, 4]), vocab_size=4)
 
 
 def test_psnr_and_ssim_of_identical_images():
@@ -173,10 +175,10 @@ def test_attribute_accuracy_counts_only_asked_labels_the_head_knows(evaluator):
 
 def test_blur_keeps_constant_images_and_smooths_edges():
     flat = torch.full((1, 3, 16, 16), 0.3)
-    torch.testing.assert_close(metrics.blur(flat, 2.0), flat)
+    torch.testing.assert_close(blur(flat, 2.0), flat)
     x = shape_batch(2)
-    assert torch.equal(metrics.blur(x, 0), x)
-    assert metrics.blur(x, 1.0).diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
+    assert torch.equal(blur(x, 0), x)
+    assert blur(x, 1.0).diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
 
 
 # ---- standard FID / IS with a user-supplied TorchScript Inception (random weights, same interface)

@@ -146,8 +146,7 @@ def test_siblings_need_the_group_of_every_item(tokenizer, tmp_path):
 
 
 def test_reconstructed_images_show_a_share_of_items_as_the_dvae_decodes_them():
-    from dalle_zero.evaluation.evaluate import round_trip
-    from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
+    from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig, round_trip
 
     torch.manual_seed(0)
     dvae = DiscreteVAE(DVAEConfig(image_size=16, group_count=2, n_blk_per_group=1, n_hid=8, n_init=8, vocab_size=16))

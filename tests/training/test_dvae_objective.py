@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from dalle_zero.models.dvae import DVAEConfig
-from dalle_zero.training.dvae import (
-    DVAETrainConfig,
-    dvae_loss,
-    gumbel_noise,
-    kl_to_uniform,
-    logit_laplace_nll,
-    nats_to_bits_per_dim,
-    psnr,
-)
+from dalle_zero.models.dvae_loss import dvae_loss, kl_to_uniform, logit_laplace_nll, nats_to_bits_per_dim
+from dalle_zero.training.dvae import DVAETrainConfig, gumbel_noise, psnr
 from dalle_zero.training.loop import LoopConfig
 from dalle_zero.training.schedules import cosine_schedule, linear_warmup, scaled_length
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dalle_zero.training.lr import PlateauHalving, warmup_cosine
+from dalle_zero.training.schedules import PlateauHalving, warmup_cosine
 
 
 def _feed(s: PlateauHalving, losses, start: int = 1) -> list[int]:
@@ -91,7 +91,7 @@ def test_bad_settings_raise(kw):
 
 
 def test_warmup_cosine_ends_at_the_final_fraction():
-    kw = {"peak": 1.0, "warmup_steps": 10, "total_steps": 110, "final_fraction": 1 / 32}
+    kw = {"peak": 1.0, "end": 1 / 32, "warmup_steps": 10, "total_steps": 110}  # end: the final fraction of the peak
     assert warmup_cosine(0, **kw) == pytest.approx(0.1)
     assert warmup_cosine(10, **kw) == pytest.approx(1.0)
     assert warmup_cosine(60, **kw) == pytest.approx((1 + 1 / 32) / 2)

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.models.transformer import DalleTransformer

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.emoji import EmojiDatasetConfig, build_emoji_dataset
     from dalle_zero.data.splits import SplitConfig
 

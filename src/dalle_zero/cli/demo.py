@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
-from typing import Any
 
-from dalle_zero.cli.options import add_sampling_arguments, sampling_settings
+from dalle_zero.cli.options import add_sampling_arguments, check_output_folder, sampling_settings
 
 HELP = "evaluate a model folder: in-house FID/KID/IS, R-precision, tone/style accuracy, bits per token"
 
@@ -39,6 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
     add_sampling_arguments(parser)
     parser.add_argument("--inception", help="TorchScript Inception-v3 file for standard FID/IS (optional)")
+    parser.add_argument(
+        "--inception-sha256",
+        metavar="HEX",
+        help="the SHA-256 the --inception file must have (loading a TorchScript file runs its code); required "
+        "unless --trust-inception",
+    )
+    parser.add_argument(
+        "--trust-inception", action="store_true", help="load the --inception file without checking its SHA-256"
+    )
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: 1 or all cores, whichever is faster right now)"
     )
@@ -64,42 +73,18 @@ def model_dir(path: str | Path, model_type: str, flag: str) -> Path:
     raise FileNotFoundError(f"{flag}: {path} is neither a {model_type} model folder nor a run folder with model/")
 
 
-def write_eval_report(results: dict[str, Any], out_dir: Path, *, title: str = "dalle-zero evaluation") -> Path:
-    """``out_dir/report.html``: the figure table and the generated-vs-real grids under ``out_dir/samples``."""
-    from dalle_zero.evaluation.figures import IN_HOUSE_NOTE, SPLIT_TITLES, dvae_rows, figure_table_html
-    from dalle_zero.evaluation.report import HtmlReport
-
-    out_dir = Path(out_dir).resolve()  # image paths below are built from it: relative ones would be prefixed twice
-    report = HtmlReport(title, out_dir)
-    report.paragraph(IN_HOUSE_NOTE, note=True)
-    report.section("Figures")
-    report.raw_html(figure_table_html(results))
-    if results.get("dvae"):
-        report.figure_table(dvae_rows(results))
-    samples = out_dir / "samples"
-    for split in results.get("splits", {}):
-        gen, real = samples / f"{split}_generated.png", samples / f"{split}_real.png"
-        if gen.is_file() and real.is_file():
-            report.section(f"Samples: {SPLIT_TITLES.get(split, split)}")
-            report.image(gen, "generated, one per caption (first captions of the evaluated set)")
-            report.image(real, "the real images of the same captions, in the same order")
-    recon = samples / "dvae_reconstructions.png"
-    if recon.is_file():
-        report.section("dVAE reconstructions")
-        report.image(recon, "pairs of columns: original, then its reconstruction from hard codes")
-    return report.save()
-
-
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    # imported here, not at the top: `dalle --help` imports every command module
     import torch
 
     from dalle_zero.evaluation.evaluate import SPLITS, EvalConfig, evaluate_model, json_ready
+    from dalle_zero.evaluation.figures import write_eval_report
+    from dalle_zero.evaluation.inception import TorchScriptInception, check_inception_file
     from dalle_zero.io import atomic_write_text
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.evaluator import EmojiEvaluator
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+    from dalle_zero.runtime import fastest_thread_count
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     model = Path(args.model)
@@ -110,25 +95,27 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data: data folder not found: {data}")
     if not (data / "splits.json").is_file():
         raise FileNotFoundError(f"--data: {data} has no splits.json (build it with `dalle data emoji`)")
+    out = check_output_folder(args.out)  # before the work, not when it is done
+    if args.inception_sha256 is not None and not args.inception:
+        raise ValueError("--inception-sha256 is the hash of the --inception file: give --inception too")
+    inception_sha256 = None
+    if args.inception:  # checked before anything is loaded: loading the file runs its code
+        inception_sha256 = check_inception_file(
+            args.inception, sha256=args.inception_sha256, trust=args.trust_inception
+        )
     evaluator = EmojiEvaluator.from_pretrained(model_dir(args.evaluator, "evaluator", "--evaluator"))
     clip = DalleCLIP.from_pretrained(model_dir(args.clip, "clip", "--clip")) if args.clip else None
     inception = None
     if args.inception:
-        from dalle_zero.evaluation.inception import TorchScriptInception, sha256_file
-
-        if not Path(args.inception).is_file():
-            raise FileNotFoundError(f"--inception: file not found: {args.inception}")
-        print(f"Inception-v3: {args.inception} (sha256 {sha256_file(args.inception)})")
-        inception = (
-            TorchScriptInception.from_file(args.inception, output="features"),
-            TorchScriptInception.from_file(args.inception, output="logits"),
+        print(f"Inception-v3: {args.inception} (sha256 {inception_sha256})")
+        inception = (  # the hash checked again as each is loaded: the file may have changed since
+            TorchScriptInception.from_file(args.inception, output="features", sha256=inception_sha256),
+            TorchScriptInception.from_file(args.inception, output="logits", sha256=inception_sha256),
         )
     pipeline = TextToImagePipeline.from_pretrained(model)
     if args.int8:
         pipeline.quantize_int8()
     if args.threads is None:
-        from dalle_zero.demo.budget import fastest_thread_count
-
         fastest_thread_count()  # on a busy machine 1 thread can be many times faster than 2
     else:
         torch.set_num_threads(args.threads)
@@ -140,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **sampling_settings(args),
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate_model(
         pipeline,

@@ -25,9 +25,11 @@ import re
 import sys
 from pathlib import Path
 
-from dalle_zero.cli.options import add_sampling_arguments, load_pipeline, sampling_settings
+from dalle_zero.cli.options import add_sampling_arguments, check_output_folder, load_pipeline, sampling_settings
 
 HELP = "generate images from captions with a model folder (from `dalle assemble`)"
+MAX_GRID_SCALE = 256
+MAX_GRID_PIXELS = 1 << 26  # 64 Mpx: the grid PNG is held in memory whole (3 bytes a pixel)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grid-scale",
         type=int,
-        help="nearest-neighbour upscale of the grid PNG (default: to at least 128 px per image)",
+        help=f"nearest-neighbour upscale of the grid PNG, 1 to {MAX_GRID_SCALE} (default: to at least 128 px per "
+        "image); the grid may have at most 64 Mpx",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
@@ -78,6 +81,23 @@ def make_grid(images: list, scale: int, pad: int = 2) -> object:
         r, c = divmod(i, cols)
         grid.paste(im.resize((cw, ch), Image.Resampling.NEAREST), (pad + c * (cw + pad), pad + r * (ch + pad)))
     return grid
+
+
+def check_grid_size(n: int, image_size: int, scale: int) -> None:
+    """ValueError naming --grid-scale if the grid of ``n`` images of ``image_size`` px, each upscaled
+    ``scale`` times, would have more than :data:`MAX_GRID_PIXELS` pixels."""
+    if n < 1:
+        return
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    side = image_size * scale
+    pixels = cols * side * rows * side
+    if pixels > MAX_GRID_PIXELS:
+        largest = max(1, math.isqrt(MAX_GRID_PIXELS // (cols * rows)) // image_size)
+        raise ValueError(
+            f"--grid-scale {scale} makes a grid of {cols * side}x{rows * side} pixels ({n} images of {image_size} px), "
+            f"over the cap of {MAX_GRID_PIXELS // (1 << 20)} Mpx; use --grid-scale {largest} or less"
+        )
 
 
 def print_examples(args: argparse.Namespace) -> int:
@@ -114,12 +134,15 @@ def run(args: argparse.Namespace) -> int:
     for caption in args.captions:
         if not caption.strip():
             raise ValueError("a caption is empty: give some text to draw")
-    if args.grid_scale is not None and args.grid_scale < 1:
-        raise ValueError(f"--grid-scale must be >= 1, got {args.grid_scale}")
+    if args.grid_scale is not None and not 1 <= args.grid_scale <= MAX_GRID_SCALE:
+        raise ValueError(f"--grid-scale must be in [1, {MAX_GRID_SCALE}], got {args.grid_scale}")
     if args.prime_image is not None and not Path(args.prime_image).is_file():
         raise FileNotFoundError(f"--prime-image: image not found: {args.prime_image}")
+    out = check_output_folder(args.out)  # before sampling: a bad --out must not cost the samples
     model_dir = Path(args.model)
     pipeline = load_pipeline(args)
+    if args.grid_scale is not None:
+        check_grid_size(args.n, pipeline.dvae.config.image_size, args.grid_scale)
     for caption in args.captions:
         pipeline.check_caption(caption)  # e.g. only control characters: nothing left once normalised
         warning = pipeline.caption_warning(caption)
@@ -147,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for k, (caption, images, scores) in enumerate(zip(output.prompts, output.images, output.scores)):
         stem = f"{k:02d}_{slugify(caption)}"

@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+from dalle_zero.runtime import flush_denormals
+
 # (command words) -> module; a group ("train") gets its own sub-parser.
 COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "dalle_zero.cli.demo",
@@ -33,7 +35,9 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("plan",): "dalle_zero.cli.plan",
 }
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,10 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # before torch starts its threads, so that they inherit it (training/denormals.py)
-    from dalle_zero.training.denormals import flush_denormals
-
-    flush_denormals()
+    flush_denormals()  # before torch starts its threads, so that they inherit it (dalle_zero/runtime.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     # library modules log through logging; the program shows warnings (e.g. truncated captions) as one line each

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
@@ -39,19 +41,68 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, float | int | None]
     }
 
 
-def load_pipeline(args: argparse.Namespace) -> Any:
-    """The ``--model`` folder as a pipeline on ``--device`` (int8 with ``--int8``); user errors in one line."""
-    from pathlib import Path
-
+def parse_device(name: str, flag: str = "--device") -> Any:
+    """``name`` as a ``torch.device``, or a ValueError naming ``flag`` if torch does not know it."""
     import torch
 
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{flag}: {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "meta":
+        raise ValueError(f"{flag}: 'meta' holds no data; use a real device such as cpu")
+    return device
+
+
+def check_device(name: str, flag: str = "--device") -> Any:
+    """``name`` as a ``torch.device`` that this machine has, or a ValueError naming ``flag`` (an unknown
+    device, CUDA on a build or machine without it, a GPU index past the last GPU)."""
+    import torch
+
+    device = parse_device(name, flag)
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None) or getattr(
+        getattr(torch.backends, device.type, None), "is_available", None
+    )
+    if is_available is None or not is_available():
+        why = "this PyTorch build has no CUDA" if device.type == "cuda" and torch.version.cuda is None else (
+            "not available on this machine"
+        )
+        raise ValueError(f"{flag} {name}: {why}; use --device cpu")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise ValueError(f"{flag} {name}: there are only {count()} {device.type} device(s) (0 to {count() - 1})")
+    return device
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` if a folder can be written there (it is one, or can be made), else a one-line error
+    naming ``flag``; checked before any work, so that no work is lost at the end."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag}: {path} exists and is not a folder; choose a folder for the output")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{flag}: {ancestor} is a file, so the folder {path} cannot be made there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag}: cannot write in {ancestor}")
+    return path
+
+
+def load_pipeline(args: argparse.Namespace) -> Any:
+    """The ``--model`` folder as a pipeline on ``--device`` (int8 with ``--int8``); user errors in one line."""
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"--model: model folder not found: {model_dir}")
-    if args.int8 and torch.device(args.device).type != "cpu":
+    if args.int8 and parse_device(args.device).type != "cpu":
         raise ValueError(f"--int8 is for sampling on the CPU, not on {args.device}")
+    check_device(args.device)
     pipeline = TextToImagePipeline.from_pretrained(model_dir, map_location=args.device)
     if args.int8:
         pipeline.quantize_int8()

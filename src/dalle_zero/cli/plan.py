@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ def load_transformer_config(name_or_path: str):  # -> TransformerConfig
 
 def load_plan_config(name_or_path: str) -> tuple[Any, dict[str, Any]]:
     """(TransformerConfig, the train config's ``loop`` entry or {}) of a preset name or JSON file."""
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.models.transformer import TransformerConfig
 
     path = Path(name_or_path)
@@ -112,8 +114,7 @@ def _powersgd(plan: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.planning import plan_training
 
     config, loop = load_plan_config(args.config)

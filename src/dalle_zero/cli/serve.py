@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import signal
 import sys
 from pathlib import Path
+
+from dalle_zero.cli.options import load_pipeline
 
 HELP = "serve a model folder over HTTP: a JSON API and a web page"
 
@@ -69,11 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    # imported here, not at the top: `dalle --help` imports every command module
     import torch
 
-    from dalle_zero.cli.options import load_pipeline
     from dalle_zero.server import GenerationService, ServerLimits, make_server
     from dalle_zero.server.guards import check_host_name, check_token
 

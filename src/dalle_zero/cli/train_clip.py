@@ -44,7 +44,9 @@ def load_config_dict(name_or_path: str) -> dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.sources import check_data_source
+    from dalle_zero.io import resolve_model_dir
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.clip import CLIPTrainConfig
 
@@ -59,8 +61,6 @@ def resolve_config(args: argparse.Namespace) -> Any:
     if args.tokenizer:
         data["tokenizer"] = str(Path(args.tokenizer).resolve())
     if args.dvae:
-        from dalle_zero.io import resolve_model_dir
-
         data["dvae"] = str(resolve_model_dir(args.dvae).resolve())
         data.setdefault("recon_prob", 0.5)
     for name in ("data", "tokenizer"):
@@ -81,6 +81,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.training.clip import CLIPTask, build_model
     from dalle_zero.training.loop import last_validation_step, train
 

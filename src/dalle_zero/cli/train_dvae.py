@@ -59,6 +59,7 @@ def _ema(value: str) -> float | None:
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """Preset/file + saved run config + flags -> a validated DVAETrainConfig."""
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.sources import check_data_source
     from dalle_zero.training.dvae import DVAETrainConfig
 
@@ -98,6 +99,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.training.dvae import DVAETask, build_datasets
     from dalle_zero.training.loop import last_validation_step, train

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 HELP = "train the in-house evaluator (category / skin tone / style classifier) on real images"
@@ -36,18 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    # imported here, not at the top: `dalle --help` imports every command module
     import torch
 
+    from dalle_zero.data.images import load_image
+    from dalle_zero.data.metadata import read_dataset_split
     from dalle_zero.models.evaluator import EmojiEvaluator
-    from dalle_zero.training.evaluator import (
-        EvaluatorTask,
-        EvaluatorTrainConfig,
-        build_train_config,
-        load_image,
-        read_split,
-    )
+    from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
     from dalle_zero.training.loop import last_validation, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -61,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     size = args.image_size
     if size is None and "image_size" not in _raw_json(args.config).get("model", {}):
-        first = read_split(data, cfg.train_split)[:1]
+        first = read_dataset_split(data, cfg.train_split)[:1]
         if first:
             size = int(load_image(data / "images" / f"{first[0]}.png").shape[-1])
     if size is not None:

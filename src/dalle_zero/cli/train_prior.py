@@ -76,28 +76,11 @@ def load_config_dict(spec: str) -> tuple[dict[str, Any], str]:
     return data, str(path)
 
 
-def data_model_fields(tokens_dir: str, tokenizer: Any, tokenizer_dir: str) -> dict[str, tuple[int, str]]:
-    """Model fields the data decides: {field: (value, where it comes from)}."""
-    from dalle_zero.data.tokens import read_token_index
-
-    index = read_token_index(tokens_dir)
-    h, w = index["grid"]
-    if h != w:
-        raise ValueError(f"{tokens_dir}: token grid is {h}x{w}; the transformer needs a square grid")
-    grid, vocab = int(h), int(index["image_vocab_size"])
-    shards, tok_src = f"token shards {tokens_dir}", f"tokenizer {tokenizer_dir}"
-    return {
-        "image_grid": (grid, shards),
-        "image_vocab_size": (vocab, shards),
-        "text_vocab_size": (tokenizer.vocab_size, tok_src),
-        "text_seq_len": (tokenizer.text_seq_len, tok_src),
-    }
-
-
 def resolve_config(args: argparse.Namespace) -> tuple[Any, Any]:
     """(PriorTrainConfig, BPETokenizer) from the config file / saved run config and the options."""
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.tokenizers.bpe import BPETokenizer
-    from dalle_zero.training.prior import PriorTrainConfig
+    from dalle_zero.training.prior import PriorTrainConfig, data_model_fields
 
     out = Path(args.out)
     saved = out / "train_config.json"
@@ -136,6 +119,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.training.loop import train
     from dalle_zero.training.prior import PriorTask, build_model
 

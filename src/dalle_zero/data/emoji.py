@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from dalle_zero.config import Config, check_choice, check_int
 from dalle_zero.data.emoji_captions import (
@@ -360,8 +361,6 @@ def build_emoji_dataset_from_tarballs(
 
     Without an ``emojibase-data`` tarball the names are emoji-datasource's (no CLDR names, keywords
     or Korean captions)."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     style_pkgs = packages_for(config)

@@ -11,7 +11,8 @@ manifest (or ``splits_file``) uses to restrict a ``split``, as for an image fold
 
 Unusable rows are skipped and counted, never fatal: a row that is not valid JSON or lacks a field
 ("bad row"), an empty caption, a missing or zero-byte image file, an image PIL cannot decode (with
-``check="load"``), and with ``filter_aspect`` an aspect ratio outside the paper's [1/2, 2]. A
+``check="load"``), an image of more than ``max_pixels`` pixels (from its header, before decoding), and
+with ``filter_aspect`` an aspect ratio outside the paper's [1/2, 2]. A
 manifest without the ``image`` and ``caption`` columns is a one-line error naming the file. Items,
 keys and the report are those of :class:`~dalle_zero.data.pairs.ImageTextPairs`.
 """
@@ -25,7 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.data.pairs import ImageTextPairs, Transform, caption_lines, image_problem, wanted_stems
+from dalle_zero.data.pairs import (
+    MAX_PIXELS,
+    ImageTextPairs,
+    Transform,
+    caption_lines,
+    image_problem,
+    wanted_stems,
+)
 from dalle_zero.errors import DataError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -49,13 +57,14 @@ class ImageTextManifest(ImageTextPairs):
         check: str = "load",
         filter_aspect: bool = False,
         seed: int = 0,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"manifest not found: {self.path}")
         if not is_manifest(self.path):
             raise ValueError(f"{self.path}: a manifest must be a .csv or .jsonl file")
-        self._setup(str(self.path), transform, seed, check)
+        self._setup(str(self.path), transform, seed, check, max_pixels)
         wanted = wanted_stems(split, splits_file, self.path.parent / "splits.json", str(self.path))
 
         self.items: list[tuple[tuple[Path, str], list[str]]] = []  # ((image path, key), caption lines)
@@ -66,7 +75,7 @@ class ImageTextManifest(ImageTextPairs):
             image, captions, key = row
             if wanted is not None and key not in wanted:
                 continue
-            reason = self._check(image, captions, check=check, filter_aspect=filter_aspect)
+            reason = self._check(image, captions, check=check, filter_aspect=filter_aspect, max_pixels=self.max_pixels)
             if reason is not None:
                 self.skipped[reason] += 1
                 continue
@@ -114,14 +123,16 @@ class ImageTextManifest(ImageTextPairs):
                 yield None
 
     @staticmethod
-    def _check(image: Path, captions: list[str], *, check: str, filter_aspect: bool) -> str | None:
+    def _check(
+        image: Path, captions: list[str], *, check: str, filter_aspect: bool, max_pixels: int = MAX_PIXELS
+    ) -> str | None:
         if not captions:
             return "empty caption"
         if not image.is_file():
             return "missing image file"
         if image.stat().st_size == 0:
             return "zero-byte image"
-        return image_problem(image, check=check, filter_aspect=filter_aspect)
+        return image_problem(image, check=check, filter_aspect=filter_aspect, max_pixels=max_pixels)
 
     def _open_image(self, where: tuple[Path, str]) -> Path:
         return where[0]

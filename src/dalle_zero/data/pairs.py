@@ -10,9 +10,11 @@ of what was skipped are the same for all, so every trainer can use any of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +30,10 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 CHECKS = ("load", "verify", "none")
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+# An image larger than this (width x height, read from its header before decoding) is skipped like a
+# corrupt one: a 165 kB PNG can claim 144 megapixels and cost a gigabyte and more to decode.
+MAX_PIXELS = 1 << 26  # 64 Mpx, e.g. 8192 x 8192
+OVERSIZED = "image over the pixel cap"
 
 Transform = Callable[[Image.Image, torch.Generator], torch.Tensor]
 ImageSource = str | Path | IO[bytes]  # what ``PIL.Image.open`` accepts
@@ -76,21 +82,53 @@ def caption_lines(text: str) -> list[str]:
     return [s for s in (line.strip() for line in text.splitlines()) if s]
 
 
-def image_problem(image: ImageSource, *, check: str, filter_aspect: bool) -> str | None:
-    """Why an image is unusable (``"unreadable image"``, an aspect ratio outside [1/2, 2]), or None.
+def check_max_pixels(max_pixels: int, owner: str) -> int:
+    """``max_pixels`` if it is a positive integer, else a ValueError naming ``owner``."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"{owner}: max_pixels must be a positive integer, got {max_pixels!r}")
+    return max_pixels
+
+
+@contextlib.contextmanager
+def open_image(source: ImageSource) -> Iterator[Image.Image]:
+    """``PIL.Image.open(source)`` without Pillow's decompression-bomb warning: the readers check their own
+    pixel cap (:func:`oversized`) from the header and skip what is over it, which says more."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(source)
+    with im:
+        yield im
+
+
+def oversized(im: Image.Image, max_pixels: int) -> bool:
+    """True if the opened (not yet decoded) image ``im`` has more than ``max_pixels`` pixels."""
+    w, h = im.size
+    return w * h > max_pixels
+
+
+def image_problem(
+    image: ImageSource, *, check: str, filter_aspect: bool, max_pixels: int = MAX_PIXELS
+) -> str | None:
+    """Why an image is unusable (``"unreadable image"``, :data:`OVERSIZED`, an aspect ratio outside
+    [1/2, 2]), or None.
 
     ``check="load"`` decodes it fully (catches truncated files that ``verify()`` lets through),
     ``"verify"`` runs PIL's cheaper integrity check, ``"none"`` opens nothing unless ``filter_aspect``.
+    The pixel cap is checked from the header, before any decoding (and at load time in any case).
     """
     if check == "none" and not filter_aspect:
         return None
     try:
-        with Image.open(image) as im:
+        with open_image(image) as im:
             size = im.size
+            if oversized(im, max_pixels):
+                return OVERSIZED
             if check == "load":
                 im.load()
             elif check == "verify":
                 im.verify()
+    except Image.DecompressionBombError:  # Pillow's own cap (twice its MAX_IMAGE_PIXELS), from the header
+        return OVERSIZED
     except IMAGE_ERRORS:
         return "unreadable image"
     if filter_aspect and not aspect_ratio_ok(*size):
@@ -108,8 +146,8 @@ class ImageTextPairs(Dataset):
     images are returned at their own size (RGB, alpha composited onto white).
 
     Subclasses set ``label`` (names the data in messages), ``transform``, ``seed``, ``skipped`` (a
-    Counter of reasons) and ``items`` (``[(where, caption lines)]``), and implement
-    :meth:`_open_image`, :meth:`_stem` and :meth:`_describe` for their ``where``.
+    Counter of reasons), ``max_pixels`` (the pixel cap) and ``items`` (``[(where, caption lines)]``),
+    and implement :meth:`_open_image`, :meth:`_stem` and :meth:`_describe` for their ``where``.
     """
 
     label: str
@@ -117,12 +155,16 @@ class ImageTextPairs(Dataset):
     seed: int
     skipped: Counter[str]
     items: list[tuple[Any, list[str]]]
+    max_pixels: int = MAX_PIXELS
 
-    def _setup(self, label: str, transform: Transform | None, seed: int, check: str) -> None:
+    def _setup(
+        self, label: str, transform: Transform | None, seed: int, check: str, max_pixels: int = MAX_PIXELS
+    ) -> None:
         """The fields every reader sets before it indexes; a clear error for an unknown ``check``."""
         if check not in CHECKS:
             raise ValueError(f"{type(self).__name__}: check must be one of {list(CHECKS)}, got {check!r}")
         self.label, self.transform, self.seed = label, transform, seed
+        self.max_pixels = check_max_pixels(max_pixels, type(self).__name__)
         self.skipped = Counter()
 
     def _open_image(self, where: Any) -> ImageSource:
@@ -178,7 +220,10 @@ class ImageTextPairs(Dataset):
             i = (index + attempt) % len(self.items)
             where, lines = self.items[i]
             try:
-                with Image.open(self._open_image(where)) as im:
+                with open_image(self._open_image(where)) as im:
+                    if oversized(im, self.max_pixels):  # from the header: nothing decoded yet
+                        w, h = im.size
+                        raise ValueError(f"{w}x{h} is over the cap of {self.max_pixels:,} pixels")
                     img = to_rgb(im)
                     img.load()
             except IMAGE_ERRORS as e:

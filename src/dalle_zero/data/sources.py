@@ -5,7 +5,7 @@
 files and no images; a manifest (:class:`~dalle_zero.data.manifest.ImageTextManifest`) when it is a
 ``.csv`` or ``.jsonl`` file of ``image,caption`` rows; anything else is an image folder
 (:class:`~dalle_zero.data.folder.ImageTextFolder`). All give the same items, so the trainers,
-``dalle encode`` and the tokenizer take any of them.
+``dalle encode`` and the tokenizer take any of them; :func:`read_captions` reads the captions alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest, is_manifest
-from dalle_zero.data.pairs import ImageTextPairs, Transform
+from dalle_zero.data.pairs import IMAGE_SUFFIXES, ImageTextPairs, Transform, caption_lines, split_stems
 from dalle_zero.data.webdataset import ImageTextShards, is_shard_source, shard_folder, shard_paths
 
 
@@ -55,3 +55,46 @@ def check_data_source(data: str | Path) -> None:
         shard_paths(data)
     elif not Path(data).is_dir():
         raise FileNotFoundError(f"data folder not found: {data}")
+
+
+def read_captions(root: str | Path, split: str = "train") -> tuple[list[str], str]:
+    """Caption texts under ``root`` (restricted to ``split`` if ``root/splits.json`` exists), every line
+    of a caption file a caption of its own, and a note saying which captions they are.
+
+    For an image folder, captions are the ``.txt`` files beside images of the same stem, found
+    recursively; for shards or a manifest, the captions of every sample (:func:`open_image_text_dataset`).
+    """
+    if is_shard_source(root) or is_manifest(root):
+        return _indexed_captions(root, split)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    wanted: set[str] | None = None
+    note = "all captions (no splits.json)"
+    splits_path = root / "splits.json"
+    if splits_path.is_file():
+        wanted = split_stems(splits_path, split)
+        note = f"split {split!r} of {splits_path}"
+    captions = []
+    for txt in sorted(root.rglob("*.txt")):
+        if not any(txt.with_suffix(s).is_file() for s in IMAGE_SUFFIXES):
+            continue  # not a caption (README.txt, NOTICE.txt, ...)
+        rel = str(txt.relative_to(root).with_suffix(""))
+        if wanted is not None and txt.stem not in wanted and rel not in wanted:
+            continue
+        captions += caption_lines(txt.read_text(encoding="utf-8", errors="replace"))
+    if not captions:
+        raise ValueError(f"{root}: no captions found (.txt files beside same-stem images; {note})")
+    return captions, note
+
+
+def _indexed_captions(source: str | Path, split: str) -> tuple[list[str], str]:
+    """The captions of WebDataset shards or a manifest (every caption line of every sample), restricted to
+    ``split`` by a ``splits.json`` beside them; without one, they are all the train split (shards) or
+    all read (a manifest)."""
+    splits_path = data_folder(source) / "splits.json"
+    has_splits = splits_path.is_file()
+    pairs = open_image_text_dataset(source, split=split if has_splits or not is_manifest(source) else None,
+                                    check="none")
+    note = f"split {split!r} of {splits_path}" if has_splits else "all captions (no splits.json)"
+    return [line for i in range(len(pairs)) for line in pairs.captions(i)], note

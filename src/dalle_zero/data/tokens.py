@@ -9,13 +9,18 @@ encoder in its loop. A token folder holds::
     metadata.jsonl           (optional) copied from the image folder
 
 :class:`TokenDataset` reads it back: items are ``dict(image_codes=LongTensor[h*w] in raster order,
-caption=str, stem=str)``.
+caption=str, stem=str)``. Nothing in a token folder is trusted: ``index.json`` is checked field by
+field (:func:`read_token_index`), and every shard when it is opened: integer codes (not float, not
+bool) in ``[0, image_vocab_size)`` of shape ``[count, h, w]``, captions a list of lists of strings,
+stems a list of strings; anything else is a one-line :class:`~dalle_zero.errors.DataError` naming the
+file and the field, not a failure deep inside the embedding later.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from dalle_zero.config import read_json_file
+from dalle_zero.config import json_type, read_json_file
 from dalle_zero.errors import DataError
 from dalle_zero.io import atomic_directory
 
@@ -32,6 +37,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "dalle-zero-tokens"
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file name in the folder, never a path
 
 
 def _shard_name(i: int) -> str:
@@ -140,18 +146,87 @@ def write_token_shards(
 
 
 def read_token_index(folder: str | Path) -> dict[str, Any]:
-    """The parsed ``index.json`` of a token folder, checked for format and version."""
+    """The parsed ``index.json`` of a token folder, checked for format, version and every field the
+    reader uses (``grid``, ``image_vocab_size``, ``shards``, ``splits``); a DataError names the field."""
     folder = Path(folder)
     path = folder / INDEX_NAME
     if not folder.is_dir():
         raise FileNotFoundError(f"token folder not found: {folder}")
     missing = f"{folder}: no {INDEX_NAME} (make token shards with `dalle encode`)"
     index = read_json_file(path, missing=missing, error=DataError)
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise DataError(f"{path}: not a dalle-zero token index (format {index.get('format')!r})")
-    if index.get("format_version", 0) > FORMAT_VERSION:
-        raise DataError(f"{path}: format_version {index['format_version']} is newer than this dalle-zero supports")
+    if not isinstance(index, dict):
+        raise DataError(f"{path}: expected a JSON object, got {json_type(index)}")
+    if index.get("format") != FORMAT:
+        raise DataError(f"{path}: not a dalle-zero token index (format {index.get('format')!r:.60})")
+    version = index.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DataError(f"{path}: field 'format_version' must be an integer, got {json_type(version)}")
+    if version > FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {version} is newer than this dalle-zero supports")
+    grid = index.get("grid")
+    if not isinstance(grid, list) or len(grid) != 2 or not all(_positive_int(g) for g in grid):
+        raise DataError(f"{path}: field 'grid' must be [h, w], two positive integers, got {json_type(grid)}")
+    if not _positive_int(index.get("image_vocab_size")):
+        raise DataError(
+            f"{path}: field 'image_vocab_size' must be a positive integer, "
+            f"got {json_type(index.get('image_vocab_size'))}"
+        )
+    shards = index.get("shards")
+    if not isinstance(shards, list):
+        raise DataError(f"{path}: field 'shards' must be a list, got {json_type(shards)}")
+    for i, shard in enumerate(shards):
+        where = f"{path}: shards[{i}]"
+        if not isinstance(shard, dict):
+            raise DataError(f"{where} must be an object with 'name' and 'count', got {json_type(shard)}")
+        name, count = shard.get("name"), shard.get("count")
+        if not isinstance(name, str) or not _SHARD_NAME.match(name):
+            raise DataError(f"{where}.name must be a file name in the token folder, got {json_type(name)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise DataError(f"{where}.count must be a non-negative integer, got {json_type(count)}")
+    splits = index.get("splits")
+    if splits is not None and (
+        not isinstance(splits, dict)
+        or not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in splits.values())
+    ):
+        raise DataError(f"{path}: field 'splits' must be null or an object of lists of stems")
     return index
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_token_codes(codes: Any, *, count: int, grid: tuple[int, int], vocab: int, source: str) -> None:
+    """DataError naming ``source`` unless ``codes`` is an integer tensor ``[count, h, w]`` with values in
+    ``[0, vocab)``."""
+    h, w = grid
+    if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex \
+            or codes.dtype == torch.bool:
+        dtype = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise DataError(f"{source}: codes must be an integer tensor, got {dtype}")
+    if tuple(codes.shape) != (count, h, w):
+        raise DataError(f"{source}: codes must have shape ({count}, {h}, {w}) (count, grid), got {tuple(codes.shape)}")
+    if codes.numel():
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= vocab:
+            raise DataError(
+                f"{source}: codes must be in [0, {vocab}) (image_vocab_size), found values from {lo} to {hi}"
+            )
+
+
+def check_token_captions(captions: Any, stems: Any, *, count: int, source: str) -> None:
+    """DataError naming ``source`` unless ``captions`` is a list of ``count`` non-empty lists of strings
+    (a string would pass as a list of one-letter captions) and ``stems`` a list of ``count`` strings."""
+    if not isinstance(captions, list) or len(captions) != count:
+        got = f"{len(captions)} entries" if isinstance(captions, list) else json_type(captions)
+        raise DataError(f"{source}: captions must be a list of {count} caption lists, got {got}")
+    for i, lines in enumerate(captions):
+        if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
+            raise DataError(
+                f"{source}: captions[{i}] must be a non-empty list of caption strings, got {json_type(lines)}"
+            )
+    if not isinstance(stems, list) or len(stems) != count or not all(isinstance(x, str) for x in stems):
+        raise DataError(f"{source}: stems must be a list of {count} strings")
 
 
 class TokenDataset(Dataset):
@@ -192,17 +267,13 @@ class TokenDataset(Dataset):
                 shard_codes = load_file(str(st_path))["codes"]  # (N, h, w)
             except (SafetensorError, OSError, KeyError, ValueError) as e:
                 raise DataError(f"{st_path}: corrupt token shard ({e})") from None
-            try:
-                meta = json.loads(js_path.read_text())
-                caps, stems = meta["captions"], meta["stems"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{js_path}: corrupt token shard metadata ({e})") from None
+            meta = read_json_file(js_path, error=DataError)
+            if not isinstance(meta, dict):
+                raise DataError(f"{js_path}: expected a JSON object with captions and stems, got {json_type(meta)}")
+            caps, stems = meta.get("captions"), meta.get("stems")
             n = int(shard["count"])
-            if tuple(shard_codes.shape) != (n, h, w) or len(caps) != n or len(stems) != n:
-                raise DataError(
-                    f"{st_path}: expected {n} grids of {h}x{w} with captions, found codes "
-                    f"{tuple(shard_codes.shape)}, {len(caps)} captions, {len(stems)} stems"
-                )
+            check_token_codes(shard_codes, count=n, grid=(h, w), vocab=self.image_vocab_size, source=str(st_path))
+            check_token_captions(caps, stems, count=n, source=str(js_path))
             keep = [i for i, s in enumerate(stems) if wanted is None or s in wanted]
             if keep:
                 codes.append(shard_codes[keep].reshape(len(keep), h * w))  # (n, h*w) raster order

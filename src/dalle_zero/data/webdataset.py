@@ -21,7 +21,10 @@ Splits: a ``splits.json`` in the folder holding the shards restricts a ``split``
 as in an image folder; without one, the whole shard set is the train split.
 
 Unusable samples are skipped and counted, never fatal, as in the image folder: a key without an
-image ("no image file") or without a caption, an empty caption, a zero-byte or undecodable image. A
+image ("no image file") or without a caption, an empty caption, a zero-byte or undecodable image, an
+image of more than ``max_pixels`` pixels (from its header, before decoding), and a caption or image
+member larger than ``max_member_bytes`` (from its tar header, before reading it: "oversized member";
+default :data:`MAX_MEMBER_BYTES`). A
 tar file that is truncated or corrupt keeps the samples stored before the damage, counts once as a
 "damaged shard" and is named, with what is wrong, in a warning and in :meth:`~ImageTextShards.report_skipped`.
 
@@ -41,6 +44,7 @@ from typing import NamedTuple
 
 from dalle_zero.data.pairs import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
     ImageTextPairs,
     Transform,
     caption_lines,
@@ -54,6 +58,11 @@ logger = logging.getLogger(__name__)
 SHARD_SUFFIX = ".tar"
 IMAGE_EXTENSIONS = tuple(s.removeprefix(".") for s in IMAGE_SUFFIXES)  # member extensions, preferred first
 BLOCK = tarfile.BLOCKSIZE
+# A caption or image member larger than this is skipped, from its tar header, without reading it (a
+# 3 GiB member used to be read whole at index time). The largest 64 Mpx image (the pixel cap) stored
+# as an uncompressed BMP is 192 MiB.
+MAX_MEMBER_BYTES = 256 << 20
+OVERSIZED_MEMBER = "oversized member"
 
 _BRACE_GROUP = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
@@ -232,9 +241,10 @@ class ImageTextShards(ImageTextPairs):
     """Image–caption pairs from WebDataset tar shards; items as :class:`~dalle_zero.data.folder.ImageTextFolder`'s.
 
     ``source`` is a folder of ``.tar`` files, one ``.tar`` file or a brace pattern. ``split``,
-    ``splits_file``, ``check``, ``filter_aspect`` and ``seed`` mean what they mean for the image folder,
-    except that without a ``splits.json`` the shards are all the "train" split (any other split is an
-    error). ``damaged`` lists ``(shard, what is wrong)`` for every truncated or corrupt tar file.
+    ``splits_file``, ``check``, ``filter_aspect``, ``seed`` and ``max_pixels`` mean what they mean for
+    the image folder, except that without a ``splits.json`` the shards are all the "train" split (any
+    other split is an error). A caption or image member over ``max_member_bytes`` is skipped unread.
+    ``damaged`` lists ``(shard, what is wrong)`` for every truncated or corrupt tar file.
     """
 
     def __init__(
@@ -247,9 +257,14 @@ class ImageTextShards(ImageTextPairs):
         check: str = "load",
         filter_aspect: bool = False,
         seed: int = 0,
+        max_pixels: int = MAX_PIXELS,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
     ) -> None:
         self.source = str(source)
-        self._setup(self.source, transform, seed, check)
+        self._setup(self.source, transform, seed, check, max_pixels)
+        if isinstance(max_member_bytes, bool) or not isinstance(max_member_bytes, int) or max_member_bytes < 1:
+            raise ValueError(f"ImageTextShards: max_member_bytes must be a positive integer, got {max_member_bytes!r}")
+        self.max_member_bytes = max_member_bytes
         self.shards = shard_paths(source)
         self.damaged: list[tuple[Path, str]] = []
         wanted = self._split_stems(split, splits_file)
@@ -282,7 +297,10 @@ class ImageTextShards(ImageTextPairs):
     def _index(self, shard: Path, groups: dict[str, dict[str, Member]], *, check: str, filter_aspect: bool) -> None:
         with open(shard, "rb") as f:
             for key, members in groups.items():
-                reason, lines, image = self._check(f, members, check=check, filter_aspect=filter_aspect)
+                reason, lines, image = self._check(
+                    f, members, check=check, filter_aspect=filter_aspect,
+                    max_pixels=self.max_pixels, max_member_bytes=self.max_member_bytes,
+                )
                 if reason is not None:
                     self.skipped[reason] += 1
                     continue
@@ -291,7 +309,13 @@ class ImageTextShards(ImageTextPairs):
 
     @staticmethod
     def _check(
-        f: io.BufferedReader, members: dict[str, Member], *, check: str, filter_aspect: bool
+        f: io.BufferedReader,
+        members: dict[str, Member],
+        *,
+        check: str,
+        filter_aspect: bool,
+        max_pixels: int = MAX_PIXELS,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
     ) -> tuple[str | None, list[str], Member | None]:
         """(reason to skip or None, caption lines, the image member), the image folder's checks in its order."""
         ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
@@ -299,6 +323,8 @@ class ImageTextShards(ImageTextPairs):
             return "no image file", [], None
         if "txt" not in members:
             return "no caption file", [], None
+        if members["txt"].size > max_member_bytes or members[ext].size > max_member_bytes:
+            return OVERSIZED_MEMBER, [], None  # from the tar headers: nothing read
         try:
             lines = caption_lines(_read(f, members["txt"]).decode("utf-8", errors="replace"))
         except OSError:
@@ -313,7 +339,7 @@ class ImageTextShards(ImageTextPairs):
                 data = _read(f, image)
             except OSError:
                 return "unreadable image", [], None
-            reason = image_problem(io.BytesIO(data), check=check, filter_aspect=filter_aspect)
+            reason = image_problem(io.BytesIO(data), check=check, filter_aspect=filter_aspect, max_pixels=max_pixels)
             if reason is not None:
                 return reason, [], None
         return None, lines, image

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dalle_zero.evaluation.evaluate import sample_candidates
 from dalle_zero.training.loop import LoopConfig, TrainTask, prepare_cpu_process
 
 
@@ -68,8 +69,6 @@ def measure_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str], *
     cache and guidance, then decoding. The cost does not depend on the weights, so an untrained
     model of the same shapes times it before any stage has trained. Torch's global RNG is untouched.
     """
-    from dalle_zero.evaluation.evaluate import sample_candidates
-
     n = config.batch_size if images is None else images
     if n < 1 or not captions:
         raise ValueError(f"need captions and images >= 1, got {len(captions)} captions and images={n}")
@@ -98,48 +97,6 @@ def best_sampling_rate(
     finally:
         torch.set_num_threads(before)
     return max(rates.values()), rates
-
-
-def fastest_thread_count(
-    candidates: Sequence[int] | None = None, *, repeats: int = 5, margin: float = 1.2
-) -> tuple[int, dict[int, float]]:
-    """The torch intra-op thread count that runs a small transformer-like workload fastest right now.
-
-    On a machine shared with other busy processes, OpenMP threads that wait for each other at every
-    operation can make 2 threads several times *slower* than 1 (measured here: a prior training step
-    1.8 s with 1 thread vs 5 s with 2; cached sampling 0.75 s vs 45 s), while on a quiet machine 2
-    threads are up to about twice as fast. So all the cores are used unless fewer threads are at
-    least ``margin`` times faster (the best of ``repeats`` timings each). A tie keeps all the cores:
-    a second core held up for a moment while the timings run once tied them and put a whole dVAE
-    stage on 1 thread, at 4.4 steps/s where 2 threads train 7-13.
-    Returns ``(chosen, {n: seconds})`` and leaves torch set to it.
-    """
-    import os
-
-    cores = os.cpu_count() or 1
-    options = sorted(set(candidates or (1, cores)))
-    g = torch.Generator().manual_seed(0)
-    x_big = torch.randn(1024, 256, generator=g)
-    x_small = torch.randn(16, 256, generator=g)
-    w = torch.randn(256, 1024, generator=g, requires_grad=True)
-    timings: dict[int, float] = {}
-    for n in options:
-        torch.set_num_threads(n)
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            (x_big @ w).relu().sum().backward()  # a training-sized matmul and its backward
-            with torch.no_grad():
-                for _ in range(20):  # sampling-sized steps
-                    torch.softmax(x_small @ w, dim=-1)
-            best = min(best, time.perf_counter() - t0)
-        timings[n] = best
-    chosen = options[-1]
-    for n in reversed(options[:-1]):  # fewer threads only when clearly faster
-        if timings[n] * margin <= timings[chosen]:
-            chosen = n
-    torch.set_num_threads(chosen)
-    return chosen, timings
 
 
 def stage_seconds(share: float, remaining_shares: Sequence[float], seconds_left: float) -> float:

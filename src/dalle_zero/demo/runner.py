@@ -25,10 +25,24 @@ from typing import Any
 
 import torch
 
-from dalle_zero.demo import budget
+from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.demo import stages as st
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
+from dalle_zero.demo.report import STAGE_TITLES, write_report
+from dalle_zero.demo.showcase import (
+    pick_prime_image,
+    render_image_to_image,
+    render_plain_words,
+    render_showcase,
+    showcase_captions,
+)
+from dalle_zero.evaluation.evaluate import evaluate_model, json_ready
+from dalle_zero.evaluation.figures import write_eval_report
 from dalle_zero.io import atomic_write_text
+from dalle_zero.models.clip import DalleCLIP
+from dalle_zero.models.evaluator import EmojiEvaluator
+from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+from dalle_zero.runtime import fastest_thread_count
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +51,10 @@ CONFIG_NAME = "demo_config.json"
 
 def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
     """Reranked samples for seen / unseen captions and the image-to-image example -> ``showcase.json``."""
-    from dalle_zero.data.metadata import read_metadata
-    from dalle_zero.demo.showcase import (
-        pick_prime_image,
-        render_image_to_image,
-        render_plain_words,
-        render_showcase,
-        showcase_captions,
-    )
-    from dalle_zero.evaluation.evaluate import read_splits
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-
     c = ctx.config
     data = st._data(ctx)
     pipeline = TextToImagePipeline.from_pretrained(ctx.model_dir)
-    meta, splits = read_metadata(data), read_splits(data)
+    meta, splits = read_metadata(data), read_dataset_splits(data)
     picks = showcase_captions(meta, splits, c.showcase_captions)
     gallery = render_showcase(
         pipeline,
@@ -94,12 +97,6 @@ def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
 
 def stage_evaluate(ctx: st.DemoContext) -> dict[str, Any]:
     """``dalle eval`` on the assembled model: results.json + its own report under ``eval/``."""
-    from dalle_zero.cli.evaluate import write_eval_report
-    from dalle_zero.evaluation.evaluate import evaluate_model, json_ready
-    from dalle_zero.models.clip import DalleCLIP
-    from dalle_zero.models.evaluator import EmojiEvaluator
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-
     pipeline = TextToImagePipeline.from_pretrained(ctx.model_dir)
     evaluator = EmojiEvaluator.from_pretrained(ctx.run_dir("evaluator") / "model")
     clip = DalleCLIP.from_pretrained(ctx.run_dir("eval_clip") / "model")
@@ -183,8 +180,6 @@ def run_demo(
 
     Raises :class:`~dalle_zero.demo.stages.DemoInterrupted` when a training stage was stopped early.
     """
-    from dalle_zero.demo.report import write_report
-
     out = Path(out)
     data_path = None if data is None else Path(data)
     if data_path is not None and not data_path.is_dir():
@@ -231,7 +226,7 @@ def _run_stages(ctx: st.DemoContext, done: dict[str, dict[str, Any]], log: Calla
             continue
         log(title)
         t0 = time.perf_counter()
-        threads, timings = budget.fastest_thread_count()
+        threads, timings = fastest_thread_count()
         if len(timings) > 1:
             log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
         summary = fn(ctx)
@@ -260,8 +255,6 @@ def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:
 
 
 def _title(name: str) -> str:
-    from dalle_zero.demo.report import STAGE_TITLES
-
     return STAGE_TITLES.get(name, name)
 
 

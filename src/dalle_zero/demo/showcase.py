@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from dalle_zero.evaluation.evaluate import load_real_images, pick_evenly
 
@@ -30,8 +32,6 @@ PNG_SCALE = 4
 
 def save_png(image: Tensor, path: Path, scale: int = PNG_SCALE) -> Path:
     """``float[3, H, W]`` in [0, 1] -> a PNG enlarged ``scale`` times (nearest)."""
-    from PIL import Image
-
     arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     img = Image.fromarray(arr)
     if scale > 1:
@@ -82,8 +82,6 @@ def render_showcase(
 
     Returns ``{split: [{caption, real, images, scores, ...}]}`` with paths relative to ``out_dir``.
     """
-    from tqdm.auto import tqdm
-
     size = pipeline.dvae.config.image_size
     result: dict[str, list[dict[str, Any]]] = {}
     total = sum(len(v) for v in picks.values())

@@ -16,10 +16,12 @@ a small JSON-ready summary. Training stages go through :func:`train_stage`, whic
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +32,32 @@ import torch
 from torch import nn
 
 from dalle_zero.config import Config
+from dalle_zero.data.emoji import build_emoji_dataset
+from dalle_zero.data.metadata import read_dataset_splits, read_metadata
+from dalle_zero.data.npm import default_cache_dir
+from dalle_zero.data.sources import read_captions
+from dalle_zero.data.tokens import read_token_index
 from dalle_zero.demo import budget
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig, StageSpec
+from dalle_zero.evaluation.caption_kinds import kinds_for
+from dalle_zero.evaluation.evaluate import pick_evenly
 from dalle_zero.io import atomic_directory, atomic_write_text
+from dalle_zero.models.clip import DalleCLIP
+from dalle_zero.models.dvae import DiscreteVAE
+from dalle_zero.models.evaluator import EmojiEvaluator
+from dalle_zero.models.transformer import DalleTransformer
+from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training import checkpoint as ckpt
+from dalle_zero.training import loop as training_loop
+from dalle_zero.training.clip import CLIPTask, CLIPTrainConfig
+from dalle_zero.training.clip import build_model as build_clip
+from dalle_zero.training.dvae import DVAETask, DVAETrainConfig, build_datasets
+from dalle_zero.training.encode import encode_folder
+from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
 from dalle_zero.training.loop import TrainTask, best_model, last_validation
+from dalle_zero.training.prior import PriorTask, PriorTrainConfig, data_model_fields
+from dalle_zero.training.prior import build_model as build_prior
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +109,6 @@ class DemoContext:
 
 def default_data_dir(config: DemoConfig) -> Path:
     """Where the demo keeps its dataset between runs: ``~/.cache/dalle-zero/datasets/emoji-<styles>-<size>``."""
-    from dalle_zero.data.npm import default_cache_dir
-
     d = config.dataset
     tones = "" if d.skin_tones else "-notones"
     return default_cache_dir().parent / "datasets" / f"emoji-{'-'.join(d.styles)}-{d.size}{tones}-s{d.splits.seed}"
@@ -101,8 +122,6 @@ def stage_data(ctx: DemoContext) -> dict[str, Any]:
         splits = json.loads((ctx.data / "splits.json").read_text())
         counts = {k: len(v) for k, v in splits.items()}
         return {"data": str(ctx.data), "built": False, "images": sum(counts.values()), "splits": counts}
-    from dalle_zero.data.emoji import build_emoji_dataset
-
     path = default_data_dir(ctx.config)
     s = build_emoji_dataset(ctx.config.dataset, path, progress=ctx.progress)
     ctx.data = path
@@ -110,9 +129,6 @@ def stage_data(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_tokenizer(ctx: DemoContext) -> dict[str, Any]:
-    from dalle_zero.cli.train_tokenizer import read_captions
-    from dalle_zero.tokenizers.bpe import BPETokenizer
-
     c = ctx.config
     captions, _ = read_captions(_data(ctx), "train")
     tok = BPETokenizer.train(
@@ -130,9 +146,7 @@ def _data(ctx: DemoContext) -> Path:
     return ctx.data
 
 
-def _tokenizer(ctx: DemoContext) -> Any:
-    from dalle_zero.tokenizers.bpe import BPETokenizer
-
+def _tokenizer(ctx: DemoContext) -> BPETokenizer:
     return BPETokenizer.from_pretrained(ctx.tokenizer_dir)
 
 
@@ -168,8 +182,6 @@ def train_stage(
     The run goes to ``run_dir`` (default ``ctx.run_dir(name)``). ``rate``: steps per second of
     ``build``'s steps already timed (by :func:`choose_precision`), so the plan does not time them again.
     """
-    from dalle_zero.training.loop import train
-
     spec = ctx.config.stage(name)
     run_dir = ctx.run_dir(name) if run_dir is None else run_dir
     plan_path = ctx.out / "stages" / f"{name}.plan.json"
@@ -205,8 +217,9 @@ def train_stage(
         model, task, cfg = build(steps)
         start = max(ckpt.list_steps(run_dir), default=0) if run_dir.is_dir() else 0
         stop_after = None if stop_at is None else stop_at - start
-        train(model, task, cfg.loop, run_dir, train_config=cfg, resume=start > 0,  # type: ignore[attr-defined]
-              progress=ctx.progress, stop_after=stop_after)
+        # training_loop.train is looked up at each call: tests replace it to stop or skip a stage
+        training_loop.train(model, task, cfg.loop, run_dir, train_config=cfg,  # type: ignore[attr-defined]
+                            resume=start > 0, progress=ctx.progress, stop_after=stop_after)
         reached = max(ckpt.list_steps(run_dir), default=0)
         if reached < (steps if stop_at is None else stop_at):
             raise DemoInterrupted(f"stage {name} stopped at step {reached} of {steps}")
@@ -242,15 +255,11 @@ def plan_reserve(ctx: DemoContext) -> float:
     path = ctx.out / "stages" / "reserve.json"
     if path.is_file():
         return float(json.loads(path.read_text())["seconds"])
-    from dalle_zero.cli.train_tokenizer import read_captions
-    from dalle_zero.evaluation.caption_kinds import kinds_for
-    from dalle_zero.evaluation.evaluate import read_splits
-
     c = ctx.config
     captions = read_captions(_data(ctx), "train")[0][:256]
     threads = (torch.get_num_threads(), os.cpu_count() or 1)  # this stage's choice, and all the cores
     rate, rates = budget.best_sampling_rate(probe_pipeline(ctx), c.eval, captions, threads)
-    sizes = {k: len(v) for k, v in read_splits(_data(ctx)).items()}
+    sizes = {k: len(v) for k, v in read_dataset_splits(_data(ctx)).items()}
     eval_images = c.eval.candidates * sum(
         min(c.eval.samples, sizes.get(split, 0)) * (1 + len(kinds_for(c.eval, split))) for split in c.eval.splits
     )  # each caption kind of a split is sampled like the split itself
@@ -271,12 +280,6 @@ def plan_reserve(ctx: DemoContext) -> float:
 
 def probe_pipeline(ctx: DemoContext) -> Any:
     """An untrained pipeline of the demo's shapes (its tokenizer, dVAE and prior configs), for timing."""
-    from dalle_zero.models.dvae import DiscreteVAE
-    from dalle_zero.models.transformer import DalleTransformer
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-    from dalle_zero.training.dvae import DVAETrainConfig
-    from dalle_zero.training.prior import PriorTrainConfig
-
     tokenizer = _tokenizer(ctx)
     dvae_fields = _image_stage_fields(ctx, ctx.config.stage("dvae").config, 1)
     dvae_config = DVAETrainConfig.from_dict(dvae_fields, source="demo dvae stage").model
@@ -312,9 +315,6 @@ def replan(
 
 
 def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
-    from dalle_zero.models.dvae import DiscreteVAE
-    from dalle_zero.training.dvae import DVAETask, DVAETrainConfig, build_datasets
-
     spec = ctx.config.stage("dvae")
     cache: dict[str, Any] = {}
 
@@ -336,9 +336,6 @@ def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
 
 def stage_encode(ctx: DemoContext) -> dict[str, Any]:
     """Encode every image of the dataset with the frozen dVAE into token shards (``dalle encode``)."""
-    from dalle_zero.cli.encode import encode_folder
-    from dalle_zero.data.tokens import read_token_index
-
     encode_folder(ctx.run_dir("dvae"), _data(ctx), ctx.tokens_dir, progress=ctx.progress)
     index = read_token_index(ctx.tokens_dir)
     h, _ = index["grid"]
@@ -346,8 +343,6 @@ def stage_encode(ctx: DemoContext) -> dict[str, Any]:
 
 
 def _clip_stage(ctx: DemoContext, name: str) -> dict[str, Any]:
-    from dalle_zero.training.clip import CLIPTask, CLIPTrainConfig, build_model
-
     spec = ctx.config.stage(name)
     tokenizer = _tokenizer(ctx)
 
@@ -359,7 +354,7 @@ def _clip_stage(ctx: DemoContext, name: str) -> dict[str, Any]:
         if fields.get("recon_prob"):  # the reranker sees part of its images as the demo's dVAE decodes them
             fields["dvae"] = str(ctx.run_dir("dvae") / "model")
         cfg = CLIPTrainConfig.from_dict(fields, source=f"demo {name} stage")
-        return build_model(cfg), CLIPTask(cfg, tokenizer), cfg
+        return build_clip(cfg), CLIPTask(cfg, tokenizer), cfg
 
     return cached_train_stage(ctx, name, build, inputs=[ctx.tokenizer_dir / "tokenizer.json"])
 
@@ -375,9 +370,6 @@ def stage_eval_clip(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_evaluator(ctx: DemoContext) -> dict[str, Any]:
-    from dalle_zero.models.evaluator import EmojiEvaluator
-    from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
-
     spec = ctx.config.stage("evaluator")
     cache: dict[str, Any] = {}
 
@@ -430,10 +422,6 @@ def stage_cache_dir(name: str, data: Path, fields: dict[str, Any], inputs: Seque
     ``metadata.jsonl`` (a rebuilt or different dataset gets its own run) and ``inputs`` (e.g. the
     BPE tokenizer a CLIP reads captions with).
     """
-    import hashlib
-
-    from dalle_zero.data.npm import default_cache_dir
-
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for path in (data / "splits.json", data / "metadata.jsonl", *inputs):
         h.update(Path(path).read_bytes())
@@ -442,8 +430,6 @@ def stage_cache_dir(name: str, data: Path, fields: dict[str, Any], inputs: Seque
 
 def _copy_run(source: Path, dest: Path) -> None:
     """The finished run's model, config and metrics into ``dest`` (replacing it), written whole or not at all."""
-    import shutil
-
     with atomic_directory(dest) as tmp:
         shutil.copytree(source / "model", tmp / "model")
         for name in ("metrics.jsonl", "train_config.json"):
@@ -452,9 +438,6 @@ def _copy_run(source: Path, dest: Path) -> None:
 
 
 def stage_prior(ctx: DemoContext) -> dict[str, Any]:
-    from dalle_zero.cli.train_prior import data_model_fields
-    from dalle_zero.training.prior import PriorTask, PriorTrainConfig, build_model
-
     spec = ctx.config.stage("prior")
     tokenizer = _tokenizer(ctx)
     model_fields = data_model_fields(str(ctx.tokens_dir), tokenizer, str(ctx.tokenizer_dir))
@@ -467,7 +450,7 @@ def stage_prior(ctx: DemoContext) -> dict[str, Any]:
         fields["tokenizer"] = str(ctx.tokenizer_dir)
         fields["model"] = {**(fields.get("model") or {}), **{k: v for k, (v, _) in model_fields.items()}}
         cfg = PriorTrainConfig.from_dict(fields, source="demo prior stage")
-        return build_model(cfg), PriorTask(cfg, tokenizer=tokenizer), cfg
+        return build_prior(cfg), PriorTask(cfg, tokenizer=tokenizer), cfg
 
     precision, rate = choose_precision(ctx, "prior", build)
     result = train_stage(ctx, "prior", lambda steps: build(steps, precision), rate=rate)
@@ -510,11 +493,6 @@ def _time_steps(ctx: DemoContext, built: tuple[nn.Module, TrainTask, Config]) ->
 
 def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
     """Tokenizer + dVAE + prior + reranker -> one model folder (``dalle assemble``)."""
-    from dalle_zero.models.clip import DalleCLIP
-    from dalle_zero.models.dvae import DiscreteVAE
-    from dalle_zero.models.transformer import DalleTransformer
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-
     best = best_model(ctx.run_dir("prior"))  # the prior at its lowest validation loss, if it kept one
     prior_dir = best[0] if best is not None else ctx.run_dir("prior") / "model"
     pipeline = TextToImagePipeline(
@@ -531,11 +509,8 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
 def example_captions(ctx: DemoContext, count: int = 12) -> list[str]:
     """Captions that show a user the model's language (``dalle generate --examples``, the web page):
     the demo's plain-word captions, then plain captions of training images, one concept each."""
-    from dalle_zero.data.metadata import read_metadata
-    from dalle_zero.evaluation.evaluate import pick_evenly, read_splits
-
     out = list(ctx.config.plain_captions)
-    meta, train = read_metadata(_data(ctx)), read_splits(_data(ctx)).get("train", [])
+    meta, train = read_metadata(_data(ctx)), read_dataset_splits(_data(ctx)).get("train", [])
     concepts = {meta[s].get("concept"): s for s in train if s in meta and meta[s].get("plain_caption")}
     for stem in pick_evenly(sorted(concepts.values()), max(count - len(out), 0)):
         if meta[stem]["plain_caption"] not in out:

@@ -45,14 +45,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.data.metadata import read_metadata
-from dalle_zero.data.pairs import read_splits as read_splits_file
+from dalle_zero.data.images import load_image
+from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, kinds_for
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, concept_figures, kind_figures
+from dalle_zero.evaluation.report import save_image_grid
+from dalle_zero.models.dvae import round_trip
+from dalle_zero.models.dvae_loss import codebook_stats
+from dalle_zero.sampling.generate import generate_image_tokens
+from dalle_zero.sampling.rerank import rerank
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +125,6 @@ def pick_evenly(items: Sequence[str], n: int) -> list[str]:
 
 def load_real_images(data_dir: Path, stems: Sequence[str], size: int) -> Tensor:
     """``float[N, 3, size, size]`` in [0, 1] from ``data_dir/images/<stem>.png`` (resized if needed)."""
-    from dalle_zero.training.evaluator import load_image
-
     out = []
     for stem in stems:
         path = data_dir / "images" / f"{stem}.png"
@@ -151,8 +155,6 @@ def generate_for_captions(
     With ``config.candidates`` > 1, :func:`sample_candidates` draws that many per caption and the
     pipeline's CLIP keeps the best of each caption.
     """
-    from dalle_zero.sampling.rerank import rerank
-
     m = config.candidates
     if m > 1 and pipeline.clip is None:
         raise ValueError(f"candidates={m} needs a CLIP reranker in the model folder, and it has none")
@@ -184,8 +186,6 @@ def sample_candidates(
     Different captions share a sampling batch of ``config.batch_size`` (much faster than one caption
     at a time); ``progress`` (a tqdm bar) is advanced by the images drawn.
     """
-    from dalle_zero.sampling.generate import generate_image_tokens
-
     text = pipeline.tokenizer.encode(list(captions)).repeat_interleave(repeats, dim=0)  # (N*repeats, Tt)
     grid = pipeline.transformer.config.image_grid
     device = pipeline.device
@@ -243,23 +243,10 @@ def prior_bits(pipeline: Any, captions: Sequence[str], real: Tensor, *, batch_si
 
 
 @torch.no_grad()
-def round_trip(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[Tensor, Tensor]:
-    """``(codes long[N, h, w], reconstructions float[N, 3, S, S] in [0, 1])``: real images through the
-    dVAE's hard codes and back: what a prior that drew exactly those codes would produce."""
-    device = next(dvae.parameters()).device
-    codes, recons = [], []
-    for b in real.split(batch_size):
-        c = dvae.encode(b.to(device))  # (b, h, w)
-        codes.append(c.cpu())
-        recons.append(dvae.decode(c).float().clamp(0, 1).cpu())
-    return torch.cat(codes), torch.cat(recons)
-
-
-@torch.no_grad()
 def dvae_figures(dvae: nn.Module, real: Tensor, *, batch_size: int = 128) -> tuple[dict[str, float], Tensor]:
     """PSNR, SSIM, codebook perplexity and usage of the hard-code round trip; and the reconstructions."""
     codes, recon = round_trip(dvae, real, batch_size=batch_size)
-    stats = metrics.codebook_stats(codes, dvae.config.vocab_size)
+    stats = codebook_stats(codes, dvae.config.vocab_size)
     out = {
         "n_images": len(real),
         "psnr": metrics.psnr(recon, real),
@@ -356,10 +343,6 @@ def evaluate_model(
     With ``out_dir``, grids of generated and real images are written to ``out_dir/samples``.
     Returns a JSON-ready dict: ``{"splits": {name: figures}, "dvae": figures, "settings": ...}``.
     """
-    from tqdm.auto import tqdm
-
-    from dalle_zero.evaluation.report import save_image_grid
-
     config = config or EvalConfig()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -368,7 +351,7 @@ def evaluate_model(
         raise ValueError("the R-precision CLIP is the model's reranker: train a separate CLIP (another seed)")
     t0 = time.perf_counter()
     meta = read_metadata(data_dir)
-    splits = read_splits(data_dir)
+    splits = read_dataset_splits(data_dir)
     size = pipeline.dvae.config.image_size
     evaluator.eval()
     plan: dict[str, list[str]] = {}
@@ -450,12 +433,6 @@ def evaluate_model(
     results["settings"] = {**config.to_dict(), "data": str(data_dir), "seconds": time.perf_counter() - t0}
     results["note"] = IN_HOUSE_NOTE
     return results
-
-
-def read_splits(data_dir: Path) -> dict[str, list[str]]:
-    """``{split name: stems}`` from ``data_dir/splits.json``."""
-    path = data_dir / "splits.json"
-    return read_splits_file(path, missing=f"{path} not found (is {data_dir} a dataset built by `dalle data emoji`?)")
 
 
 def json_ready(value: Any) -> Any:

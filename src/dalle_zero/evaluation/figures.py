@@ -4,6 +4,7 @@
 :func:`~dalle_zero.evaluation.evaluate.evaluate_model` as one matrix (a row per figure, a column per
 split, with the value on the real images of the same captions beside it where that makes sense),
 and :func:`dvae_rows` the reconstruction figures, each row saying how it was obtained.
+:func:`write_eval_report` puts them, with the sample grids, into ``report.html``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from dalle_zero.evaluation.report import FigureRow, format_value
+from dalle_zero.evaluation.report import FigureRow, HtmlReport, format_value
 
 SPLIT_TITLES = {
     "train": "seen captions (training split)",
@@ -268,3 +270,26 @@ def dvae_rows(results: dict[str, Any]) -> list[FigureRow]:
             f"share of the {d['vocab_size']} codes used at least once ({d['codes_used']} codes).",
         ),
     ]
+
+
+def write_eval_report(results: dict[str, Any], out_dir: Path, *, title: str = "dalle-zero evaluation") -> Path:
+    """``out_dir/report.html``: the figure table and the generated-vs-real grids under ``out_dir/samples``."""
+    out_dir = Path(out_dir).resolve()  # image paths below are built from it: relative ones would be prefixed twice
+    report = HtmlReport(title, out_dir)
+    report.paragraph(IN_HOUSE_NOTE, note=True)
+    report.section("Figures")
+    report.raw_html(figure_table_html(results))
+    if results.get("dvae"):
+        report.figure_table(dvae_rows(results))
+    samples = out_dir / "samples"
+    for split in results.get("splits", {}):
+        gen, real = samples / f"{split}_generated.png", samples / f"{split}_real.png"
+        if gen.is_file() and real.is_file():
+            report.section(f"Samples: {SPLIT_TITLES.get(split, split)}")
+            report.image(gen, "generated, one per caption (first captions of the evaluated set)")
+            report.image(real, "the real images of the same captions, in the same order")
+    recon = samples / "dvae_reconstructions.png"
+    if recon.is_file():
+        report.section("dVAE reconstructions")
+        report.image(recon, "pairs of columns: original, then its reconstruction from hard codes")
+    return report.save()

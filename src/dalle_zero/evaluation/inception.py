@@ -19,13 +19,17 @@ tensors and TorchScript types, and a ``data.pkl`` that names a Python callable s
 fails to load ("Unknown type name 'posix.system'", checked with torch 2.13). But a TorchScript archive
 is still a *program* run by the TorchScript interpreter, and PyTorch's security policy asks that
 TorchScript models be treated like code from their author: load only files you trust, and check
-their hash (``dalle eval`` prints the SHA-256 of the file it loads).
+their hash. :func:`load_torchscript` and :meth:`TorchScriptInception.from_file` take the expected
+SHA-256 (``sha256=``) and refuse a file that differs before loading it; ``dalle eval --inception``
+refuses to load the file at all unless ``--inception-sha256 HEX`` is given (or ``--trust-inception``
+says the user trusts it as it is), see :func:`check_inception_file`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -39,6 +43,9 @@ INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 
 
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -47,11 +54,44 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on CPU, with a clear error for a missing or unreadable file (see the module doc)."""
+def check_sha256(path: str | Path, expected: str, *, flag: str = "sha256") -> str:
+    """The SHA-256 of ``path`` if it is ``expected`` (64 hex digits, any case), else a ValueError."""
+    if not isinstance(expected, str) or not _SHA256.match(expected.strip()):
+        raise ValueError(f"{flag}: expected 64 hexadecimal digits, got {str(expected)[:80]!r}")
+    digest = sha256_file(path)
+    if digest != expected.strip().lower():
+        raise ValueError(
+            f"{path}: SHA-256 is {digest}, not the expected {expected.strip().lower()} ({flag}); not loaded"
+        )
+    return digest
+
+
+def check_inception_file(path: str | Path, *, sha256: str | None, trust: bool) -> str:
+    """Gate a TorchScript file before it is loaded (loading runs its code): the SHA-256 of ``path``,
+    checked against ``sha256`` when given; without one, a ValueError unless ``trust``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--inception: file not found: {path}")
+    if sha256 is not None:
+        return check_sha256(path, sha256, flag="--inception-sha256")
+    digest = sha256_file(path)
+    if not trust:
+        raise ValueError(
+            f"--inception: loading {path} runs the TorchScript program in it; pass --inception-sha256 with the "
+            f"SHA-256 published for the file you trust (this file's is {digest}), or --trust-inception"
+        )
+    return digest
+
+
+def load_torchscript(path: str | Path, *, sha256: str | None = None) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` on CPU, with a clear error for a missing or unreadable file (see the module doc).
+
+    With ``sha256`` the file is loaded only if its SHA-256 is that (a ValueError otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception file not found: {path}")
+    if sha256 is not None:
+        check_sha256(path, sha256)
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore", DeprecationWarning
@@ -83,9 +123,12 @@ class TorchScriptInception(nn.Module):
         self.num_features = INCEPTION_FEATURES if output == "features" else None
 
     @classmethod
-    def from_file(cls, path: str | Path, *, output: str = "features") -> TorchScriptInception:
+    def from_file(
+        cls, path: str | Path, *, output: str = "features", sha256: str | None = None
+    ) -> TorchScriptInception:
+        """The network in the TorchScript file ``path`` (only if its SHA-256 is ``sha256``, when given)."""
         path = Path(path)
-        net = load_torchscript(path)
+        net = load_torchscript(path, sha256=sha256)
         logger.info("loaded TorchScript Inception %s (sha256 %s)", path, sha256_file(path))
         module = cls(net, output=output)
         module.check()

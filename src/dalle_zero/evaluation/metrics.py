@@ -1,4 +1,7 @@
-"""Evaluation figures (paper_spec §6): FID, KID, IS, R-precision, PSNR/SSIM, codebook and token statistics.
+"""Evaluation figures (paper_spec §6): FID, KID, IS, R-precision, PSNR/SSIM, bits per token.
+
+The dVAE's codebook statistics live beside its loss (:mod:`dalle_zero.models.dvae_loss`), the image
+helpers shared with training (uint8 to float, blur) in :mod:`dalle_zero.data.images`.
 
 Each figure is computed by a maintained library where one exists: torchmetrics'
 ``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore`` with a custom
@@ -27,12 +30,12 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle_zero.data.images import to_float_images
 from dalle_zero.evaluation.inception import TorchScriptInception
 
 Images = torch.Tensor | Iterable[torch.Tensor]
@@ -96,6 +99,7 @@ def feature_module(model: nn.Module, *, output: str = "features", head: str | No
 def fid(real: Images, fake: Images, feature_extractor: nn.Module, *, batch_size: int = 256) -> float:
     """Fréchet distance between Gaussians fitted to the features of ``real`` and ``fake`` images
     (torchmetrics ``FrechetInceptionDistance``; needs >= 2 images per side)."""
+    # torchmetrics takes about a second to import: only the figures that use it pay for it
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     module = feature_module(feature_extractor, output="features")
@@ -120,6 +124,7 @@ def kid(
 ) -> tuple[float, float]:
     """Kernel Inception Distance ``(mean, std)`` over ``subsets`` random subsets (torchmetrics
     ``KernelInceptionDistance``); ``subset_size`` shrinks to the smaller image count if needed."""
+    # torchmetrics takes about a second to import: only the figures that use it pay for it
     from torchmetrics.image.kid import KernelInceptionDistance
 
     module = feature_module(feature_extractor, output="features")
@@ -152,6 +157,7 @@ def inception_score(
     """Inception Score ``(mean, std)`` over ``splits`` groups: ``exp E[KL(p(y|x) || p(y))]`` from the
     classifier's logits (the evaluator's ``head``, default its score head; torchmetrics ``InceptionScore``).
     Between 1 and the number of classes."""
+    # torchmetrics takes about a second to import: only the figures that use it pay for it
     from torchmetrics.image.inception import InceptionScore
 
     module = feature_module(classifier, output="logits", head=head)
@@ -306,6 +312,7 @@ def label_top_k(
 
 def psnr(preds: torch.Tensor, target: torch.Tensor) -> float:
     """Mean over images of the per-image PSNR (dB) for images in [0, 1] (torchmetrics); inf if identical."""
+    # torchmetrics takes about a second to import: only the figures that use it pay for it
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     _same_shape(preds, target)
@@ -317,33 +324,13 @@ def psnr(preds: torch.Tensor, target: torch.Tensor) -> float:
 
 def ssim(preds: torch.Tensor, target: torch.Tensor) -> float:
     """Mean SSIM (Gaussian window 11, σ 1.5) for images in [0, 1] (torchmetrics); 1 if identical."""
+    # torchmetrics takes about a second to import: only the figures that use it pay for it
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     _same_shape(preds, target)
     return float(
         structural_similarity_index_measure(to_float_images(preds), to_float_images(target), data_range=1.0)
     )
-
-
-class CodebookStats(NamedTuple):
-    perplexity: float  # exp(entropy) of the code histogram: the effective number of codes in use
-    usage: float  # share of the vocabulary used at least once
-    used: int  # number of codes used at least once
-
-
-def codebook_stats(codes: torch.Tensor, vocab_size: int) -> CodebookStats:
-    """Histogram statistics of dVAE codes (any shape, integers in [0, vocab_size))."""
-    flat = codes.flatten().long()
-    if len(flat) == 0:
-        raise ValueError("codebook_stats needs at least one code")
-    lo, hi = int(flat.min()), int(flat.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"codes must lie in [0, {vocab_size}), got values in [{lo}, {hi}]")
-    counts = torch.bincount(flat, minlength=vocab_size).double()
-    p = counts[counts > 0] / counts.sum()
-    entropy = float(-(p * p.log()).sum())
-    used = int((counts > 0).sum())
-    return CodebookStats(perplexity=math.exp(entropy), usage=used / vocab_size, used=used)
 
 
 def bits_per_token(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int | None = None) -> float:
@@ -361,50 +348,8 @@ def nats_to_bits(nats: float) -> float:
     return nats / math.log(2.0)
 
 
-def blur(images: torch.Tensor, radius: float) -> torch.Tensor:
-    """Gaussian blur with σ = ``radius`` pixels (reflect padding), as applied to both reference and
-    generated images in the paper's FID-at-blur-radius protocol (§6.1); radius 0 returns the input."""
-    if radius < 0:
-        raise ValueError(f"blur radius must be >= 0, got {radius}")
-    x = to_float_images(images)
-    if radius == 0:
-        return x
-    half = max(1, math.ceil(3 * radius))
-    half = min(half, x.shape[-1] - 1, x.shape[-2] - 1)  # reflect padding needs pad < size
-    t = torch.arange(-half, half + 1, dtype=torch.float32, device=x.device)
-    k = torch.exp(-0.5 * (t / radius) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (half, half, half, half), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along W
-    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along H
-    return x.clamp(0, 1)
-
-
-def random_blur(image: torch.Tensor, prob: float, max_radius: float, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation: with probability ``prob``, :func:`blur` one ``float[3, H, W]`` image by a
-    radius drawn uniformly from ``(0, max_radius]``; both draws come from ``generator`` (none when
-    ``max_radius`` is 0). Generated images come out of the dVAE softer than real ones."""
-    if max_radius > 0 and bool(torch.rand((), generator=generator) < prob):
-        radius = max_radius * (1.0 - float(torch.rand((), generator=generator)))  # in (0, max_radius]
-        return blur(image[None], radius)[0]
-    return image
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def to_float_images(imgs: torch.Tensor) -> torch.Tensor:
-    """uint8 in 0..255 -> float in [0, 1]; float stays float (float32)."""
-    if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != 3:
-        shape = tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__
-        raise ValueError(f"images must be a tensor [N, 3, H, W], got {shape}")
-    if imgs.dtype == torch.uint8:
-        return imgs.float() / 255.0
-    if not imgs.is_floating_point():
-        raise ValueError(f"images must be uint8 or float, got dtype {imgs.dtype}")
-    return imgs.float()
 
 
 def _batches(images: Images, batch_size: int) -> Iterator[torch.Tensor]:

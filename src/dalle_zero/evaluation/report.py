@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from dalle_zero.io import atomic_write_text
 
@@ -204,8 +205,6 @@ def save_image_grid(
 
     ``scale`` enlarges each pixel to ``scale`` × ``scale`` (nearest), which keeps 32 px images crisp.
     """
-    from PIL import Image
-
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor [N, 3, H, W] with N >= 1, got {shape}")
@@ -261,6 +260,7 @@ def plot_curves(
     per key; rows without the key (or with null) are skipped; ``smooth`` > 1 applies a trailing moving
     average of that many points. A key found in no run is an error (it is most likely misspelt).
     """
+    # matplotlib takes a noticeable time to import: only the reports that plot pay it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

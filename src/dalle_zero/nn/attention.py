@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from dalle_zero.nn.banded import BandedLayout, banded_attention
 from dalle_zero.nn.masks import AttentionPattern
@@ -41,15 +42,11 @@ KERNELS = (*SDPA_KERNELS, *FLEX_KERNELS)
 
 @functools.cache
 def _compiled_flex_attention() -> Any:
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=False)
 
 
 def flex_attention_call(q: Tensor, k: Tensor, v: Tensor, block_mask: Any, *, compiled: bool) -> Tensor:
     """flex_attention, compiled (fused kernel) or eager (materialises scores; fine on CPU for tests)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     if compiled:
         return _compiled_flex_attention()(q, k, v, block_mask=block_mask)
     with warnings.catch_warnings():  # eager is a deliberate choice here (no compile time)
@@ -59,8 +56,6 @@ def flex_attention_call(q: Tensor, k: Tensor, v: Tensor, block_mask: Any, *, com
 
 def build_block_mask(pattern: AttentionPattern, length: int, device: torch.device | str) -> Any:
     """flex_attention BlockMask over the first ``length`` stream positions of ``pattern``."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     return create_block_mask(pattern.mask_mod, None, None, length, length, device=device)
 
 

@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dalle_zero.config import read_json_file
+from dalle_zero.config import check_format_version, json_type, read_json_file
+from dalle_zero.data.pairs import MAX_PIXELS, open_image, oversized
 from dalle_zero.data.transforms import to_rgb
 from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, resolve_model_dir
 from dalle_zero.models.clip import DalleCLIP
@@ -89,17 +90,23 @@ def to_pil(images: Tensor) -> list[Any]:
 
 
 def load_image(path: str | Path, size: int) -> Tensor:
-    """An image file -> FloatTensor[1, 3, size, size] in [0, 1]: centre-cropped to a square, resized (Lanczos)."""
+    """An image file -> FloatTensor[1, 3, size, size] in [0, 1]: centre-cropped to a square, resized (Lanczos).
+
+    An image of more than :data:`~dalle_zero.data.pairs.MAX_PIXELS` pixels is refused from its header,
+    before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
+            if oversized(im, MAX_PIXELS):
+                w, h = im.size
+                raise ValueError(f"{path}: {w}x{h} pixels, over the cap of {MAX_PIXELS:,}; use a smaller image")
             im.load()  # read before the file closes (to_rgb may return the same image)
             im = to_rgb(im)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
     return pil_to_tensor(im, size)
 
@@ -418,23 +425,51 @@ class TextToImagePipeline:
 
 
 def read_pipeline_json(folder: Path) -> dict[str, str | None]:
-    """The component sub-folder names recorded in ``folder/pipeline.json``."""
+    """The component sub-folder names recorded in ``folder/pipeline.json``.
+
+    Each names a sub-folder *inside* ``folder`` (a relative path without ``..``, not leading out through
+    a symbolic link); anything else (a list instead of an object, a string ``format_version``,
+    ``components.clip: 5``, ``/etc``, ``../other``) is a ValueError naming the file and the field.
+    """
+    folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
     path = folder / PIPELINE_NAME
     missing = f"{folder}: no {PIPELINE_NAME} (is this a model folder from `dalle assemble`?)"
     data = read_json_file(path, missing=missing)
-    if not isinstance(data, dict) or data.get("model_type") != "pipeline":
-        raise ValueError(f"{path}: model_type is not 'pipeline'")
-    if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {data['format_version']} is newer than this dalle-zero supports")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {json_type(data)}")
+    if data.get("model_type") != "pipeline":
+        raise ValueError(f"{path}: model_type is {data.get('model_type')!r:.60}, expected 'pipeline'")
+    check_format_version(data, FORMAT_VERSION, source=str(path))
     components = data.get("components")
     if not isinstance(components, dict):
-        raise ValueError(f"{path}: no 'components' object")
-    for name in ("tokenizer", "dvae", "transformer"):
-        if not isinstance(components.get(name), str):
-            raise ValueError(f"{path}: components.{name} must name a sub-folder")
+        raise ValueError(f"{path}: field 'components' must be an object, got {json_type(components)}")
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown components {unknown}; known: {list(COMPONENTS)}")
+    for name in COMPONENTS:
+        value = components.get(name)
+        required = name != "clip"
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"{path}: components.{name} must name a sub-folder{'' if required else ' or be null'}, "
+                f"got {json_type(value)}"
+            )
+        _check_inside(folder, value, f"{path}: components.{name}")
     return components
+
+
+def _check_inside(folder: Path, sub: str, field: str) -> None:
+    """ValueError naming ``field`` unless ``sub`` is a relative path that stays inside ``folder``."""
+    rel = Path(sub)
+    if rel.is_absolute() or ".." in rel.parts or sub.startswith("~"):
+        raise ValueError(f"{field} must be a sub-folder inside the model folder, got {sub!r:.80}")
+    target = (folder / rel).resolve()
+    if not target.is_relative_to(folder.resolve()) or target == folder.resolve():
+        raise ValueError(f"{field}: {sub!r:.80} leads outside the model folder (through a symbolic link)")
 
 
 def resolve_component_dir(path: str | Path, component: str) -> Path:
@@ -450,6 +485,8 @@ def resolve_component_dir(path: str | Path, component: str) -> Path:
         return path / sub
     model_dir = resolve_model_dir(path)  # the folder itself, or a training run's model/
     data = read_json_file(model_dir / CONFIG_NAME)  # a corrupt file: one-line error, no traceback
+    if not isinstance(data, dict):
+        raise ValueError(f"{model_dir / CONFIG_NAME}: expected a JSON object, got {json_type(data)}")
     expected = COMPONENT_TYPES[component]
     if data.get("model_type") != expected:
         raise ValueError(

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from dalle_zero.models.transformer import DalleTransformer
 from dalle_zero.nn.embeddings import PAD_ID
@@ -100,8 +101,6 @@ def _progress(progress: bool | ProgressCallback, total: int) -> tuple[ProgressCa
         return progress, lambda: None
     if not progress:
         return None, lambda: None
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, unit="token", desc="sampling", dynamic_ncols=True)
     return (lambda done, _total: bar.update(1)), bar.close
 

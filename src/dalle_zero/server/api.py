@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
 
@@ -187,8 +189,6 @@ def decode_image(data: Any, *, max_pixels: int) -> Any:
 
     The pipeline composites transparent pixels onto white, the background of the training images.
     """
-    from PIL import Image
-
     if not isinstance(data, str) or not data:
         raise ApiError(f"prime_image must be a base64 string of an image file, got {_show(data)}")
     if data.startswith("data:"):

@@ -36,7 +36,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ftfy
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, read_config_json
@@ -71,8 +73,6 @@ class TokenizerConfig(Config):
 
 def normalize_caption(text: str) -> str:
     """ftfy.fix_text, NFC, lower case, whitespace runs collapsed: the form every caption is tokenized in."""
-    import ftfy
-
     return " ".join(unicodedata.normalize("NFC", ftfy.fix_text(text)).lower().split())
 
 
@@ -120,8 +120,6 @@ class BPETokenizer:
         Fewer tokens result if the captions support fewer merges at ``min_frequency``; the actual
         size is ``tokenizer.vocab_size`` (logged when smaller than asked).
         """
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE} (pad + 256 bytes), got {vocab_size!r}")
         if not isinstance(min_frequency, int) or min_frequency < 1:
@@ -309,8 +307,6 @@ class BPETokenizer:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> BPETokenizer:
-        from tokenizers import Tokenizer
-
         folder = Path(folder)
         data = read_config_json(folder, expected_model_type="tokenizer")
         data = {k: v for k, v in data.items() if k not in ("config_class", "model_type", "format_version")}

@@ -8,13 +8,19 @@ is also the data position, see :mod:`dalle_zero.training.sampler`) and the task'
 loading a checkpoint never runs code from the file. A directory is written under a temporary name
 and renamed into place, and ``latest`` is written last, so a run killed at any moment leaves the
 previous checkpoint intact.
+
+``latest`` must name a step folder directly inside the run (``step_NNNNNNN``). Anything else in it
+(``../other_run/step_0000100``, an absolute path, bytes that are not UTF-8) is a one-line error
+naming the file and what it holds: a run never resumes from a checkpoint outside itself, and a
+damaged pointer is not silently replaced by a guess (delete ``latest`` to resume from the newest
+complete step folder). A well-formed ``latest`` naming a step folder that is missing or incomplete
+falls back to the newest complete one, as when there is no ``latest``.
 """
 
 from __future__ import annotations
 
 import random
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dalle_zero.io import atomic_directory, atomic_write_text, load_state_dict, save_state_dict
+from dalle_zero.io import atomic_directory, atomic_write_text, load_state_dict, remove_directory, save_state_dict
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
@@ -85,23 +91,48 @@ def save_checkpoint(
 def _prune(run_dir: Path, keep: int) -> None:
     steps = sorted(list_steps(run_dir))
     for s in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(run_dir / step_dir_name(s), ignore_errors=True)
+        remove_directory(run_dir / step_dir_name(s))  # gone at once, never half-deleted
 
 
 def list_steps(run_dir: Path) -> list[int]:
     if not run_dir.is_dir():
         return []
-    return [int(m.group(1)) for p in run_dir.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [
+        int(m.group(1))
+        for p in run_dir.iterdir()
+        if (m := STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()  # a link may lead out of the run
+    ]
 
 
 def latest_step_dir(run_dir: Path) -> Path | None:
+    """The step folder to resume from: the one ``latest`` names if it is complete, else the newest
+    complete one, else None. A malformed ``latest`` is a ValueError (see the module docstring)."""
     pointer = run_dir / "latest"
     if pointer.is_file():
-        path = run_dir / pointer.read_text().strip()
-        if (path / "state.pt").is_file():
+        name = read_latest(pointer)
+        path = run_dir / name
+        if (path / "state.pt").is_file() and not path.is_symlink():
             return path
     steps = [s for s in list_steps(run_dir) if (run_dir / step_dir_name(s) / "state.pt").is_file()]
     return run_dir / step_dir_name(max(steps)) if steps else None
+
+
+def read_latest(pointer: Path) -> str:
+    """The step folder name in the ``latest`` file ``pointer``; ValueError naming the file unless it is
+    a ``step_NNNNNNN`` name (no path: never a folder outside the run)."""
+    hint = f"delete {pointer} to resume from the newest complete step folder"
+    try:
+        text = pointer.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{pointer}: not UTF-8 text; expected the name of a step folder such as step_0000100 ({hint})"
+        ) from None
+    if not STEP_DIR.fullmatch(text):
+        raise ValueError(
+            f"{pointer}: holds {text[:80]!r}, expected the name of a step folder inside the run such as "
+            f"step_0000100 ({hint})"
+        )
+    return text
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -31,7 +31,6 @@ independent evaluator of generated images: never evaluate with the reranker itse
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +42,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.evaluation.metrics import random_blur
+from dalle_zero.data.images import random_blur
+from dalle_zero.data.metadata import read_metadata
+from dalle_zero.data.sources import data_folder, open_image_text_dataset
+from dalle_zero.io import resolve_model_dir
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP, contrastive_loss
+from dalle_zero.models.dvae import DiscreteVAE, round_trip
 from dalle_zero.sampling.rerank import resize_pixels
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training.loop import LoopConfig, TrainTask
 from dalle_zero.training.optim import adamw
+from dalle_zero.training.schedules import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +160,6 @@ class ReconstructedImages(Dataset):
     """
 
     def __init__(self, base: Dataset, dvae: nn.Module, p: float, *, batch_size: int = 256) -> None:
-        from dalle_zero.evaluation.evaluate import round_trip
-
         self.base, self.p = base, p
         size = dvae.config.image_size  # type: ignore[union-attr]
         n = len(base)  # type: ignore[arg-type]
@@ -213,9 +215,6 @@ class WithSiblings(Dataset):
 
 def concept_groups(data: str | Path, stems: Sequence[str]) -> list[str | None]:
     """The ``concept`` of each stem from ``metadata.jsonl`` beside the images or shards (None where it has none)."""
-    from dalle_zero.data.metadata import read_metadata
-    from dalle_zero.data.sources import data_folder
-
     folder = data_folder(data)  # a shard pattern or a single .tar: the folder holding them
     try:
         meta = read_metadata(folder)
@@ -242,8 +241,6 @@ def collate_pairs(items: list[Any]) -> dict[str, torch.Tensor]:
 
 
 def _split_dataset(data: str, split: str) -> Dataset:
-    from dalle_zero.data.sources import open_image_text_dataset
-
     return open_image_text_dataset(data, split=split)
 
 
@@ -282,9 +279,6 @@ class CLIPTask(TrainTask):
         base = self._train_data if self._train_data is not None else _split_dataset(c.data, c.train_split)
         stems = getattr(base, "stems", None)
         if c.recon_prob > 0:
-            from dalle_zero.io import resolve_model_dir
-            from dalle_zero.models.dvae import DiscreteVAE
-
             assert c.dvae is not None  # CLIPTrainConfig checks it
             dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
             base = ReconstructedImages(base, dvae, c.recon_prob)
@@ -329,11 +323,9 @@ class CLIPTask(TrainTask):
 
     def lr_at(self, step: int) -> float:
         c = self.config
-        if step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
-        span = max(1, c.loop.steps - c.warmup_steps)
-        progress = min(1.0, (step - c.warmup_steps) / span)
-        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup_cosine(
+            step, peak=c.lr, end=c.lr * c.min_lr_ratio, warmup_steps=c.warmup_steps, total_steps=c.loop.steps
+        )
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["ids"], batch["pixels"])  # (B, B) per image

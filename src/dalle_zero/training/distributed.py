@@ -104,6 +104,7 @@ def wrap(
             psgd.check_rank(names.get(id(p), "a block matrix"), tuple(p.shape), powersgd_rank, powersgd_shards)
     if not ctx.enabled:
         return module
+    # multi-process only, and absent from torch builds without distributed support
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ddp = DDP(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -111,6 +112,7 @@ def wrap(
         state = psgd.PowerSGD(module, blocks, rank=powersgd_rank, shards=powersgd_shards, seed=seed)
         psgd.register(ddp, state)
     elif powersgd_rank > 0:
+        # multi-process only, and absent from torch builds without distributed support
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as stock
 
         state = stock.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
@@ -155,6 +157,7 @@ def load_powersgd_state(module: nn.Module, saved: list[dict[str, torch.Tensor]] 
 
 
 def _fsdp() -> Any:
+    # multi-process only, and absent from torch builds without distributed support; slow to import
     from torch.distributed import fsdp
 
     if not hasattr(fsdp, "fully_shard"):  # public from torch 2.6
@@ -180,6 +183,7 @@ def shard(
     whole model is the one unit. ``module``'s own inputs, the loss's batch, are never cast.
     """
     fsdp = _fsdp()
+    # multi-process only, and absent from torch builds without distributed support
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
@@ -220,6 +224,7 @@ def no_sync(module: nn.Module) -> Iterator[None]:
 def clip_sharded_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
     """``torch.nn.utils.clip_grad_norm_`` for FSDP-sharded gradients: the norm is the whole model's,
     over every rank's shards, and every rank scales its shards by the same factor. Returns the norm."""
+    # multi-process only, and absent from torch builds without distributed support; slow to import
     from torch.distributed.tensor import DTensor
 
     params = [p for p in parameters if p.grad is not None]
@@ -231,6 +236,7 @@ def clip_sharded_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float)
 
 
 def _full_options() -> Any:
+    # multi-process only, and absent from torch builds without distributed support; slow
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -239,6 +245,7 @@ def _full_options() -> Any:
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded ``module.state_dict()`` of an FSDP-sharded module, on rank 0's CPU ({} on the
     other ranks). A collective: every rank must call it."""
+    # multi-process only, and absent from torch builds without distributed support; slow
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(module, options=_full_options())
@@ -253,6 +260,7 @@ def _param_numbers(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[s
 def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """``optimizer.state_dict()`` as one unsharded process holds it (parameters numbered, full state
     tensors) for an optimizer over ``model``'s FSDP shards; on rank 0's CPU, {} elsewhere. A collective."""
+    # multi-process only, and absent from torch builds without distributed support; slow
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     by_name = get_optimizer_state_dict(model, optimizer, options=_full_options())
@@ -268,6 +276,7 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
 def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Load a one-process ``optimizer.state_dict()`` (every rank holds all of it) into an optimizer over
     ``model``'s FSDP shards: each rank keeps the slices of its own shards."""
+    # multi-process only, and absent from torch builds without distributed support; slow to import
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     name = {i: n for n, i in _param_numbers(model, optimizer).items()}

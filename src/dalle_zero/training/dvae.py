@@ -1,13 +1,10 @@
-"""Stage 1 training: the dVAE objective and its :class:`TrainTask` (paper §2.1, App. A.2-A.3).
+"""Stage 1 training: the dVAE's :class:`TrainTask` (paper §2.1, App. A.2-A.3).
 
-The loss is the negative evidence lower bound with the relaxed posterior (paper_spec §1.5-1.6):
-
-    loss = [ Σ_pixels NLL_logit-Laplace(x | mu, b) + β · Σ_positions KL(q || uniform) ] / (3·H·W)
-
-averaged over the batch, where the decoder sees a Gumbel-softmax sample ``softmax((logits + g)/τ)``
-and the KL uses ``softmax(logits)`` of the *clean* logits, even while τ > 0 (author, issue #26).
-τ, β and the learning rate follow cosine schedules whose lengths default to the paper's fractions of
-the run (τ 150k, β 5k, lr 1.2M of 3M updates), so a short run anneals in proportion.
+The objective, the negative relaxed evidence lower bound, lives beside the model in
+:mod:`dalle_zero.models.dvae_loss`. τ, β and the learning rate follow cosine schedules whose lengths
+default to the paper's fractions of the run (τ 150k, β 5k, lr 1.2M of 3M updates), so a short run
+anneals in proportion. The Gumbel noise of each sample is drawn from its own seed
+(:func:`gumbel_noise`), so a resumed run sees the same noise.
 
 EMA: the paper averages weights with decay 0.999. The shared loop warms the decay up as
 ``min(decay, (1+n)/(10+n))``, so even a run of a few thousand steps saves an average of the last few
@@ -21,22 +18,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.evaluation.metrics import codebook_stats
-from dalle_zero.models.dvae import (
-    LOGIT_LAPLACE_EPS,
-    DiscreteVAE,
-    DVAEConfig,
-    map_pixels,
-    sample_gumbel,
-    unmap_pixels,
-)
+from dalle_zero.data.sources import has_splits, open_image_text_dataset
+from dalle_zero.data.transforms import DVAETransform, ResizeTransform
+from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig, map_pixels, sample_gumbel, unmap_pixels
+from dalle_zero.models.dvae_loss import codebook_stats, dvae_loss, logit_laplace_nll, nats_to_bits_per_dim
 from dalle_zero.training import optim
 from dalle_zero.training.loop import LoopConfig, TrainTask
 from dalle_zero.training.schedules import cosine_schedule, scaled_length
@@ -134,53 +127,7 @@ class DVAETrainConfig(Config):
 
 
 # ---------------------------------------------------------------------------------------------
-# the objective (pure functions)
-
-
-def logit_laplace_nll(x: torch.Tensor, mu: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """Per-value NLL of the logit-Laplace density at ``x`` in (0, 1) (paper App. A.3, Eq. 2):
-
-    ``ln 2 + ln b + ln x + ln(1 - x) + |logit(x) - mu| / b``, elementwise (nats). Keeps the
-    parameter-free ``ln x + ln(1 - x)`` term so that bits per dimension are meaningful.
-    """
-    return math.log(2.0) + log_b + torch.log(x) + torch.log1p(-x) + (torch.logit(x) - mu).abs() * torch.exp(-log_b)
-
-
-def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """KL(softmax(logits) || uniform) along ``dim``: ``Σ_k q_k (ln q_k + ln K)`` (nats)."""
-    log_q = torch.log_softmax(logits.float(), dim=dim)
-    return (log_q.exp() * (log_q + math.log(logits.shape[dim]))).sum(dim)
-
-
-class DVAELoss(NamedTuple):
-    loss: torch.Tensor  # scalar: [Σ NLL + β Σ KL] / (C·H·W), batch mean
-    nll: torch.Tensor  # scalar: reconstruction NLL, nats per sub-pixel (mapped pixel space)
-    kl: torch.Tensor  # scalar: KL per token position (nats)
-
-
-def dvae_loss(
-    pixels: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, log_b: torch.Tensor, kl_weight: float
-) -> DVAELoss:
-    """Negative relaxed ELB of paper App. A.2, normalised by the number of sub-pixels.
-
-    pixels [B, C, H, W] in [0, 1]; logits [B, V, h, w] (clean); mu, log_b [B, C, H, W].
-    """
-    x = map_pixels(pixels.float())  # targets in [ε, 1 - ε]
-    n_dims = x.shape[1] * x.shape[2] * x.shape[3]
-    nll_sum = logit_laplace_nll(x, mu, log_b).flatten(1).sum(1)  # (B,)
-    kl_sum = kl_to_uniform(logits).flatten(1).sum(1)  # (B,)
-    loss = ((nll_sum + kl_weight * kl_sum) / n_dims).mean()
-    n_pos = logits.shape[2] * logits.shape[3]
-    return DVAELoss(loss=loss, nll=(nll_sum / n_dims).mean(), kl=(kl_sum / n_pos).mean())
-
-
-def nats_to_bits_per_dim(nll: float, eps: float = LOGIT_LAPLACE_EPS) -> float:
-    """Per-sub-pixel NLL in the mapped space -> bits per dim of pixels on the 0..255 scale.
-
-    The map x -> (1-2ε)/255·x + ε has Jacobian (1-2ε)/255, so the density on the 0..255 scale is
-    the mapped density times that factor (a continuous density: no dequantisation).
-    """
-    return (nll - math.log((1 - 2 * eps) / 255.0)) / math.log(2.0)
+# figures and noise of a training step
 
 
 def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
@@ -299,9 +246,6 @@ def build_datasets(config: DVAETrainConfig) -> tuple[Dataset, Dataset | None, st
     "train" and is evaluated on "validation"; without it, it trains on every image and evaluates on the
     first ``eval_images`` of them (not held out).
     """
-    from dalle_zero.data.sources import has_splits, open_image_text_dataset
-    from dalle_zero.data.transforms import DVAETransform, ResizeTransform
-
     if config.data is None:
         raise ValueError("DVAETrainConfig.data: no image folder or shards given")
     data = config.data
@@ -372,8 +316,6 @@ def save_comparison_grid(
     originals, recons: [N, 3, H, W] in [0, 1]. Cells smaller than ``min_cell`` px are enlarged with
     nearest-neighbour so tiny images stay visible; 2 px white gutters between cells.
     """
-    from PIL import Image
-
     n, _, h, w = originals.shape
     scale = max(1, math.ceil(min_cell / max(h, w)))
     ch, cw, gap = h * scale, w * scale, 2

@@ -43,14 +43,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.data.metadata import field_label, read_metadata
-from dalle_zero.data.pairs import read_splits, split_list
+from dalle_zero.data.images import load_image, random_blur
+from dalle_zero.data.metadata import field_label, read_dataset_split, read_dataset_splits, read_metadata
 from dalle_zero.errors import DataError
-from dalle_zero.evaluation.metrics import random_blur
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
 from dalle_zero.training import optim
 from dalle_zero.training.loop import LoopConfig, TrainTask
-from dalle_zero.training.schedules import cosine_schedule, linear_warmup
+from dalle_zero.training.schedules import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +121,13 @@ class EvaluatorTrainConfig(Config):
         check_float(self, "label_smoothing", min_value=0.0, max_value=0.5)
 
     def lr_at(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return linear_warmup(step, peak=self.lr, length=self.warmup_steps)
-        length = max(self.loop.steps - self.warmup_steps, 1)
-        return cosine_schedule(step - self.warmup_steps, start=self.lr, end=self.lr_end, length=length)
+        return warmup_cosine(
+            step, peak=self.lr, end=self.lr_end, warmup_steps=self.warmup_steps, total_steps=self.loop.steps
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # labelled images from a dataset folder
-
-
-def read_split(root: str | Path, split: str) -> list[str]:
-    """Stems of ``split`` from ``root/splits.json``."""
-    path = Path(root) / "splits.json"
-    missing = f"{path} not found (is {root} a dataset built by `dalle data emoji`?)"
-    return split_list(path, split, missing=missing, error=DataError)
 
 
 def label_heads(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> tuple[EvaluatorHead, ...]:
@@ -159,15 +150,6 @@ def label_heads(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> tuple[Ev
             f"no metadata field among {list(fields)} has two or more labels in the training split"
         )
     return tuple(heads)
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """``uint8[3, H, W]`` from an image file (RGB)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
 class LabelledImages(Dataset):
@@ -239,7 +221,7 @@ def load_labelled_split(
     """The images of ``split`` with their label indices (``IGNORE`` where a head has no label)."""
     root = Path(root)
     metadata = read_metadata(root) if metadata is None else metadata
-    stems = read_split(root, split)[:max_images]
+    stems = read_dataset_split(root, split)[:max_images]
     if not stems:
         raise DataError(f"{root / 'splits.json'}: split {split!r} is empty")
     index = [{lab: i for i, lab in enumerate(h.labels)} for h in heads]
@@ -365,7 +347,7 @@ class EvaluatorTask(TrainTask):
             blur_prob=cfg.blur_prob,
             max_blur=cfg.max_blur,
         )
-        known = read_splits(root / "splits.json", error=DataError)
+        known = read_dataset_splits(root)
         names = cfg.model.head_names
         if cfg.concept_field is not None and cfg.concept_field in names:
             # every other split's real images teach the concept head only; other heads ignore them
@@ -429,7 +411,7 @@ def build_train_config(cfg: EvaluatorTrainConfig) -> EvaluatorTrainConfig:
     model = cfg.model
     if not model.heads:
         meta = read_metadata(root)
-        rows = [meta[s] for s in read_split(root, cfg.train_split) if s in meta]
+        rows = [meta[s] for s in read_dataset_split(root, cfg.train_split) if s in meta]
         heads = label_heads(rows, cfg.fields)
         if cfg.concept_field is not None:
             field_ = cfg.concept_field

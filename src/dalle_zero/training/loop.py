@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int
-from dalle_zero.io import PretrainedModel, atomic_write_text, load_state_dict_strict
+from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int, json_type, parse_json
+from dalle_zero.io import PretrainedModel, atomic_write_text, clean_leftovers, load_state_dict_strict
 from dalle_zero.training import allocator, denormals, distributed
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.ema import EMA
@@ -211,8 +211,14 @@ class _StopFlag:
 
 
 def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> None:
-    """Create the run folder; refuse to overwrite an existing run unless resuming."""
+    """Create the run folder; refuse to overwrite an existing run unless resuming.
+
+    What interrupted writes left in it is dealt with first (:func:`~dalle_zero.io.clean_leftovers`): a
+    folder (``model/``, a step folder) left aside by a crash between two renames is put back, and
+    temporary and aside copies are removed, so a killed run leaves neither a missing folder nor a
+    pile of full-size copies."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(run_dir)
     cfg_path = run_dir / "train_config.json"
     has_steps = bool(ckpt.list_steps(run_dir))
     if not resume and has_steps:
@@ -288,8 +294,9 @@ def train(
         else:
             saved = ckpt.load_checkpoint(path)
             step = _restore_weights(saved, path, model, ema, task)
-            _truncate_metrics(run_dir / "metrics.jsonl", step)
             logger.info("resumed from %s", path)
+    if ctx.is_main:  # rows after the checkpoint (all of them without one) are logged again; a torn line goes
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
     if step >= loop.steps:
         logger.info("run already complete at step %d", step)
         return _save_model(model, ema, run_dir, ctx, None)  # nothing is sharded yet: rank 0 saves its own
@@ -497,19 +504,50 @@ def last_validation_step(run_dir: str | Path) -> tuple[int | None, dict[str, flo
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return None, {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for row in reversed(rows):
+    for _, row in reversed(read_metrics(path)):
         vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
         if vals:
             return row.get("step"), vals
     return None, {}
 
 
+def read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, row)`` for every row of ``metrics.jsonl`` at ``path``.
+
+    A torn or zero-filled last line (the process died while appending it, or the file system
+    zero-filled its tail after a crash) is left out with a warning naming the file; any other line that
+    is not a JSON object with an integer ``step`` is a ValueError naming the file, the line and the field.
+    """
+    raw_lines = path.read_bytes().split(b"\n")
+    numbered = [(i + 1, raw) for i, raw in enumerate(raw_lines) if raw.strip()]  # NUL bytes are not blank
+    rows = []
+    for k, (lineno, raw) in enumerate(numbered):
+        last = k == len(numbered) - 1
+        try:
+            line = raw.decode("utf-8")
+            row = parse_json(line, source=f"{path}: line {lineno}")
+        except (UnicodeDecodeError, ValueError) as e:
+            if last:
+                logger.warning("%s: line %d is torn (the run stopped while writing it); leaving it out", path, lineno)
+                break
+            if isinstance(e, UnicodeDecodeError):
+                raise ValueError(f"{path}: line {lineno}: not UTF-8 text") from None
+            raise
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {json_type(row)}")
+        step = row.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"{path}: line {lineno}: field 'step' must be an integer, got {json_type(step)}")
+        rows.append((line, row))
+    return rows
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a
+    torn last line (:func:`read_metrics`)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep = [line for line, row in read_metrics(path) if row["step"] <= step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 

@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_choice, check_float, check_int
+from dalle_zero.data.tokens import TokenDataset, read_token_index
 from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training import optim
 from dalle_zero.training.loop import LoopConfig, TrainTask
-from dalle_zero.training.lr import PlateauHalving, warmup_cosine
+from dalle_zero.training.schedules import PlateauHalving, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,22 @@ def check_compatible(
         raise ValueError("; ".join(problems))
 
 
+def data_model_fields(tokens_dir: str, tokenizer: BPETokenizer, tokenizer_dir: str) -> dict[str, tuple[int, str]]:
+    """The model fields the data decides, ``{field: (value, where it comes from)}``: the image side from the
+    token shards' ``index.json``, the text side from the tokenizer."""
+    index = read_token_index(tokens_dir)
+    h, w = index["grid"]
+    if h != w:
+        raise ValueError(f"{tokens_dir}: token grid is {h}x{w}; the transformer needs a square grid")
+    shards, tok_src = f"token shards {tokens_dir}", f"tokenizer {tokenizer_dir}"
+    return {
+        "image_grid": (int(h), shards),
+        "image_vocab_size": (int(index["image_vocab_size"]), shards),
+        "text_vocab_size": (tokenizer.vocab_size, tok_src),
+        "text_seq_len": (tokenizer.text_seq_len, tok_src),
+    }
+
+
 def with_dropout(tokenizer: BPETokenizer, p: float) -> BPETokenizer:
     """The same tokenizer with BPE dropout probability ``p`` for ``encode(..., dropout=True)``."""
     if tokenizer.config.dropout_p == p:
@@ -213,8 +231,6 @@ class PriorTask(TrainTask):
         tokens_dir: str | Path | None = None,
         tokenizer: BPETokenizer | None = None,
     ) -> None:
-        from dalle_zero.data.tokens import TokenDataset
-
         self.cfg = cfg
         tokens_dir = tokens_dir if tokens_dir is not None else cfg.tokens
         if tokens_dir is None:
@@ -275,9 +291,9 @@ class PriorTask(TrainTask):
         return warmup_cosine(
             step,
             peak=c.lr,
+            end=c.lr * c.cosine_final_fraction,
             warmup_steps=c.resolved_warmup_steps,
             total_steps=c.loop.steps,
-            final_fraction=c.cosine_final_fraction,
         )
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict]:
@@ -316,8 +332,6 @@ def make_optimizer(
 
 def _mean_over_ranks(value: float) -> float:
     """All processes must halve together, so they decide on the mean loss over ranks."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64)

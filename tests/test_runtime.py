@@ -1,4 +1,6 @@
-"""Denormal floats are flushed to zero in every torch thread by the `dalle` program, and by training."""
+"""The CPU settings of a process (dalle_zero.runtime): denormals flushed to zero in every torch thread by
+the `dalle` program and by training; the allocator setting applied once and switched off by
+DALLE_ZERO_MALLOC=default."""
 
 from __future__ import annotations
 
@@ -11,10 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---- denormals
 
 # prints: denormals left after an element-wise op split over 2 threads, out of N (1e-40 is denormal)
 COUNT = "t = torch.full((1 << 22,), 1e-40); print(int((t * 1.0).count_nonzero()), t.numel())"
+
+can_flush = pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush denormals")
 
 
 def _child(code: str, *, keep: bool = False) -> list[str]:
@@ -32,14 +38,13 @@ def _left(words: list[str]) -> tuple[int, int]:
     return int(words[-2]), int(words[-1])
 
 
-pytestmark = pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush denormals")
-
-
+@can_flush
 def test_without_the_setting_denormals_stay():
     left, n = _left(_child(""))
     assert left == n
 
 
+@can_flush
 def test_the_dalle_program_flushes_them_in_every_thread_unless_kept():
     code = """
         from dalle_zero.cli.main import main
@@ -53,6 +58,7 @@ def test_the_dalle_program_flushes_them_in_every_thread_unless_kept():
     assert left == n
 
 
+@can_flush
 def test_training_flushes_them_in_the_thread_that_trains():
     # (and in the threads started later)
     code = """
@@ -69,3 +75,22 @@ def test_training_flushes_them_in_the_thread_that_trains():
     assert words[-3] == "True"  # flushed in the training thread
     left, n = _left(words)
     assert left < n  # threads started before training keep theirs: hence the `dalle` program's early call
+
+
+# ---- allocator
+
+ALLOCATOR = "from dalle_zero.runtime import keep_freed_memory as k; print(k(), k())"
+
+
+def _allocator(env_value: str | None) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DALLE_ZERO_MALLOC"}
+    if env_value is not None:
+        env["DALLE_ZERO_MALLOC"] = env_value
+    done = subprocess.run([sys.executable, "-c", ALLOCATOR], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_allocator_setting_applied_on_linux_unless_switched_off():
+    assert _allocator(None) == ["True", "True"]
+    assert _allocator("default") == ["False", "False"]
