@@ -57,7 +57,7 @@ from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, conc
 from dalle_zero.evaluation.report import save_image_grid
 from dalle_zero.models.dvae import round_trip
 from dalle_zero.models.dvae_loss import codebook_stats
-from dalle_zero.sampling.generate import generate_image_tokens
+from dalle_zero.sampling.generate import GUIDANCE_TOP_P, generate_image_tokens
 from dalle_zero.sampling.rerank import rerank
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class EvalConfig(Config):
     top_k: int | None = None
     top_p: float | None = None
     guidance_scale: float = 1.0
-    guidance_top_p: float | None = 0.95  # guidance only within the conditional nucleus (sampling.generate)
+    guidance_top_p: float | None = GUIDANCE_TOP_P  # guidance only within the conditional nucleus
     r_precision_distractors: int = 99  # AttnGAN/DM-GAN protocol: 1 true caption among 100
     kid_subsets: int = 50
     dvae_split: str = "validation"  # real images for the reconstruction figures

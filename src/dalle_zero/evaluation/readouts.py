@@ -7,7 +7,6 @@ codes would score: the ceiling through this tokenizer). See ``docs/evaluation.md
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,17 +48,26 @@ def asked_labels(rows: Sequence[dict[str, Any]], head: str, *, holdout_only: boo
     return out
 
 
-def attribute_figures(evaluator: nn.Module, s: SplitSamples) -> dict[str, Any]:
-    """Tone / style read-outs of the generated images, and of the same captions' real images
-    (``real_*``: how well the evaluator reads) and their dVAE reconstructions (``recon_*``: what a
-    prior that drew exactly the real images' codes would score; a reference for what the tokenizer
-    loses, not a bound, since a prior can draw more typical colours than one image's codes), per head
-    the evaluator has."""
+def _views(s: SplitSamples, ceilings: bool) -> dict[str, Tensor]:
+    """``{key prefix: images}``: the generated images, and with ``ceilings`` the real ones and their
+    reconstructions (when there are any)."""
+    views = {"": s.fake}
+    if ceilings:
+        views["real_"] = s.real
+        if s.recon is not None:
+            views["recon_"] = s.recon
+    return views
+
+
+def attribute_figures(evaluator: nn.Module, s: SplitSamples, *, ceilings: bool = True) -> dict[str, Any]:
+    """Tone / style read-outs of the generated images, and with ``ceilings`` of the same captions'
+    real images (``real_*``: how well the evaluator reads) and their dVAE reconstructions
+    (``recon_*``: what a prior that drew exactly the real images' codes would score; a reference for
+    what the tokenizer loses, not a bound, since a prior can draw more typical colours than one
+    image's codes), per head the evaluator has."""
     out: dict[str, Any] = {}
     heads = [h for h in ("tone", "style") if h in evaluator.config.head_names]
-    views = {"": s.fake, "real_": s.real}
-    if s.recon is not None:
-        views["recon_"] = s.recon
+    views = _views(s, ceilings)
     for head in heads:
         asked = asked_labels(s.rows, head)
         for prefix, images in views.items():
@@ -88,14 +96,9 @@ def concept_figures(evaluator: nn.Module, s: SplitSamples, head: str, *, ceiling
     evaluator's ``head``) and, with ``ceilings``, of the real images and their dVAE reconstructions."""
     if head not in evaluator.config.head_names:
         return {}
-    asked = [None if r.get(head) is None else str(r[head]) for r in s.rows]
-    views = {"": s.fake}
-    if ceilings:
-        views["real_"] = s.real
-        if s.recon is not None:
-            views["recon_"] = s.recon
+    asked = asked_labels(s.rows, head)
     out: dict[str, Any] = {}
-    for prefix, images in views.items():
+    for prefix, images in _views(s, ceilings).items():
         acc, n = metrics.label_top_k(evaluator, images, head, asked, ks=(1, 5))
         out[f"{prefix}concept_top1"], out[f"{prefix}concept_top5"] = acc[1], acc[5]
     out["concept_n"] = n
@@ -109,6 +112,5 @@ def kind_figures(evaluator: nn.Module, s: SplitSamples, head: str, *, asks_attri
     out = {"n_images": len(s.fake), "example_caption": s.captions[0] if s.captions else None}
     out.update(concept_figures(evaluator, s, head, ceilings=False))
     if asks_attributes:
-        attrs = attribute_figures(evaluator, dataclasses.replace(s, recon=None))
-        out.update({k: v for k, v in attrs.items() if not k.startswith("real_")})
+        out.update(attribute_figures(evaluator, s, ceilings=False))
     return out
