@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--examples", help="text file of example captions, one per line, stored with the model (optional)"
     )
+    recommend = parser.add_argument_group(
+        "recommended sampling", "stored as sampling.json: what `dalle generate`, the API and the page use when not told"
+    )
+    recommend.add_argument("--temperature", type=float, help="softmax temperature (default 1)")
+    recommend.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default 1: none)")
+    recommend.add_argument("--guidance-top-p", type=float, help="guidance within the conditional nucleus of this mass")
+    recommend.add_argument("--candidates", type=int, help="samples drawn per caption and reranked (needs --clip)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,10 +43,17 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.models.transformer import DalleTransformer
+    from dalle_zero.pipelines.sampling_defaults import SamplingDefaults
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline, resolve_component_dir
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.loop import best_model
 
+    given = {k: getattr(args, k) for k in ("temperature", "guidance_scale", "guidance_top_p", "candidates")}
+    sampling = SamplingDefaults.from_dict(
+        {k: v for k, v in given.items() if v is not None}, source="recommended sampling options"
+    )  # checked before anything is loaded
+    if sampling.candidates is not None and sampling.candidates > 1 and not args.clip:
+        raise ValueError("--candidates above 1 needs a reranker: give --clip too")
     tokenizer = BPETokenizer.from_pretrained(resolve_component_dir(args.tokenizer, "tokenizer"))
     dvae = DiscreteVAE.from_pretrained(resolve_component_dir(args.dvae, "dvae"))
     best = None if args.last else best_model(args.prior)
@@ -55,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--examples: file not found: {path}")
         examples = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pipeline = TextToImagePipeline(tokenizer, dvae, prior, clip, examples=examples)
+    pipeline = TextToImagePipeline(tokenizer, dvae, prior, clip, examples=examples, sampling=sampling)
     out = pipeline.save_pretrained(args.out)
     t = prior.config
     print(

@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="split to evaluate (repeatable; default: train, validation, unseen_compositions, unseen_concepts)",
     )
     parser.add_argument("--samples", type=int, default=256, help="captions per split, one image each (default 256)")
-    parser.add_argument("--candidates", type=int, default=1, help="images drawn per caption, best kept (default 1)")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        help="images drawn per caption, best kept (default: the model folder's sampling.json, else 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
     add_sampling_arguments(parser)
@@ -122,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(
         splits=tuple(args.split) if args.split else SPLITS,
         samples=args.samples,
-        candidates=args.candidates,
+        candidates=pipeline.candidates_for(1) if args.candidates is None else args.candidates,
         seed=args.seed,
         batch_size=args.batch_size,
-        **sampling_settings(args),
+        **sampling_settings(args, pipeline.sampling),  # unset options: the folder's recommendation
     )
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate_model(

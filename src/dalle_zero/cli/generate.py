@@ -41,7 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", required=True, help="model folder written by `dalle assemble`")
     parser.add_argument("-n", type=int, default=4, help="images to keep per caption (default 4)")
-    parser.add_argument("--candidates", type=int, help="samples drawn per caption, reranked by CLIP (>= -n)")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        help="samples drawn per caption, reranked by CLIP (>= -n; default: the model folder's sampling.json, else -n)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: drawn at random and recorded)")
     add_sampling_arguments(parser)
     parser.add_argument("--prime-image", help="image whose top rows are kept (image-to-image)")
@@ -150,10 +154,12 @@ def run(args: argparse.Namespace) -> int:
             hint = " (dalle generate --examples lists some)" if pipeline.examples else ""
             print(f"dalle: warning: {warning}{hint}", file=sys.stderr)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    sampling = sampling_settings(args, pipeline.sampling)  # unset options: the folder's recommendation
+    candidates = pipeline.candidates_for(args.n) if args.candidates is None else args.candidates
     settings = {
         "n": args.n,
-        "candidates": args.candidates,
-        **sampling_settings(args),
+        "candidates": candidates,
+        **sampling,
         "prime_image": args.prime_image,
         "prime_rows": args.prime_rows,
         "batch_size": args.batch_size,
@@ -162,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
     output = pipeline(
         args.captions,
         n=args.n,
-        candidates=args.candidates,
+        candidates=candidates,
         seed=seed,
-        **sampling_settings(args),
+        **sampling,
         prime_image=args.prime_image,
         prime_rows=args.prime_rows,
         batch_size=args.batch_size,

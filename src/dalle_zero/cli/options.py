@@ -7,38 +7,45 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.pipelines.sampling_defaults import resolve
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """--temperature, --top-k, --top-p, --guidance-scale (read as args.temperature, ...)."""
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (paper: 1)")
+    """--temperature, --top-k, --top-p, --guidance-scale, --guidance-top-p (read as args.temperature, ...).
+
+    Left unset, temperature and guidance take the model folder's recommended settings
+    (``sampling.json``, :mod:`~dalle_zero.pipelines.sampling_defaults`), else the paper's."""
+    parser.add_argument(
+        "--temperature", type=float, help="softmax temperature (default: the model folder's sampling.json, else 1)"
+    )
     parser.add_argument("--top-k", type=int, help="keep the K most likely image codes per step")
     parser.add_argument("--top-p", type=float, help="nucleus sampling: keep codes up to probability P")
     parser.add_argument(
         "--guidance-scale",
         type=float,
-        default=1.0,
-        help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions)",
+        help="classifier-free guidance scale (1 = none; needs a prior trained with empty captions; "
+        "default: the model folder's sampling.json, else 1)",
     )
     parser.add_argument(
         "--guidance-top-p",
         type=float,
-        default=GUIDANCE_TOP_P,
         help=f"guidance moves probability only among the codes of the conditional nucleus of this mass "
-        f"(default {GUIDANCE_TOP_P:g}; 1 = plain classifier-free guidance)",
+        f"(1 = plain classifier-free guidance; default: the model folder's sampling.json, else {GUIDANCE_TOP_P:g})",
     )
 
 
-def sampling_settings(args: argparse.Namespace) -> dict[str, float | int | None]:
-    """The options of :func:`add_sampling_arguments` as keyword arguments of the sampler/pipeline."""
-    return {
+def sampling_settings(args: argparse.Namespace, defaults: Any = None) -> dict[str, float | int | None]:
+    """The options of :func:`add_sampling_arguments` as keyword arguments of the sampler/pipeline;
+    with ``defaults`` (a ``SamplingDefaults``), the unset ones filled in from it."""
+    given = {
         "temperature": args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
         "guidance_scale": args.guidance_scale,
         "guidance_top_p": args.guidance_top_p,
     }
+    return given if defaults is None else resolve(defaults, **given)
 
 
 def parse_device(name: str, flag: str = "--device") -> Any:

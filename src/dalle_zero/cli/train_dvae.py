@@ -100,13 +100,12 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
-    from dalle_zero.models.dvae import DiscreteVAE
-    from dalle_zero.training.dvae import DVAETask, build_datasets
+    from dalle_zero.training.dvae import DVAETask, build_datasets, build_model
     from dalle_zero.training.loop import last_validation_step, train
 
     config = resolve_config(args)
     train_data, eval_data, note = build_datasets(config)
-    model = DiscreteVAE(config.model)
+    model = build_model(config)
     m, lp = config.model, config.loop
     n_params = sum(p.numel() for p in model.parameters())
     print(

@@ -241,16 +241,16 @@ def _run_stages(ctx: st.DemoContext, done: dict[str, dict[str, Any]], log: Calla
 
 
 def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:
-    """The ``dalle`` commands that reproduce or extend what the demo did."""
-    g = config.eval.guidance_scale
-    guidance = f" --guidance-scale {g:g}" if g != 1.0 else ""
+    """The ``dalle`` commands that reproduce or extend what the demo did. The model folder carries
+    the demo's sampling settings (``sampling.json``), so generating needs none; the evaluation names
+    its own candidate count, which differs from the showcase's."""
+    first = config.plain_captions[0] if config.plain_captions else "red heart"
     return [
         f"dalle demo --out {out} --minutes {config.minutes:g}",
-        f'dalle generate --model {out / "model"} "grinning face, noto style" '
-        f"-n 4 --candidates {config.showcase_candidates}{guidance}",
+        f'dalle generate --model {out / "model"} "{first}"',
         f"dalle eval --model {out / 'model'} --data {data} --evaluator {out / 'runs' / 'evaluator'} "
         f"--clip {out / 'runs' / 'eval_clip'} --samples {config.eval.samples} --candidates {config.eval.candidates}"
-        f"{guidance} --out {out / 'eval'}",
+        f" --out {out / 'eval'}",
     ]
 
 

@@ -46,6 +46,7 @@ from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.evaluator import EmojiEvaluator
 from dalle_zero.models.transformer import DalleTransformer
+from dalle_zero.pipelines.sampling_defaults import SamplingDefaults
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training import checkpoint as ckpt
@@ -53,6 +54,7 @@ from dalle_zero.training import loop as training_loop
 from dalle_zero.training.clip import CLIPTask, CLIPTrainConfig
 from dalle_zero.training.clip import build_model as build_clip
 from dalle_zero.training.dvae import DVAETask, DVAETrainConfig, build_datasets
+from dalle_zero.training.dvae import build_model as build_dvae
 from dalle_zero.training.encode import encode_folder
 from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
 from dalle_zero.training.loop import TrainTask, best_model, last_validation
@@ -326,9 +328,7 @@ def stage_dvae(ctx: DemoContext) -> dict[str, Any]:
         if "data" not in cache:
             cache["data"] = build_datasets(cfg)
         train_data, eval_data, _ = cache["data"]
-        with _seeded(cfg.loop.seed):
-            model = DiscreteVAE(cfg.model)
-        return model, DVAETask(cfg, train_data=train_data, eval_data=eval_data), cfg
+        return build_dvae(cfg), DVAETask(cfg, train_data=train_data, eval_data=eval_data), cfg
 
     precision, rate = choose_precision(ctx, "dvae", build)
     return train_stage(ctx, "dvae", lambda steps: build(steps, precision), rate=rate)
@@ -501,9 +501,22 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
         DalleTransformer.from_pretrained(prior_dir),
         DalleCLIP.from_pretrained(ctx.run_dir("clip") / "model"),
         examples=example_captions(ctx),
+        sampling=recommended_sampling(ctx.config),
     )
     pipeline.save_pretrained(ctx.model_dir)
     return {"model": str(ctx.model_dir), "prior": str(prior_dir), "prior_selected": best[1] if best else None}
+
+
+def recommended_sampling(config: DemoConfig) -> SamplingDefaults:
+    """The settings the demo's showcase and evaluation sample with, stored in the model folder so
+    that a plain ``dalle generate``, the API and the page draw as the demo's figures were measured."""
+    e = config.eval
+    return SamplingDefaults(
+        temperature=e.temperature,
+        guidance_scale=e.guidance_scale,
+        guidance_top_p=e.guidance_top_p,
+        candidates=config.showcase_candidates,
+    )
 
 
 def example_captions(ctx: DemoContext, count: int = 12) -> list[str]:

@@ -47,7 +47,13 @@ from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, resolve
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.transformer import DalleTransformer
-from dalle_zero.sampling.generate import GUIDANCE_TOP_P, generate_image_tokens
+from dalle_zero.pipelines.sampling_defaults import (
+    SAMPLING_NAME,
+    SamplingDefaults,
+    read_sampling_defaults,
+    sampling_json,
+)
+from dalle_zero.sampling.generate import generate_image_tokens
 from dalle_zero.sampling.rerank import rerank
 from dalle_zero.tokenizers.bpe import BPETokenizer, caption_words
 
@@ -176,6 +182,8 @@ class TextToImagePipeline:
     """Captions -> images with a BPE tokenizer, a dVAE, a DALL-E prior and an optional CLIP reranker.
 
     ``examples``: captions that show what the model can draw (saved as ``examples.json``).
+    ``sampling``: the settings used when a call leaves them unset (saved as ``sampling.json``;
+    :mod:`~dalle_zero.pipelines.sampling_defaults`).
     """
 
     def __init__(
@@ -186,13 +194,20 @@ class TextToImagePipeline:
         clip: DalleCLIP | None = None,
         *,
         examples: Sequence[str] = (),
+        sampling: SamplingDefaults | None = None,
     ) -> None:
         check_components(tokenizer, dvae, transformer, clip)
         self.examples = check_examples(examples)
+        self.sampling = sampling if sampling is not None else SamplingDefaults()
         self.tokenizer = tokenizer
         self.dvae = dvae.eval()
         self.transformer = transformer.eval()
         self.clip = clip.eval() if clip is not None else None
+
+    def candidates_for(self, n: int) -> int:
+        """Samples drawn per caption when ``n`` are kept and the call leaves ``candidates`` unset: the
+        folder's recommendation (never fewer than ``n``), or ``n`` without a CLIP to rerank them."""
+        return self.sampling.candidates_for(n) if self.clip is not None else n
 
     @property
     def device(self) -> torch.device:
@@ -304,24 +319,33 @@ class TextToImagePipeline:
         *,
         candidates: int | None = None,
         seed: int | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        guidance_scale: float = 1.0,
-        guidance_top_p: float | None = GUIDANCE_TOP_P,
+        guidance_scale: float | None = None,
+        guidance_top_p: float | None = None,
         prime_image: str | Path | Tensor | Any | None = None,
         prime_rows: int | None = None,
         batch_size: int = 8,
         progress: bool = False,
     ) -> GenerationOutput:
-        """Generate ``n`` images per caption (the best ``n`` of ``candidates`` when a CLIP is present)."""
+        """Generate ``n`` images per caption (the best ``n`` of ``candidates`` when a CLIP is present).
+
+        ``candidates``, ``temperature``, ``guidance_scale`` and ``guidance_top_p`` left as None take the
+        folder's recommended settings (``self.sampling``); ``guidance_top_p=1`` is plain guidance.
+        """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a caption string or a non-empty list of strings")
         for name, value in (("n", n), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        m = n if candidates is None else candidates
+        if candidates is None:
+            candidates = self.candidates_for(n)
+        temperature = self.sampling.temperature if temperature is None else temperature
+        guidance_scale = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_top_p = self.sampling.guidance_top_p if guidance_top_p is None else guidance_top_p
+        m = candidates
         if isinstance(m, bool) or not isinstance(m, int) or m < n:
             raise ValueError(f"candidates must be an integer >= n ({n}), got {candidates!r}")
         if m > n and self.clip is None:
@@ -405,6 +429,8 @@ class TextToImagePipeline:
             (tmp / PIPELINE_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             if self.examples:
                 (tmp / EXAMPLES_NAME).write_text(json.dumps(self.examples, indent=2) + "\n")
+            if self.sampling != SamplingDefaults():
+                (tmp / SAMPLING_NAME).write_text(sampling_json(self.sampling))
         return folder
 
     @classmethod
@@ -418,8 +444,9 @@ class TextToImagePipeline:
         if components.get("clip"):
             clip = DalleCLIP.from_pretrained(folder / components["clip"], map_location=map_location)
         examples = read_examples(folder)
+        sampling = read_sampling_defaults(folder)
         try:
-            return cls(tokenizer, dvae, transformer, clip, examples=examples)
+            return cls(tokenizer, dvae, transformer, clip, examples=examples, sampling=sampling)
         except ValueError as e:
             raise ValueError(f"{folder}: {e}") from None
 

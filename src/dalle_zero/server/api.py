@@ -36,7 +36,6 @@ from typing import Any
 from PIL import Image
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
-from dalle_zero.sampling.generate import GUIDANCE_TOP_P
 
 BATCH_SIZE = 8  # the pipeline's (and `dalle generate`'s) default, so seeds give the same images
 MAX_SEED = 2**63 - 1
@@ -230,11 +229,13 @@ def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: 
     - ``caption``: a string of at most ``max_caption_chars`` characters with some text left once
       normalised (:meth:`~TextToImagePipeline.check_caption`) (required);
     - ``n``: images to return, in [1, ``max_images``] (default 4, or ``max_images`` if smaller);
-    - ``candidates``: samples to draw and rerank, in [n, ``max_candidates``]; more than ``n`` needs a CLIP;
+    - ``candidates``: samples to draw and rerank, in [n, ``max_candidates``]; more than ``n`` needs a CLIP
+      (default: the model folder's recommendation, ``sampling.json``, within the limit);
     - ``seed``: an integer in [0, 2**63 - 1] (default: drawn at random and returned);
     - ``temperature`` (in [0.05, 10], default 1), ``top_k`` (in [1, image vocabulary]), ``top_p``
-      (in (0, 1]), ``guidance_scale`` (in [0, 50], default 1: no guidance), ``guidance_top_p``
-      (in (0, 1], default 0.95: guidance within the conditional nucleus), as in ``dalle generate``;
+      (in (0, 1]), ``guidance_scale`` (in [0, 50]), ``guidance_top_p`` (in (0, 1]), as in
+      ``dalle generate``; temperature and guidance default to the model folder's recommendation
+      (``sampling.json``; without one: temperature 1, no guidance);
     - ``prime_image``: base64 of an image file, or a ``data:image/...;base64,`` URL (image-to-image);
     - ``prime_rows``: token rows of the prime image to keep, in [0, grid] (default half the grid).
     """
@@ -255,13 +256,16 @@ def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: 
     except ValueError as e:
         raise ApiError(first_line(e)) from None
     n = _integer(payload, "n", min(4, limits.max_images), 1, limits.max_images)
+    recommended = pipeline.sampling
     candidates = _integer(payload, "candidates", None, n, limits.max_candidates)
+    if candidates is None:
+        candidates = min(pipeline.candidates_for(n), limits.max_candidates)
     if candidates is not None and candidates > n and pipeline.clip is None:
         raise ApiError(f"candidates={candidates} > n={n} needs a CLIP reranker, and this model has none")
-    temperature = _number(payload, "temperature", 1.0, *TEMPERATURE_RANGE)
+    temperature = _number(payload, "temperature", recommended.temperature, *TEMPERATURE_RANGE)
     top_p = _number(payload, "top_p", None, 0.0, 1.0, low_open=True)
-    guidance_scale = _number(payload, "guidance_scale", 1.0, *GUIDANCE_SCALE_RANGE)
-    guidance_top_p = _number(payload, "guidance_top_p", GUIDANCE_TOP_P, 0.0, 1.0, low_open=True)
+    guidance_scale = _number(payload, "guidance_scale", recommended.guidance_scale, *GUIDANCE_SCALE_RANGE)
+    guidance_top_p = _number(payload, "guidance_top_p", recommended.guidance_top_p, 0.0, 1.0, low_open=True)
     top_k = _integer(payload, "top_k", None, 1, pipeline.transformer.config.image_vocab_size)
     grid = pipeline.dvae.config.grid_size
     prime_data = payload.get("prime_image")
@@ -328,6 +332,7 @@ class GenerationService:
             },
             "reranker": p.clip is not None,
             "examples": list(p.examples),
+            "sampling": p.sampling.to_dict(),  # the settings a request gets for the fields it leaves out
             "device": str(p.device),
             "priming": {"prime_rows_max": d.grid_size, "prime_rows_default": d.grid_size // 2},
             "limits": {

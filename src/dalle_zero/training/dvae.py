@@ -238,6 +238,14 @@ class DVAETask(TrainTask):
         )
 
 
+def build_model(config: DVAETrainConfig) -> DiscreteVAE:
+    """A freshly initialised dVAE, seeded by ``loop.seed`` alone: the same weights in any process,
+    whatever torch's global RNG has drawn before (the global stream is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.loop.seed)
+        return DiscreteVAE(config.model)
+
+
 def build_datasets(config: DVAETrainConfig) -> tuple[Dataset, Dataset | None, str]:
     """(train images, held-out images, description) from ``config.data``, an image folder or shards.
 
