@@ -65,11 +65,11 @@ def encode_folder(
     size = dvae.config.image_size
     transform = ResizeTransform(resolution=size) if augment == 1 else Crops(PriorTransform(resolution=size), augment)
     dataset = open_image_text_dataset(data, transform, split=split)
-    stems = dataset.stems
+    image_stems = dataset.stems
     per_batch = max(1, batch_size // augment)  # images per dVAE call
 
     def key(i: int) -> int | tuple[int, int]:
-        return i if augment == 1 else (i, crop_seed(seed, stems[i]))
+        return i if augment == 1 else (i, crop_seed(seed, image_stems[i]))
 
     def items() -> Iterator[tuple[str, list[str], Any]]:
         same = 0  # images whose crops all encoded to the same grid
@@ -81,7 +81,8 @@ def encode_folder(
                 codes = dvae.encode(pixels.flatten(0, pixels.dim() - 4)).cpu()  # (B·K, h, w)
                 codes = codes.view(len(batch), *pixels.shape[1:-3], *codes.shape[-2:])  # (B, h, w) or (B, K, h, w)
                 for i, b, c in zip(idx, batch, codes):
-                    same += augment > 1 and bool((c == c[0]).all())
+                    if augment > 1 and bool((c == c[0]).all()):
+                        same += 1
                     yield b["stem"], dataset.captions(i), c
                 bar.update(len(batch))
         if same:  # e.g. images no larger than the dVAE's input: Listing 2 has nothing to crop
