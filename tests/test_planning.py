@@ -1,6 +1,8 @@
 """Planning arithmetic (dalle_zero.planning) and the ``dalle plan`` command."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,6 +144,32 @@ def test_plan_command_prints_the_papers_setup(capsys):
     assert "fits a 16 GB GPU" in out and "sharded over 8" in out and "128 machine(s) of 8 GPU(s)" in out
     assert main(["plan", "--config", "paper_12b", "--gpus", "1024", "--gpu-memory", "16"]) == 0  # bf16 state
     assert "does not fit a 16 GB GPU" in capsys.readouterr().out
+
+
+PAPER_RUN = "--gpus 1024 --gpus-per-machine 8 --precision fp16 --peak-tflops 125 --gpu-memory 16"
+README = Path(__file__).parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("preset", TABLE_1)
+def test_plan_command_prints_table_1_for_each_paper_size_as_the_readme_shows(preset, capsys):
+    params, _, rank, rate = TABLE_1[preset]
+    for config in (preset, f"prior_{preset}"):  # the preset's short and file names
+        assert main(["plan", "--config", config, *PAPER_RUN.split()]) == 0
+        out = capsys.readouterr().out
+        assert f"rank {rank} ({rank // 8} for each of 8 shards)" in out  # 112 per GPU shard at 12B (§2.5)
+        assert "fits a 16 GB GPU" in out and "128 machine(s) of 8 GPU(s)" in out
+        compressed = re.search(r"compressed ([\d.]+)%", out).group(1)
+        assert round(float(compressed)) == round(100 * rate)  # Table 1: 83, 85, 86 %
+    # README's table is this output, next to Table 1's figures
+    readme = README.read_text(encoding="utf-8")
+    assert f"dalle plan --config paper_12b {PAPER_RUN}" in readme
+    matrices = re.search(r"of which matrices ([\d.]+) B", out).group(1)
+    memory = re.search(r"memory / GPU +([\d.]+) GB", out).group(1)
+    label = preset.removeprefix("paper_").upper()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| {label} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{params / 1e9:.1f} / {matrices} B" and cells[2] == str(rank)
+    assert cells[3] == f"≈{round(100 * rate)} / {compressed} %" and cells[4].startswith(f"{memory} GB")
 
 
 def test_bad_machine_and_rank_settings_are_one_line_errors(capsys):

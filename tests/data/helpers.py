@@ -17,6 +17,7 @@ from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest
 from dalle_zero.data.tokens import TokenDataset, write_token_shards
 from dalle_zero.data.webdataset import ImageTextShards, write_shards
+from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
 from dalle_zero.training.sampler import ResumableBatchSampler, SampleKey
 
 READERS = ("folder", "shards", "manifest", "tokens")
@@ -25,6 +26,15 @@ READERS = ("folder", "shards", "manifest", "tokens")
 def write_image(path: Path, size=(20, 16), colour=(200, 30, 30), mode="RGB", fmt="PNG") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, colour).save(path, format=fmt)
+
+
+def tiny_dvae(folder: Path) -> Path:
+    """A run folder ``folder/dvae_run`` holding a tiny untrained dVAE (16 px images, 8×8 grid of 32 codes)."""
+    torch.manual_seed(0)
+    config = DVAEConfig(image_size=16, group_count=2, n_blk_per_group=1, n_hid=8, n_init=8, vocab_size=32)
+    run = folder / "dvae_run"
+    DiscreteVAE(config).save_pretrained(run / "model")
+    return run
 
 
 def good_folder(root: Path, n: int = 4) -> Path:

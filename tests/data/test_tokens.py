@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from dalle_zero.cli.main import main
 from dalle_zero.data.emoji import EmojiDatasetConfig, build_emoji_dataset_from_tarballs
 from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_shards
 from dalle_zero.errors import DataError
+from tests.data.helpers import tiny_dvae
 from tests.demo_data import SIZE, make_emoji_tarball, make_emojibase_tarball
 
 
@@ -90,15 +90,6 @@ def test_asking_for_a_split_the_tokens_lack_is_a_clear_error(tmp_path):
 
 
 # ---- dalle encode, with the real DiscreteVAE (skipped only if that module is missing)
-
-
-def tiny_dvae(folder: Path) -> Path:
-    dvae = pytest.importorskip("dalle_zero.models.dvae", reason="dalle_zero.models.dvae is not in the tree yet")
-    torch.manual_seed(0)
-    config = dvae.DVAEConfig(image_size=16, group_count=2, n_blk_per_group=1, n_hid=8, n_init=8, vocab_size=32)
-    run = folder / "dvae_run"
-    dvae.DiscreteVAE(config).save_pretrained(run / "model")
-    return run
 
 
 def test_encode_cli_tokenizes_every_image_once_and_keeps_the_splits(tmp_path, capsys):

@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="encode only this split of splits.json (default: all)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default 10000)")
     parser.add_argument("--device", default="cpu", help="torch device for the dVAE (default cpu)")
+    parser.add_argument(
+        "--augment", type=int, default=1, metavar="K",
+        help="encode K random crops of every image (the paper's Listing 2, no flip); the prior draws one per "
+        "epoch (default 1: one plain resize, no augmentation)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --augment crops (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -40,10 +46,13 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         device=args.device,
         progress=not args.no_progress,
+        augment=args.augment,
+        seed=args.seed,
     )
     index = read_token_index(out)
     h, w = index["grid"]
-    print(f"encoded {index['count']} images into {h}x{w} tokens of {index['image_vocab_size']} codes -> {out}")
+    crops = f" ({index['crops']} crops each)" if index.get("crops", 1) > 1 else ""
+    print(f"encoded {index['count']} images{crops} into {h}x{w} tokens of {index['image_vocab_size']} codes -> {out}")
     if index.get("splits"):
         print("  splits: " + ", ".join(f"{k} {len(v)}" for k, v in index["splits"].items()))
     if index.get("skipped"):

@@ -4,16 +4,23 @@
 encoder in its loop. A token folder holds::
 
     index.json               format, grid [h, w], image_vocab_size, count, shards, dvae, splits
-    shard_00000.safetensors  "codes": int16 (int32 if the vocabulary needs it) [N, h, w]
+                             (and crops K when there are several grids per image)
+    shard_00000.safetensors  "codes": int16 (int32 if the vocabulary needs it) [N, h, w], or
+                             [N, K, h, w]: K augmented crops of every image (``dalle encode --augment K``)
     shard_00000.json         {"captions": [[line, ...], ...], "stems": [...]}
     metadata.jsonl           (optional) copied from the image folder
 
 :class:`TokenDataset` reads it back: items are ``dict(image_codes=LongTensor[h*w] in raster order,
-caption=str, stem=str)``. Nothing in a token folder is trusted: ``index.json`` is checked field by
-field (:func:`read_token_index`), and every shard when it is opened: integer codes (not float, not
-bool) in ``[0, image_vocab_size)`` of shape ``[count, h, w]``, captions a list of lists of strings,
-stems a list of strings; anything else is a one-line :class:`~dalle_zero.errors.DataError` naming the
-file and the field, not a failure deep inside the embedding later.
+caption=str, stem=str, crop=int)``. With K crops an item's grid is one of them, drawn from the key's
+seed like the caption line, so the prior sees another crop of an image in every epoch (the paper
+augments every time it reads an image, App. B.2, Listing 2) and a resumed run reads the same ones.
+
+Nothing in a token folder is trusted: ``index.json`` is checked field by field
+(:func:`read_token_index`), and every shard when it is opened: integer codes (not float, not bool) in
+``[0, image_vocab_size)`` of shape ``[count, h, w]`` (``[count, K, h, w]`` with K crops), captions a
+list of lists of strings, stems a list of strings; anything else is a one-line
+:class:`~dalle_zero.errors.DataError` naming the file and the field, not a failure deep inside the
+embedding later.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dalle_zero.io import atomic_directory
 logger = logging.getLogger(__name__)
 
 FORMAT = "dalle-zero-tokens"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "crops" (several grids per image); a folder of one grid per image is still written as 1
 INDEX_NAME = "index.json"
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file name in the folder, never a path
 
@@ -64,11 +71,13 @@ def write_token_shards(
     splits: dict[str, list[str]] | None = None,
     metadata: dict[str, Any] | None = None,
     extra_files: dict[str, str] | None = None,
+    crops: int = 1,
 ) -> Path:
     """Write token shards to ``out_dir`` (atomically: the folder appears only when complete).
 
     ``items`` yields ``(stem, caption, codes)``: a caption is a string or a list of caption lines,
-    ``codes`` an integer tensor ``[h, w]`` (or ``[h*w]`` in raster order when ``image_grid`` is given).
+    ``codes`` an integer tensor ``[h, w]`` (or ``[h*w]`` in raster order when ``image_grid`` is given),
+    or with ``crops`` K > 1 the K grids of the image's augmented crops, ``[K, h, w]`` (or ``[K, h*w]``).
     ``image_grid`` (side, or (h, w)) is checked against every item; by default the first item sets it.
     ``dvae`` (e.g. its path and config) and ``splits`` (``{name: [stems]}``) are recorded in
     ``index.json``, as is ``metadata`` (more top-level keys, e.g. the source folder and what it
@@ -81,6 +90,8 @@ def write_token_shards(
         raise DataError(f"{out_dir} is not empty and is not a token folder; choose a new folder")
     if shard_size < 1:
         raise ValueError(f"write_token_shards: shard_size must be >= 1, got {shard_size}")
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 1:
+        raise ValueError(f"write_token_shards: crops must be an integer >= 1, got {crops!r}")
     dtype = torch.int16 if image_vocab_size <= 2**15 else torch.int32
     grid = (image_grid, image_grid) if isinstance(image_grid, int) else image_grid
     shards: list[dict[str, Any]] = []
@@ -98,18 +109,21 @@ def write_token_shards(
             shards.append({"name": name, "count": len(buf_codes)})
             buf_codes.clear(), buf_caps.clear(), buf_stems.clear()
 
+        lead = () if crops == 1 else (crops,)  # the leading crop axis of every item's codes
         for stem, caption, codes in items:
             codes = codes.detach().cpu()
-            if codes.dim() == 1 and grid is not None and codes.numel() == grid[0] * grid[1]:
-                codes = codes.view(grid)  # (h, w) from raster order
-            if codes.dim() != 2 or codes.dtype.is_floating_point:
-                raise ValueError(
-                    f"write_token_shards: {stem}: codes must be an integer [h, w] grid, got {tuple(codes.shape)}"
-                )
+            if codes.dim() == len(lead) + 1 and grid is not None and codes.shape[-1] == grid[0] * grid[1]:
+                codes = codes.view(*codes.shape[:-1], *grid)  # (..., h, w) from raster order
+            if codes.dim() != len(lead) + 2 or tuple(codes.shape[: len(lead)]) != lead \
+                    or codes.dtype.is_floating_point:
+                expected = "an integer [h, w] grid" if crops == 1 else f"{crops} integer [h, w] grids, [{crops}, h, w]"
+                raise ValueError(f"write_token_shards: {stem}: codes must be {expected}, got {tuple(codes.shape)}")
             if grid is None:
-                grid = (int(codes.shape[0]), int(codes.shape[1]))
-            elif tuple(codes.shape) != tuple(grid):
-                raise ValueError(f"write_token_shards: {stem}: grid {tuple(codes.shape)}, expected {tuple(grid)}")
+                grid = (int(codes.shape[-2]), int(codes.shape[-1]))
+            elif tuple(codes.shape[-2:]) != tuple(grid):
+                raise ValueError(
+                    f"write_token_shards: {stem}: grid {tuple(codes.shape[-2:])}, expected {tuple(grid)}"
+                )
             if int(codes.min()) < 0 or int(codes.max()) >= image_vocab_size:
                 raise ValueError(f"write_token_shards: {stem}: codes outside [0, {image_vocab_size})")
             if stem in seen:
@@ -126,7 +140,7 @@ def write_token_shards(
             raise ValueError("write_token_shards: no images to write")
         index = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if crops > 1 else 1,  # older readers still open one grid per image
             "grid": [int(grid[0]), int(grid[1])],
             "image_grid": int(grid[0]) if grid[0] == grid[1] else None,
             "image_vocab_size": int(image_vocab_size),
@@ -136,18 +150,24 @@ def write_token_shards(
             "dvae": dvae,
             "splits": splits,
         }
+        if crops > 1:
+            index["crops"] = crops
         index.update({k: v for k, v in (metadata or {}).items() if k not in index})
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         tmp.chmod(0o755)  # a temporary directory is private; the token folder is not
-    logger.info("wrote %d token grids %s in %d shard(s) to %s", index["count"], tuple(grid), len(shards), out_dir)
+    logger.info(
+        "wrote %d images' token grids %s (%d per image) in %d shard(s) to %s",
+        index["count"], tuple(grid), crops, len(shards), out_dir,
+    )
     return out_dir
 
 
 def read_token_index(folder: str | Path) -> dict[str, Any]:
     """The parsed ``index.json`` of a token folder, checked for format, version and every field the
-    reader uses (``grid``, ``image_vocab_size``, ``shards``, ``splits``); a DataError names the field."""
+    reader uses (``grid``, ``image_vocab_size``, ``crops``, ``shards``, ``splits``); a DataError names
+    the field."""
     folder = Path(folder)
     path = folder / INDEX_NAME
     if not folder.is_dir():
@@ -170,6 +190,10 @@ def read_token_index(folder: str | Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: field 'image_vocab_size' must be a positive integer, "
             f"got {json_type(index.get('image_vocab_size'))}"
+        )
+    if not _positive_int(index.get("crops", 1)):
+        raise DataError(
+            f"{path}: field 'crops' must be a positive integer (token grids per image), got {json_type(index['crops'])}"
         )
     shards = index.get("shards")
     if not isinstance(shards, list):
@@ -196,16 +220,19 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def check_token_codes(codes: Any, *, count: int, grid: tuple[int, int], vocab: int, source: str) -> None:
-    """DataError naming ``source`` unless ``codes`` is an integer tensor ``[count, h, w]`` with values in
-    ``[0, vocab)``."""
+def check_token_codes(
+    codes: Any, *, count: int, grid: tuple[int, int], vocab: int, source: str, crops: int = 1
+) -> None:
+    """DataError naming ``source`` unless ``codes`` is an integer tensor ``[count, h, w]`` (``[count,
+    crops, h, w]`` with several crops per image) with values in ``[0, vocab)``."""
     h, w = grid
     if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex \
             or codes.dtype == torch.bool:
         dtype = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise DataError(f"{source}: codes must be an integer tensor, got {dtype}")
-    if tuple(codes.shape) != (count, h, w):
-        raise DataError(f"{source}: codes must have shape ({count}, {h}, {w}) (count, grid), got {tuple(codes.shape)}")
+    shape, names = ((count, h, w), "count, grid") if crops == 1 else ((count, crops, h, w), "count, crops, grid")
+    if tuple(codes.shape) != shape:
+        raise DataError(f"{source}: codes must have shape {shape} ({names}), got {tuple(codes.shape)}")
     if codes.numel():
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= vocab:
@@ -232,8 +259,10 @@ def check_token_captions(captions: Any, stems: Any, *, count: int, source: str) 
 class TokenDataset(Dataset):
     """Token grids and captions from a token folder, all held in memory (int16: 2 bytes a token).
 
-    Items are ``dict(image_codes=LongTensor[h*w] (raster order), caption=str, stem=str)``; a key is an
-    index or ``(index, sample_seed)``, the seed choosing among several caption lines.
+    Items are ``dict(image_codes=LongTensor[h*w] (raster order), caption=str, stem=str, crop=int)``; a
+    key is an index or ``(index, sample_seed)`` (a plain index is its own seed). The seed chooses among
+    several caption lines and, from another stream, among the ``crops`` grids of an image, so an item
+    is a pure function of its key; with one grid per image nothing is drawn for it.
     """
 
     def __init__(self, folder: str | Path, split: str | None = None) -> None:
@@ -245,6 +274,7 @@ class TokenDataset(Dataset):
         h, w = self.index["grid"]
         self.grid: tuple[int, int] = (int(h), int(w))
         self.image_vocab_size: int = int(self.index["image_vocab_size"])
+        self.crops: int = int(self.index.get("crops", 1))
         wanted: set[str] | None = None
         if split is not None:
             splits = self.index.get("splits")
@@ -272,14 +302,16 @@ class TokenDataset(Dataset):
                 raise DataError(f"{js_path}: expected a JSON object with captions and stems, got {json_type(meta)}")
             caps, stems = meta.get("captions"), meta.get("stems")
             n = int(shard["count"])
-            check_token_codes(shard_codes, count=n, grid=(h, w), vocab=self.image_vocab_size, source=str(st_path))
+            check_token_codes(
+                shard_codes, count=n, grid=(h, w), vocab=self.image_vocab_size, source=str(st_path), crops=self.crops
+            )
             check_token_captions(caps, stems, count=n, source=str(js_path))
             keep = [i for i, s in enumerate(stems) if wanted is None or s in wanted]
             if keep:
-                codes.append(shard_codes[keep].reshape(len(keep), h * w))  # (n, h*w) raster order
+                codes.append(shard_codes[keep].reshape(len(keep), self.crops, h * w))  # (n, K, h*w) raster order
                 self.captions += [caps[i] for i in keep]
                 self.stems += [stems[i] for i in keep]
-        self.codes = torch.cat(codes) if codes else torch.zeros(0, h * w, dtype=torch.int16)
+        self.codes = torch.cat(codes) if codes else torch.zeros(0, self.crops, h * w, dtype=torch.int16)
 
     @property
     def image_grid(self) -> int:
@@ -300,4 +332,19 @@ class TokenDataset(Dataset):
             caption = lines[int(torch.randint(len(lines), (1,), generator=g))]
         else:
             caption = lines[0]
-        return {"image_codes": self.codes[index].long(), "caption": caption, "stem": self.stems[index]}
+        crop = 0
+        if self.crops > 1:
+            g = torch.Generator().manual_seed(crop_seed(seed))
+            crop = int(torch.randint(self.crops, (1,), generator=g))
+        return {
+            "image_codes": self.codes[index, crop].long(),
+            "caption": caption,
+            "stem": self.stems[index],
+            "crop": crop,
+        }
+
+
+def crop_seed(sample_seed: int) -> int:
+    """The seed of the crop draw: a stream of ``sample_seed`` apart from the caption line's (the seed
+    itself) and the prior's null-caption and BPE-dropout coins (:class:`~dalle_zero.training.prior.PriorDataset`)."""
+    return (sample_seed * 0x9E3779B97F4A7C15 + 2) % 2**63

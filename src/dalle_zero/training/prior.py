@@ -5,6 +5,8 @@ runs the dVAE. Each training example is ``(text_ids [Tt], image_ids [Ti])``:
 
 - the caption is tokenised with BPE dropout (p = 0.1 in the paper, §2.2 fn 5), seeded from the
   sampler's per-sample seed so that a resumed run draws the same tokens as an uninterrupted one;
+- with tokens of K crops per image (``dalle encode --augment K``, the paper's Listing 2), the image is
+  one of them, drawn from the same seed (:class:`~dalle_zero.data.tokens.TokenDataset`);
 - with probability ``null_caption_prob`` the caption is replaced by the empty caption (all pads).
   The paper does not do this; it lets the same model serve as the unconditional model of
   classifier-free guidance at sampling time (Ho & Salimans 2022). Set it to 0 for the paper's recipe.
