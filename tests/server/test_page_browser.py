@@ -264,14 +264,22 @@ CONTRAST = """() => {
     }
     return null;
   };
+  const ratio = (fg, bg) => {
+    const [hi, lo] = [lum(rgb(fg).slice(0, 3)), lum(bg)].sort((a, b) => b - a);
+    return Math.round(100 * (hi + 0.05) / (lo + 0.05)) / 100;
+  };
   const out = [];
   for (const el of document.body.querySelectorAll("*")) {
+    if (!el.checkVisibility() || el.disabled) continue;
+    const name = el.tagName + (el.id ? "#" + el.id : "");
     const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
-    if (!own || !el.checkVisibility() || el.disabled) continue;
-    const fg = rgb(getComputedStyle(el).color), bg = background(el);
-    const [hi, lo] = [lum(fg.slice(0, 3)), lum(bg)].sort((a, b) => b - a);
-    out.push([el.tagName + (el.id ? "#" + el.id : ""), el.textContent.trim().slice(0, 30),
-      Math.round(100 * (hi + 0.05) / (lo + 0.05)) / 100]);
+    if (own) out.push([name, el.textContent.trim().slice(0, 30), ratio(getComputedStyle(el).color, background(el))]);
+    if (el.matches("input:not([type=file]), textarea")) {  // what is typed, or the placeholder
+      out.push([name, "(value)", ratio(getComputedStyle(el).color, background(el))]);
+      if (el.placeholder && !el.value) {
+        out.push([name, el.placeholder, ratio(getComputedStyle(el, "::placeholder").color, background(el))]);
+      }
+    }
   }
   return out;
 }"""
@@ -287,7 +295,8 @@ def test_all_text_meets_wcag_aa_contrast(browser, server, scheme):
     submit(page, "a ox yak", n="2")  # the warning colour, results, downloads and the command
     measured += page.evaluate(CONTRAST)
     tags = {m[0] for m in measured}
-    assert {"DIV#status", "DIV", "LABEL", "BUTTON#go", "CODE#command", "A", "P#model"} <= tags
+    assert {"DIV#status", "DIV", "LABEL", "BUTTON#go", "CODE#command", "A", "P#model", "INPUT#seed"} <= tags
+    assert any(m[:2] == ["INPUT#seed", "random"] for m in measured)  # a placeholder
     low = [m for m in measured if m[2] < 4.5]
     assert low == [], f"text below 4.5:1 in the {scheme} scheme: {low}"
     assert page.problems == []
