@@ -94,7 +94,13 @@ def test_the_command_takes_a_token_file_and_allowed_hosts(model_dir, tmp_path):
     cmd += ["--token-file", str(tmp_path / "token"), "--allowed-hosts", "demo.example"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = next(line for line in proc.stdout if line.startswith("serving on ")).split()[2]
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving on "):
+                break
+        url = lines[-1].split()[2]
+        assert f"open {url}#token=<token>" in lines[-2] and token not in "".join(lines)
 
         def health(**headers: str) -> int:
             try:

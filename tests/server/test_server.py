@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import io
 import json
@@ -120,10 +121,29 @@ def test_the_page_is_self_contained_html_that_calls_the_api(server):
     assert status == 200 and response.getheader("Content-Type") == "text/html; charset=utf-8"
     text = page.decode("utf-8")
     assert text.startswith("<!doctype html>") and "fetch(" in text
-    for needle in ('fetch("health")', 'fetch("generate"', "caption", "candidates", "seed", "temperature"):
+    for needle in ('call("health"', 'call("generate"', "caption", "candidates", "seed", "temperature"):
         assert needle in text
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # no external assets
-    assert "<link" not in text and "<script src" not in text and "@import" not in text
+    assert re.findall(r"<link[^>]*>", text) == ['<link rel="icon" href="favicon.ico" type="image/x-icon">']
+    assert "<script src" not in text and "@import" not in text and "/*SCRIPT*/" not in text
+
+
+def test_the_policy_allows_exactly_the_pages_script_and_style(server):
+    _, response, page = call(server, "GET", "/")
+    policy = dict(d.strip().split(" ", 1) for d in response.getheader("Content-Security-Policy").split(";"))
+    assert policy["default-src"] == "'none'" and "unsafe" not in response.getheader("Content-Security-Policy")
+    text = page.decode("utf-8")
+    for tag, directive in (("script", "script-src"), ("style", "style-src")):
+        (body,) = re.findall(rf"<{tag}>(.*?)</{tag}>", text, re.S)
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        assert policy[directive] == f"'sha256-{digest}'"
+
+
+def test_the_icon_is_served_without_the_page_needing_a_token(server):
+    status, response, icon = call(server, "GET", "/favicon.ico")
+    assert status == 200 and response.getheader("Content-Type") == "image/x-icon"
+    with Image.open(io.BytesIO(icon)) as im:
+        assert im.format == "ICO" and {(16, 16), (32, 32)} <= set(im.info["sizes"])
 
 
 def test_head_of_the_page_sends_headers_only(server):
@@ -140,6 +160,7 @@ def test_health_summarises_the_model_and_the_limits(server):
     assert info["reranker"] is True and info["device"] == "cpu"
     assert info["transformer"]["attn_pattern"] == ["row", "column", "conv"]
     assert info["priming"] == {"prime_rows_max": 4, "prime_rows_default": 2}
+    assert info["ranges"] == {"temperature": [0.05, 10.0], "guidance_scale": [0.0, 50.0]} and info["int8"] is False
     assert info["limits"]["max_images"] == 4 and info["limits"]["max_candidates"] == 6
     assert call(server, "GET", "/info?verbose=1")[2] == info
 
@@ -217,6 +238,19 @@ def test_priming_with_a_png_matches_the_pipeline_and_accepts_a_data_url(server, 
     assert from_url["images"] == result["images"]
     default_rows = generate(server, caption="a red star", n=1, seed=3, prime_image=png_of(prime))
     assert default_rows["settings"]["prime_rows"] == 2  # half the grid
+
+
+def test_prime_rows_of_the_whole_grid_or_none_come_with_a_warning(server):
+    prime = png_of(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 40, 40)))
+    whole = generate(server, caption="a red star", n=3, seed=1, prime_image=prime, prime_rows=4)
+    assert len(set(whole["images"])) == 1  # nothing sampled: the prime image, encoded and decoded
+    assert whole["warnings"] == [
+        "prime_rows = 4 is the whole token grid: nothing was sampled, so every image is the prime image as the "
+        "dVAE encodes and decodes it, whatever the caption and seed (use fewer rows to let the model draw the rest)"
+    ]
+    none = generate(server, caption="a red star", n=1, seed=1, prime_image=prime, prime_rows=0)
+    assert none["warnings"] == ["prime_rows = 0: the prime image was not used"]
+    assert generate(server, caption="a red star", n=1, seed=1, prime_image=prime, prime_rows=2)["warnings"] == []
 
 
 def test_a_transparent_prime_image_is_seen_on_white_like_the_training_images(server):

@@ -222,12 +222,13 @@ def queue_with_token(server: DalleServer) -> dict:
     return call(server, "GET", "/health", headers={"Authorization": f"Bearer {TOKEN}"})[2]["queue"]
 
 
-def test_with_the_token_requests_are_served_and_the_page_needs_none(token_server):
+def test_with_the_token_requests_are_served_and_the_page_and_its_icon_need_none(token_server):
     for scheme in ("Bearer", "bearer"):
         headers = {"Authorization": f"{scheme} {TOKEN}"}
         assert call(token_server, "GET", "/health", headers=headers)[0] == 200
         assert call(token_server, "POST", "/generate", BODY, headers=headers)[0] == 200
     assert call(token_server, "GET", "/")[0] == 200
+    assert call(token_server, "GET", "/favicon.ico")[0] == 200
 
 
 @pytest.mark.parametrize("token", ["short", "x" * 15, "has spaces in it, sixteen+", "ünïcödé-token-1234"])

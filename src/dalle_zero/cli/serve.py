@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     d = pipeline.dvae.config
     reranker = "with a CLIP reranker" if pipeline.clip is not None else "no reranker"
     print(f"{model_dir}: {d.image_size} px images, {d.grid_size}x{d.grid_size} tokens, {reranker}")
+    if token is not None:  # the token itself is not printed: output often ends up in logs
+        print(f"the page asks for the token once per browser tab, or open {server.url}#token=<token>")
     print(f"serving on {server.url}  (Ctrl-C to stop)", flush=True)
     # `kill`, `docker stop`: stop as on Ctrl-C; and Ctrl-C itself even where a shell started the server
     # in the background, which makes it inherit SIGINT ignored (Python then installs no handler)

@@ -7,7 +7,8 @@
 - :meth:`~GenerationService.generate` checks a request (:func:`parse_generate_request`), waits
   for its turn in a bounded first-in-first-out queue (one model, one device: requests are sampled
   one at a time), samples, and returns base64 PNGs, reranker scores, the seed used, the timing and
-  warnings (a truncated caption; a caption of mostly words the training captions never contained).
+  warnings (a truncated caption; a caption of mostly words the training captions never contained;
+  ``prime_rows`` that leave nothing to draw, or keep nothing).
 
 The queue holds at most ``max_queue`` waiting requests; one more gets 503 with ``Retry-After``, and
 so does a request still waiting after ``queue_timeout`` seconds. A request whose client has hung up
@@ -290,6 +291,21 @@ def parse_generate_request(payload: Any, pipeline: TextToImagePipeline, limits: 
     )
 
 
+def prime_warnings(request: GenerateRequest, grid: int) -> list[str]:
+    """A line when ``prime_rows`` leaves nothing to draw (the whole grid) or keeps nothing (0)."""
+    if request.prime_image is None:
+        return []
+    if request.prime_rows == grid:
+        return [
+            f"prime_rows = {grid} is the whole token grid: nothing was sampled, so every image is the prime "
+            "image as the dVAE encodes and decodes it, whatever the caption and seed (use fewer rows to let "
+            "the model draw the rest)"
+        ]
+    if request.prime_rows == 0:
+        return ["prime_rows = 0: the prime image was not used"]
+    return []
+
+
 def png_base64(image: Any) -> str:
     """A PIL image -> base64 (ASCII) of its PNG file."""
     buffer = io.BytesIO()
@@ -334,7 +350,9 @@ class GenerationService:
             "examples": list(p.examples),
             "sampling": p.sampling.to_dict(),  # the settings a request gets for the fields it leaves out
             "device": str(p.device),
+            "int8": p.transformer.quantized == "int8",  # `dalle generate --int8` draws the same images
             "priming": {"prime_rows_max": d.grid_size, "prime_rows_default": d.grid_size // 2},
+            "ranges": {"temperature": list(TEMPERATURE_RANGE), "guidance_scale": list(GUIDANCE_SCALE_RANGE)},
             "limits": {
                 "max_images": self.limits.max_images,
                 "max_candidates": self.limits.max_candidates if p.clip is not None else self.limits.max_images,
@@ -362,6 +380,7 @@ class GenerationService:
             warnings.append(
                 f"the caption has {tokens} tokens; only the first {self.pipeline.tokenizer.text_seq_len} are used"
             )
+        warnings.extend(prime_warnings(request, self.pipeline.dvae.config.grid_size))
         arrived = time.perf_counter()
         self._wait_for_turn(client_gone or (lambda: False))
         started = time.perf_counter()

@@ -3,7 +3,7 @@
 
 Endpoints (every answer but the page is JSON; errors are ``{"error": "...", "status": N}``):
 
-- ``GET /``: the web page (:mod:`dalle_zero.server.page`), self-contained;
+- ``GET /``: the web page (:mod:`dalle_zero.server.page`), self-contained, and ``GET /favicon.ico``;
 - ``GET /health`` (also ``/info``): the model summary (with its example captions), the server's
   limits and its queue;
 - ``POST /generate``: a JSON body as described in :func:`~dalle_zero.server.api.parse_generate_request`.
@@ -14,7 +14,7 @@ Every request's head is checked before its body is read, in this order:
    IP address when bound to all of them) or a name of ``allowed_hosts``. A DNS-rebinding page
    reaches the server under its own name, and is refused here.
 2. ``Origin``, when present, must be the server's own (403): a page elsewhere cannot post to it.
-3. With a ``token``, everything but the page needs ``Authorization: Bearer <token>`` (401).
+3. With a ``token``, everything but the page and its icon needs ``Authorization: Bearer <token>`` (401).
 4. An unknown path gets 404, a wrong method 405 (with ``Allow``).
 5. A body must come with a ``Content-Length`` (411) of at most ``max_body_bytes`` (413); a
    ``POST`` must say ``Content-Type: application/json`` (415), which also makes a browser ask
@@ -57,12 +57,13 @@ from dalle_zero.server.guards import (
     refuse_connection,
     same_origin,
 )
-from dalle_zero.server.page import PAGE
+from dalle_zero.server.page import FAVICON_TYPE, favicon_ico, page_and_policy
 
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = "GET /, GET /health, POST /generate"
-PAGE_PATHS = ("/", "/index.html")  # served without a token: the page itself holds nothing secret
+# served without a token: the page and its icon hold nothing secret (the page asks for the token)
+PUBLIC_PATHS = ("/", "/index.html", "/favicon.ico")
 # After an error answer to a request whose body was not read, read and drop what still arrives for
 # this long: closing a socket with unread input resets the connection, and the client may lose the
 # answer. Bounded, so an oversize body is never read whole.
@@ -247,6 +248,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         return {
             "/": page,
             "/index.html": page,
+            "/favicon.ico": {"GET": self._favicon},
             "/health": health,
             "/info": health,
             "/generate": {"POST": self._generate},
@@ -287,7 +289,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise ApiError(f"requests from other sites are refused (Origin {origin!r})", HTTPStatus.FORBIDDEN)
         token = self.server.token
         authorization = self.headers.get("Authorization")
-        if token is not None and path not in PAGE_PATHS and not bearer_matches(authorization, token):
+        if token is not None and path not in PUBLIC_PATHS and not bearer_matches(authorization, token):
             raise ApiError(
                 "this server needs the header Authorization: Bearer <token>",
                 HTTPStatus.UNAUTHORIZED,
@@ -326,15 +328,11 @@ class RequestHandler(BaseHTTPRequestHandler):
     # ---- endpoints ----
 
     def _page(self) -> None:
-        self._send(
-            HTTPStatus.OK,
-            PAGE.encode("utf-8"),
-            "text/html; charset=utf-8",
-            {
-                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
-            },
-        )
+        page, policy = page_and_policy()
+        self._send(HTTPStatus.OK, page, "text/html; charset=utf-8", {"Content-Security-Policy": policy})
+
+    def _favicon(self) -> None:
+        self._send(HTTPStatus.OK, favicon_ico(), FAVICON_TYPE)
 
     def _health(self) -> None:
         info = self.server.service.info()

@@ -1,0 +1,379 @@
+"use strict";
+// The page of `dalle serve` (see page.py). Every submit gets a fresh status, also one the browser's
+// own form checks block; earlier results stay visible, dimmed and labelled, until new ones arrive.
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "dalle-zero-token";  // sessionStorage: this tab only, gone when it closes
+const SHOWN_PX = 160;  // images are shown at least this wide, upscaled by a whole factor
+let info = null;
+let prime = null;  // {data, name} of the chosen prime image
+let blobUrls = [];  // of the enlarged downloads shown, revoked when replaced
+
+function setStatus(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+// ---- the access token: from the URL fragment (#token=...) or the token field ----
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+function takeTokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (!params.has("token")) return;
+  sessionStorage.setItem(TOKEN_KEY, params.get("token"));
+  params.delete("token");
+  const rest = params.toString();
+  // out of the address bar and the history, where it would be seen and kept
+  history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
+}
+
+function headers(extra) {
+  const h = Object.assign({}, extra);
+  if (token()) h.Authorization = "Bearer " + token();
+  return h;
+}
+
+function askForToken(message) {
+  $("access").hidden = false;
+  setStatus(message, true);
+  $("token").focus();
+}
+
+$("access").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const value = $("token").value.trim();
+  if (!value) { askForToken("enter the access token first"); return; }
+  sessionStorage.setItem(TOKEN_KEY, value);
+  $("token").value = "";
+  setStatus("token saved for this tab; reading the model summary\u2026", false);
+  loadInfo();
+});
+
+$("forget-token").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  setStatus("token forgotten", false);
+});
+
+// ---- talking to the server ----
+
+class Unreachable extends Error {}
+
+async function call(path, options) {
+  let r;
+  try {
+    r = await fetch(path, options);
+  } catch (e) {  // fetch rejects only when no answer came at all
+    throw new Unreachable(`server not reachable: no answer from ${location.host}; is dalle serve still running?`);
+  }
+  const text = await r.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = { error: `HTTP ${r.status}: ${text.slice(0, 200)}` }; }
+  if (r.status === 401) {
+    const why = token() ? "the access token was refused; enter the right one" :
+      "this server needs an access token; enter it above";
+    throw Object.assign(new Error(why), { needsToken: true });
+  }
+  if (r.status === 503 && r.headers.get("Retry-After")) {
+    throw new Error(`${body.error || "the server is busy"} (retry in ${r.headers.get("Retry-After")} s)`);
+  }
+  if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
+  return body;
+}
+
+async function loadInfo() {
+  try {
+    info = await call("health", { headers: headers() });
+  } catch (e) {
+    $("model").textContent = "could not read the model summary: " + e.message;
+    if (e.needsToken) askForToken(e.message);
+    else setStatus(e.message, true);
+    return;
+  }
+  if (token()) $("access").hidden = false;  // to change or forget it
+  const lim = info.limits;
+  $("model").textContent = `${info.model || "model"}: ${info.image_size} px images from a ` +
+    `${info.image_grid}\u00d7${info.image_grid} grid of ${info.image_vocab_size} codes; ` +
+    `captions up to ${info.text_seq_len} tokens; ` + (info.reranker ? "CLIP reranker" : "no reranker");
+  $("n").max = lim.max_images;
+  if (Number($("n").value) > lim.max_images) $("n").value = lim.max_images;
+  $("caption").maxLength = lim.max_caption_chars;
+  $("candidates").max = lim.max_candidates;
+  for (const [id, [low, high]] of Object.entries(info.ranges || {})) {
+    if ($(id)) { $(id).min = low; $(id).max = high; }
+  }
+  $("top_k").max = info.image_vocab_size;
+  $("prime_rows").max = info.priming.prime_rows_max;
+  $("prime_rows").placeholder = String(info.priming.prime_rows_default);
+  $("candidates").disabled = !info.reranker;
+  if (!info.reranker) $("candidates").placeholder = "needs CLIP";
+  showExamples(info.examples || []);
+  if ($("status").className === "error") setStatus("", false);
+}
+
+function showExamples(examples) {
+  $("examples").querySelectorAll(".example").forEach((b) => b.remove());
+  if (!examples.length) return;
+  $("caption").placeholder = "a caption, e.g. " + examples[0];
+  for (const text of examples) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "example";
+    b.textContent = text;
+    b.addEventListener("click", () => { $("caption").value = text; $("caption").focus(); });
+    $("examples").appendChild(b);
+  }
+  $("examples").hidden = false;
+}
+
+function showWarnings(warnings) {
+  $("warning").replaceChildren(...(warnings || []).map((w) => {
+    const line = document.createElement("div");
+    line.textContent = "warning: " + w;
+    return line;
+  }));
+}
+
+// ---- priming ----
+
+function primeNote() {
+  const rows = field("prime_rows");
+  const grid = info ? info.priming.prime_rows_max : null;
+  let text = "";
+  if (!prime && rows !== undefined) text = "prime rows are used only with a prime image";
+  else if (prime && rows === grid) {
+    text = `prime rows = ${grid}, the whole grid: nothing is left to draw, so every image will be the prime ` +
+      "image as the dVAE encodes and decodes it, whatever the caption and seed. Use fewer rows to let the " +
+      "model draw the rest.";
+  } else if (prime && rows === 0) text = "prime rows = 0: the prime image is not used";
+  $("prime-note").textContent = text;
+}
+
+$("prime_rows").addEventListener("input", primeNote);
+
+$("prime_image").addEventListener("change", () => {
+  const file = $("prime_image").files[0];
+  prime = null;
+  $("prime-preview").style.display = "none";
+  primeNote();
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => {
+    prime = { data: reader.result, name: file.name };
+    $("prime-preview").src = reader.result;
+    $("prime-preview").style.display = "block";
+    primeNote();
+  };
+  reader.onerror = () => setStatus("could not read " + file.name, true);
+  reader.readAsDataURL(file);
+});
+
+$("clear-prime").addEventListener("click", () => {
+  $("prime_image").value = "";
+  prime = null;
+  $("prime-preview").style.display = "none";
+  primeNote();
+});
+
+// ---- the form ----
+
+function field(id) {
+  const el = $(id);
+  if (el.disabled || el.value.trim() === "") return undefined;
+  return Number(el.value);
+}
+
+function fieldName(el) {
+  return el.labels && el.labels.length ? el.labels[0].firstChild.textContent.trim() : el.id;
+}
+
+// The browser refuses to submit a form that breaks its own rules (required, min, max): no submit
+// event comes, only "invalid" on each bad field. Say so, so that no earlier status stays up.
+$("form").addEventListener("invalid", () => {
+  const bad = [...$("form").querySelectorAll(":invalid")].filter((el) => el.id);
+  setStatus("not sent: " + bad.map((el) => `${fieldName(el)}: ${el.validationMessage}`).join("; "), true);
+}, true);
+
+$("caption").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $("form").requestSubmit(); }
+});
+
+function markStale(text) {
+  if (!$("images").children.length) return;
+  $("results").classList.add("stale");
+  $("results-note").textContent = text;
+}
+
+$("form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = { caption: $("caption").value };
+  for (const id of ["n", "candidates", "seed", "temperature", "top_k", "top_p", "guidance_scale"]) {
+    const v = field(id);
+    if (v !== undefined) body[id] = v;
+  }
+  const primeName = prime ? prime.name : null;
+  if (prime) {
+    body.prime_image = prime.data;
+    const rows = field("prime_rows");
+    if (rows !== undefined) body.prime_rows = rows;
+  }
+  $("go").disabled = true;
+  showWarnings([]);
+  markStale("older results (from the previous request), shown until the new ones arrive");
+  $("results").setAttribute("aria-busy", "true");
+  const t0 = performance.now();
+  setStatus("generating\u2026", false);
+  try {
+    const res = await call("generate", {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+    });
+    showResult(res, primeName);
+  } catch (err) {
+    markStale("older results (from an earlier request): the last request failed");
+    const after = err instanceof Unreachable ? "" : ` after ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    if (err.needsToken) askForToken(err.message);
+    else setStatus(`error${after}: ${err.message}`, true);
+  } finally {
+    $("go").disabled = false;
+    $("results").removeAttribute("aria-busy");
+  }
+});
+
+// ---- results ----
+
+// POSIX shell quoting, as Python's shlex.quote: safe words bare, anything else in single quotes
+function shellQuote(s) {
+  s = String(s);
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s)) return s;
+  return "'" + s.replace(/'/g, "'\"'\"'") + "'";
+}
+
+function command(res, primeName) {
+  const s = res.settings;
+  const words = ["dalle", "generate", "--model", shellQuote(info && info.model ? info.model : "MODEL")];
+  words.push("-n", s.n, "--seed", res.seed);
+  if (s.candidates !== null) words.push("--candidates", s.candidates);
+  if (s.temperature !== 1) words.push("--temperature", s.temperature);
+  if (s.top_k !== null) words.push("--top-k", s.top_k);
+  if (s.top_p !== null) words.push("--top-p", s.top_p);
+  if (s.guidance_scale !== 1) words.push("--guidance-scale", s.guidance_scale, "--guidance-top-p", s.guidance_top_p);
+  if (s.primed) words.push("--prime-image", shellQuote(primeName || "PRIME_IMAGE"), "--prime-rows", s.prime_rows);
+  if (info && info.int8) words.push("--int8");
+  if (info && info.device && info.device !== "cpu") words.push("--device", shellQuote(info.device));
+  words.push("--", shellQuote(res.caption));  // "--": a caption may begin with "-"
+  return words.join(" ");
+}
+
+function settingsText(res, primeName) {
+  const s = res.settings;
+  const off = (v) => (v === null ? "off" : v);
+  const parts = [`seed ${res.seed}`, `${s.n} image(s)`];
+  if (s.candidates !== null) parts.push(`best of ${s.candidates} candidates`);
+  parts.push(`temperature ${s.temperature}`, `top-k ${off(s.top_k)}`, `top-p ${off(s.top_p)}`,
+    `guidance ${s.guidance_scale}` + (s.guidance_scale !== 1 ? ` (within top-p ${s.guidance_top_p})` : ""));
+  if (s.primed) parts.push(`primed with ${primeName || "an image"}, ${s.prime_rows} of ${info.image_grid} rows`);
+  return parts.join(" \u00b7 ");
+}
+
+function showSettings(res, primeName) {
+  const line = document.createElement("p");
+  line.id = "settings-line";
+  line.textContent = "settings: " + settingsText(res, primeName);
+  const cmd = document.createElement("div");
+  cmd.className = "command";
+  const code = document.createElement("code");
+  code.id = "command";
+  code.textContent = command(res, primeName);
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.id = "copy";
+  copy.textContent = "copy";
+  const note = document.createElement("span");
+  note.className = "note";
+  note.id = "copy-note";
+  note.setAttribute("aria-live", "polite");
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      note.textContent = "copied";
+    } catch {
+      getSelection().selectAllChildren(code);
+      note.textContent = "selected: press Ctrl+C to copy";
+    }
+  });
+  const where = document.createElement("p");
+  where.className = "note";
+  where.textContent = "the same images from the command line (--model is the served folder; give its path)";
+  cmd.append(code, copy, note);
+  $("settings").replaceChildren(line, where, cmd);
+}
+
+function download(href, name, text) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = name;
+  a.textContent = text;
+  return a;
+}
+
+async function enlarged(img, scale) {
+  await img.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth * scale;
+  canvas.height = img.naturalHeight * scale;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;  // nearest neighbour, as shown
+  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  const url = URL.createObjectURL(blob);
+  blobUrls.push(url);
+  return url;
+}
+
+function showResult(res, primeName) {
+  blobUrls.forEach((u) => URL.revokeObjectURL(u));
+  blobUrls = [];
+  const [w, h] = res.image_size;
+  const scale = Math.max(1, Math.ceil(SHOWN_PX / w));
+  const figures = res.images.map((png, i) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = "data:image/png;base64," + png;
+    img.alt = `${res.caption} (image ${i + 1} of ${res.images.length}, seed ${res.seed})`;
+    img.style.width = `${w * scale}px`;
+    img.style.height = `${h * scale}px`;
+    const cap = document.createElement("figcaption");
+    const label = document.createElement("div");
+    label.textContent = `#${i + 1}` + (res.scores ? `  score ${res.scores[i].toFixed(3)}` : "");
+    const stem = `dalle_${res.seed}_${i + 1}`;
+    const raw = download(img.src, `${stem}.png`, `PNG ${w} px`);
+    raw.className = "raw";
+    cap.append(label, raw);
+    if (scale > 1) {
+      const big = download("#", `${stem}_${w * scale}px.png`, `PNG ${w * scale} px`);
+      big.className = "enlarged";
+      big.setAttribute("aria-disabled", "true");
+      enlarged(img, scale).then((url) => { big.href = url; big.removeAttribute("aria-disabled"); });
+      cap.append(big);
+    }
+    fig.append(img, cap);
+    return fig;
+  });
+  $("images").replaceChildren(...figures);
+  $("results").classList.remove("stale");
+  $("results-note").textContent = "";
+  showSettings(res, primeName);
+  showWarnings(res.warnings);
+  setStatus(`${res.images.length} image(s), seed ${res.seed}, ${res.seconds.toFixed(2)} s` +
+    (res.queued_seconds > 0.05 ? ` (+${res.queued_seconds.toFixed(2)} s waiting)` : ""), false);
+  const again = document.createElement("button");
+  again.type = "button";
+  again.textContent = "reuse seed";
+  again.id = "reuse-seed";
+  again.addEventListener("click", () => { $("seed").value = res.seed; });
+  $("status").append(" ", again);
+}
+
+takeTokenFromFragment();
+loadInfo();
