@@ -208,6 +208,30 @@ def test_each_result_shows_its_settings_and_a_command_that_draws_the_same_images
     assert page.evaluate("() => navigator.clipboard.readText()") == command
 
 
+def test_the_form_starts_from_the_models_recommended_settings_and_the_command_names_them(browser, tmp_path):
+    from dalle_zero.pipelines.sampling_defaults import SamplingDefaults
+
+    base = tiny_pipeline(clip=True)
+    recommended = SamplingDefaults(guidance_scale=2.5, temperature=0.9, candidates=3)
+    folder = tmp_path / MODEL_NAME
+    TextToImagePipeline(base.tokenizer, base.dvae, base.transformer, base.clip, sampling=recommended).save_pretrained(
+        folder
+    )
+    service = GenerationService(TextToImagePipeline.from_pretrained(folder), LIMITS, name=MODEL_NAME)
+    with running(service) as server:
+        page = open_page(browser, server.url)
+        wait_for_model(page)
+        assert page.input_value("#guidance_scale") == "2.5" and page.input_value("#temperature") == "0.9"
+        assert page.get_attribute("#candidates", "placeholder") == "3 (recommended)"
+        submit(page, "a red star", n="1", seed="5")
+        assert "best of 3 candidates" in page.inner_text("#settings-line")
+        words = shlex.split(page.inner_text("#command"))
+        for flag, value in (("--candidates", "3"), ("--guidance-scale", "2.5"), ("--temperature", "0.9")):
+            assert words[words.index(flag) + 1] == value
+        assert page.problems == []
+        page.context.close()
+
+
 def png_pixels(png: bytes) -> bytes:
     with Image.open(io.BytesIO(png)) as im:
         return im.convert("RGB").tobytes()

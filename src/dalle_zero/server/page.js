@@ -108,6 +108,11 @@ async function loadInfo() {
   $("prime_rows").placeholder = String(info.priming.prime_rows_default);
   $("candidates").disabled = !info.reranker;
   if (!info.reranker) $("candidates").placeholder = "needs CLIP";
+  // the model folder's recommended settings (sampling.json): what the server uses for a field left out
+  const rec = info.sampling || {};
+  if (rec.temperature !== undefined) $("temperature").value = rec.temperature;
+  if (rec.guidance_scale !== undefined) $("guidance_scale").value = rec.guidance_scale;
+  if (info.reranker && rec.candidates) $("candidates").placeholder = `${rec.candidates} (recommended)`;
   showExamples(info.examples || []);
   if ($("status").className === "error") setStatus("", false);
 }
@@ -253,11 +258,12 @@ function command(res, primeName) {
   const s = res.settings;
   const words = ["dalle", "generate", "--model", shellQuote(info && info.model ? info.model : "MODEL")];
   words.push("-n", s.n, "--seed", res.seed);
+  // every setting is named, so the command draws the same images whatever the folder recommends
   if (s.candidates !== null) words.push("--candidates", s.candidates);
-  if (s.temperature !== 1) words.push("--temperature", s.temperature);
+  words.push("--temperature", s.temperature);
   if (s.top_k !== null) words.push("--top-k", s.top_k);
   if (s.top_p !== null) words.push("--top-p", s.top_p);
-  if (s.guidance_scale !== 1) words.push("--guidance-scale", s.guidance_scale, "--guidance-top-p", s.guidance_top_p);
+  words.push("--guidance-scale", s.guidance_scale, "--guidance-top-p", s.guidance_top_p);
   if (s.primed) words.push("--prime-image", shellQuote(primeName || "PRIME_IMAGE"), "--prime-rows", s.prime_rows);
   if (info && info.int8) words.push("--int8");
   if (info && info.device && info.device !== "cpu") words.push("--device", shellQuote(info.device));
