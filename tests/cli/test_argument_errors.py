@@ -76,6 +76,19 @@ def test_serve_refuses_an_unknown_device_in_one_line(model_dir, capsys):
     assert "--device: 'bogus' is not a torch device" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(
+    "device, message",
+    [("bogus", "--device: 'bogus' is not a torch device"),
+     pytest.param("cuda", "--device cuda: this PyTorch build has no CUDA", marks=no_cuda)],
+)
+def test_encode_refuses_an_unusable_device_in_one_line_and_writes_nothing(model_dir, tmp_path, capsys, device, message):
+    out = tmp_path / "tokens"
+    args = ["encode", "--dvae", str(model_dir / "dvae"), "--data", str(tmp_path), "--out", str(out)]
+    assert main([*args, "--device", device]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
 # ---- train configs whose sections are not objects
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from dalle_zero.cli.options import check_device
+
 HELP = "encode an image-caption folder or WebDataset shards into dVAE token shards for training the prior"
 
 
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.data.tokens import read_token_index
     from dalle_zero.training.encode import encode_folder
 
+    device = check_device(args.device)  # before the dVAE is loaded: `--device bogus` is one line
     out = encode_folder(
         args.dvae,
         args.data,
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         split=args.split,
         shard_size=args.shard_size,
-        device=args.device,
+        device=device,
         progress=not args.no_progress,
         augment=args.augment,
         seed=args.seed,

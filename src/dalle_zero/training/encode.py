@@ -43,7 +43,7 @@ def encode_folder(
     batch_size: int = 64,
     split: str | None = None,
     shard_size: int = 10_000,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = True,
     augment: int = 1,
     seed: int = 0,
