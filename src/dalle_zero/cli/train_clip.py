@@ -1,4 +1,4 @@
-"""``dalle train clip``: train the contrastive reranker / evaluator on image-caption pairs (paper_spec §4).
+"""``dalle train clip``: train a CLIP (the reranker, or the R-precision CLIP) on image-caption pairs (paper §2.6).
 
 The config is a preset name (``clip_emoji32``, ``clip_tiny``: JSON files in ``dalle_zero/configs``)
 or a JSON file of :class:`~dalle_zero.training.clip.CLIPTrainConfig` fields. The model's

@@ -46,7 +46,7 @@ Images = torch.Tensor | Iterable[torch.Tensor]
 
 
 class EvaluatorFeatures(nn.Module):
-    """An evaluator as torchmetrics' ``feature=`` module: uint8 [0, 255] or float [0, 1] images in,
+    """The in-house evaluator as torchmetrics' ``feature=`` module: uint8 [0, 255] or float [0, 1] images in,
     ``float[B, D]`` features (``output="features"``) or ``float[B, K]`` logits of ``head`` out.
 
     Runs the evaluator in eval mode without gradients and restores its mode afterwards.
@@ -79,7 +79,7 @@ class EvaluatorFeatures(nn.Module):
 
 
 def feature_module(model: nn.Module, *, output: str = "features", head: str | None = None) -> nn.Module:
-    """The module to hand torchmetrics: an evaluator is wrapped; a :class:`TorchScriptInception` (or
+    """The module to hand torchmetrics: the in-house evaluator is wrapped; a :class:`TorchScriptInception` (or
     any module already mapping images to ``[B, D]``) is used as it is."""
     if isinstance(model, TorchScriptInception):
         if model.output != output:
@@ -89,7 +89,7 @@ def feature_module(model: nn.Module, *, output: str = "features", head: str | No
         return EvaluatorFeatures(model, output=output, head=head)
     if isinstance(model, nn.Module):
         return model
-    raise ValueError(f"expected an evaluator or an nn.Module feature extractor, got {type(model).__name__}")
+    raise ValueError(f"expected the in-house evaluator or an nn.Module feature extractor, got {type(model).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
