@@ -1,4 +1,4 @@
-"""Specification of the image-token sampler: cache, seeds, filters, guidance, priming — paper_spec §4."""
+"""Specification of the image-token sampler: cache, seeds, filters, guidance, priming — paper §2.6."""
 
 from __future__ import annotations
 

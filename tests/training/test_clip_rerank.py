@@ -1,4 +1,4 @@
-"""Specification of contrastive reranking (paper_spec §4), with a tiny CLIP trained by the shared loop."""
+"""Specification of contrastive reranking (paper §2.6), with a tiny CLIP trained by the shared loop."""
 
 from __future__ import annotations
 

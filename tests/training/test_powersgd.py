@@ -1,4 +1,4 @@
-"""PowerSGD as the paper uses it (paper §2.5, App. E; paper_spec §3.7): what it compresses and how, what it
+"""PowerSGD as the paper uses it (paper §2.5, App. E): what it compresses and how, what it
 sends, that training under it follows uncompressed training, and that it resumes exactly.
 
 The single-process tests run the hook's arithmetic in a one-rank gloo group (the mean over one rank is the

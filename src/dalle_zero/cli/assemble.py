@@ -1,4 +1,4 @@
-"""``dalle assemble``: put a tokenizer, a dVAE, a prior and an optional CLIP into one model folder (design.md).
+"""``dalle assemble``: put a tokenizer, a dVAE, a prior and an optional CLIP into one model folder (docs/sampling.md).
 
 Each source may be a model folder (``config.json`` + weights), a training run folder (its
 ``model/`` sub-folder is used) or an existing pipeline folder (its matching component). The

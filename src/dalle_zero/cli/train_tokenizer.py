@@ -1,4 +1,4 @@
-"""``dalle train tokenizer``: learn the byte-level BPE caption tokenizer from a folder (paper_spec §2).
+"""``dalle train tokenizer``: learn the byte-level BPE caption tokenizer from a folder (paper §2.2).
 
 Captions are the ``.txt`` files beside images of the same stem, found recursively. If the folder
 has a ``splits.json`` (``{"train": [stems], "validation": [...], ...}``), only the training split is

@@ -1,4 +1,4 @@
-"""The zero-shot evaluation driver behind ``dalle eval`` and ``dalle demo`` (paper §3.1; paper_spec §6).
+"""The zero-shot evaluation driver behind ``dalle eval`` and ``dalle demo`` (paper §3.1; docs/evaluation.md).
 
 The paper generates images for captions it never trained on and scores them with FID and IS against
 real images (§6.1). :func:`evaluate_model` does the same on a dataset built by ``dalle data emoji``:

@@ -1,4 +1,4 @@
-"""Evaluation figures (paper_spec §6): FID, KID, IS, R-precision, PSNR/SSIM, bits per token.
+"""Evaluation figures (paper §3.1): FID, KID, IS, R-precision, PSNR/SSIM, bits per token.
 
 The dVAE's codebook statistics live beside its loss (:mod:`dalle_zero.models.dvae_loss`), the image
 helpers shared with training (uint8 to float, blur) in :mod:`dalle_zero.data.images`.

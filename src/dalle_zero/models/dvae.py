@@ -1,4 +1,4 @@
-"""The discrete VAE of DALL-E stage 1 (paper §2.1, App. A.1 and A.3; paper_spec §1.1-1.4).
+"""The discrete VAE of DALL-E stage 1 (paper §2.1, App. A.1 and A.3).
 
 ``DiscreteVAE`` turns an RGB image into a grid of discrete codes and back:
 
@@ -156,7 +156,8 @@ def _conv_fp32(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 class ResBlock(nn.Module):
     """``id_path(x) + post_gain · res_path(x)``; a pre-activation bottleneck with hidden n_out/4.
 
-    Encoder blocks use kernels (3, 3, 3, 1); decoder blocks (1, 3, 3, 3) (paper_spec §1.3-1.4).
+    Encoder blocks use kernels (3, 3, 3, 1); decoder blocks (1, 3, 3, 3) (paper App. A.1; openai/DALL-E's
+    ``dall_e`` package).
     """
 
     def __init__(self, n_in: int, n_out: int, post_gain: float, kernels: tuple[int, int, int, int]) -> None:

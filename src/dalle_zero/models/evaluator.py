@@ -1,4 +1,4 @@
-"""The in-house evaluator: a small image classifier trained on real images only (paper_spec §6).
+"""The in-house evaluator: a small image classifier trained on real images only (docs/evaluation.md).
 
 The paper scores samples with FID and Inception Score computed by an ImageNet Inception-v3 (§6.1).
 No Inception weights can be downloaded here, so ``dalle eval`` uses its own frozen network instead:

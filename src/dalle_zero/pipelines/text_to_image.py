@@ -8,7 +8,7 @@
 2. ``candidates`` image-token grids per caption are sampled from the prior
    (:func:`~dalle_zero.sampling.generate.generate_image_tokens`), optionally primed with the top
    ``prime_rows`` rows of an encoded image (image-to-image, paper §3.3);
-3. the dVAE decodes each grid to pixels (paper_spec §4: one-hot codes -> decoder -> sigmoid -> unmap);
+3. the dVAE decodes each grid to pixels (paper §2.6: one-hot codes -> decoder -> sigmoid -> unmap);
 4. with a CLIP reranker the candidates are scored against the caption and the best ``n`` kept,
    best first (paper §2.6: best of 512).
 
@@ -16,7 +16,7 @@ Images are returned as float tensors ``[n, 3, H, W]`` in [0, 1] per caption (H, 
 ``image_size``); :func:`to_pil` converts them. Randomness comes from one ``torch.Generator`` seeded with
 ``seed``: the same seed, settings and ``batch_size`` give the same images.
 
-A pipeline saves as one folder (design.md): ``pipeline.json`` naming the components, and the
+A pipeline saves as one folder (docs/sampling.md): ``pipeline.json`` naming the components, and the
 sub-folders ``tokenizer/``, ``dvae/``, ``transformer/`` and (optionally) ``clip/``, written atomically.
 Components that do not fit together (text vocabulary or length, image vocabulary or grid) are
 refused with both values in the message.

@@ -1,4 +1,4 @@
-"""Training the in-house evaluator (:class:`~dalle_zero.models.evaluator.EmojiEvaluator`; paper_spec §6).
+"""Training the in-house evaluator (:class:`~dalle_zero.models.evaluator.EmojiEvaluator`; docs/evaluation.md).
 
 The evaluator replaces the paper's ImageNet Inception-v3 as the feature extractor of FID/KID/IS, so
 it must learn only from *real* images, and only from the training split: every held-out image
