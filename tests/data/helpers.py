@@ -15,8 +15,9 @@ from PIL import Image
 
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest
+from dalle_zero.data.shard_writer import write_shards
 from dalle_zero.data.tokens import TokenDataset, write_token_shards
-from dalle_zero.data.webdataset import ImageTextShards, write_shards
+from dalle_zero.data.webdataset import ImageTextShards
 from dalle_zero.training.sampler import ResumableBatchSampler, SampleKey
 
 READERS = ("folder", "shards", "manifest", "tokens")
