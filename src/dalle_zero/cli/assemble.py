@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.models.transformer import DalleTransformer
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline, resolve_component_dir
+    from dalle_zero.pipelines.folder import resolve_component_dir
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.loop import best_model
 
