@@ -22,8 +22,7 @@ from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest
 from dalle_zero.data.pairs import MAX_PIXELS, OVERSIZED, open_image
 from dalle_zero.data.webdataset import MAX_MEMBER_BYTES, OVERSIZED_MEMBER, ImageTextShards
-
-from .helpers import good_folder, write_image
+from tests.factories.folders import good_folder, write_image
 
 BOMB_SIDE = 12_000  # 144 megapixels in a PNG of about 140 kB
 

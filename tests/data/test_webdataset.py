@@ -25,8 +25,7 @@ from dalle_zero.data.transforms import DVAETransform
 from dalle_zero.data.webdataset import ImageTextShards, expand_braces, is_shard_source
 from dalle_zero.errors import DataError
 from dalle_zero.training.sampler import ResumableBatchSampler
-
-from .helpers import good_folder, noise_folder, write_image
+from tests.factories.folders import good_folder, noise_folder, write_image
 
 
 def png_bytes(size=(12, 10), colour=(10, 200, 30), mode="RGB") -> bytes:

@@ -30,8 +30,8 @@ from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.sampling.rerank import rerank
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training.labelled_images import label_heads
-from tests.demo_data import make_emoji_dataset
-from tests.pipelines.tiny import randomize_
+from tests.factories.emoji import make_emoji_dataset
+from tests.factories.pipelines import randomize_
 
 
 def _clip(vocab: int, seq: int, seed: int) -> DalleCLIP:

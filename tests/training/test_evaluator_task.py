@@ -19,7 +19,7 @@ from dalle_zero.training.evaluator import (
 )
 from dalle_zero.training.labelled_images import IGNORE, LabelledImages, label_heads
 from dalle_zero.training.loop import LoopConfig, train
-from tests.evaluation.shapes import make_shapes_dataset
+from tests.factories.shapes import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")
