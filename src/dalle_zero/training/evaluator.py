@@ -147,18 +147,8 @@ def head_accuracy(model: EmojiEvaluator, data: LabelledImages, *, batch_size: in
     """Per head: ``{head}_acc`` (share of labelled images read right) and ``{head}_balanced_acc``
     (mean recall over the labels present), on un-augmented images, in eval mode."""
     names = model.config.head_names
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    preds = []
-    try:
-        for start in range(0, len(data), batch_size):
-            x = data.images[start : start + batch_size].to(device).float() / 255.0
-            out = model(x)
-            preds.append(torch.stack([out[n].argmax(-1).cpu() for n in names], dim=1))  # (b, n_heads)
-    finally:
-        model.train(was)
-    pred = torch.cat(preds)  # (N, n_heads)
+    logits = model.head_logits(data.images, batch_size=batch_size)
+    pred = torch.stack([logits[n].argmax(-1) for n in names], dim=1)  # (N, n_heads)
     result: dict[str, float] = {}
     for j, name in enumerate(names):
         y = data.labels[:, j]
