@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.cli.options import add_data_argument
 from dalle_zero.config import load_config_source
 
 HELP = "train the CLIP-style reranker on image-caption pairs"
@@ -19,12 +20,7 @@ HELP = "train the CLIP-style reranker on image-caption pairs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data",
-        help="image-caption folder, WebDataset shards (.tar, folder of .tar, shards/{00000..00009}.tar) "
-        "or a .csv/.jsonl manifest; "
-        "a splits.json beside them gives held-out evaluation",
-    )
+    add_data_argument(parser, required=False, note="; a splits.json beside them gives held-out evaluation")
     parser.add_argument("--tokenizer", help="tokenizer folder (from `dalle train tokenizer`)")
     parser.add_argument(
         "--dvae", help="dVAE run or model folder: show a share (recon_prob, default 0.5) of the images as it decodes"
