@@ -41,6 +41,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 THREADS = 2
 BATCH = 16
 SHAPES = {  # name -> (model fields, image size, batch)
@@ -48,7 +51,6 @@ SHAPES = {  # name -> (model fields, image size, batch)
     "demo": (dict(image_size=32, group_count=3, n_blk_per_group=1, n_hid=32, n_init=64, vocab_size=512), 32, 32),
 }
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "bench_dalle_pytorch.py"
 OURS = SHAPES["bench"][0]
 
 
@@ -189,11 +191,7 @@ def _print_ratios(rows: list[dict], other: str, name: str, ms_keys: tuple[str, s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument(
-        "--reference-venv",
-        default=os.path.expanduser("~/.venv-dalle-pytorch"),
-        help="venv with dalle-pytorch (empty string: skip the reference)",
-    )
+    common.add_reference_arguments(ap)
     ap.add_argument(
         "--memory-format", choices=("channels_last", "contiguous", "both"), default="channels_last",
         help="weight layout of our model (both: two runs side by side, then their ratio)",
@@ -239,7 +237,7 @@ def main() -> None:
     # same torch build as the reference: our source on its interpreter
     rows += _run([str(ref_py), *me, "--memory-format", formats[0], "--_child", "ours_same_torch"],
                  {"PYTHONPATH": str(REPO / "src")})
-    ref = _run([str(ref_py), str(REFERENCE_BENCH), "--sections", "dvae"], {})
+    ref = _run([str(ref_py), str(Path(args.reference_bench) / "bench_dalle_pytorch.py"), "--sections", "dvae"], {})
     by = {(r["section"], r["metric"]): r for r in rows + ref}
     pairs = {"train_step": "vae.train_step", "encode": "vae.encode_get_codebook_indices", "decode": "vae.decode"}
     for ours_metric, ref_metric in pairs.items():

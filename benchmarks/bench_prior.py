@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-ROOT, SHARED_BENCH, REF_VENV = common.ROOT, common.SHARED_BENCH, common.REF_VENV
+ROOT = common.ROOT
 
 # (d, layers, heads, text_seq_len, image_grid, batch, warmup, reps) as in bench_dalle_pytorch.py
 CONFIGS = {
@@ -206,6 +206,7 @@ def main() -> None:
     )
     ap.add_argument("--also-local", action="store_true", help="also time ours on this interpreter's torch")
     ap.add_argument("--skip-reference", action="store_true")
+    common.add_reference_arguments(ap)
     ap.add_argument("--reference-quick", action="store_true", help="pass --quick to their harness")
     ap.add_argument("--profile-dir", default=None, help="write a torch.profiler table per configuration here")
     ap.add_argument(
@@ -237,7 +238,7 @@ def main() -> None:
         section, variant = args._child.split(":")
         return child(section, variant, args._profile)
 
-    ref_python = common.python_for(REF_VENV)
+    ref_python = common.python_for(args.reference_venv)
     ours = args.python or (ref_python if os.path.exists(ref_python) else sys.executable)
     interpreters = [ours] + ([sys.executable] if args.also_local and sys.executable != ours else [])
     env_path = str(ROOT / "src")
@@ -265,8 +266,8 @@ def main() -> None:
                     tag = "ref-torch" if py == ref_python else "local-torch"
                     cmd += ["--_profile", str(Path(args.profile_dir) / f"{section}.{variant}.{tag}.txt")]
                 measure(cmd, python=py)
-        if not args.skip_reference and section in REFERENCE_SECTIONS:
-            cmd = [ref_python, str(SHARED_BENCH / "bench_dalle_pytorch.py"), "--sections", section]
+        if not args.skip_reference and args.reference_venv and section in REFERENCE_SECTIONS:
+            cmd = [ref_python, str(Path(args.reference_bench) / "bench_dalle_pytorch.py"), "--sections", section]
             cmd += ["--quick"] if args.reference_quick else []
             measure(cmd, implementation="dalle_pytorch")
             if args.reference_malloc_too:

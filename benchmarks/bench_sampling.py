@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-ROOT, SHARED_BENCH, REF_VENV = common.ROOT, common.SHARED_BENCH, common.REF_VENV
+ROOT = common.ROOT
 
 # as bench_dalle_pytorch.py: (d, layers, heads, text_seq_len, image_grid, dVAE image size); reps per batch
 CONFIGS = {
@@ -253,6 +253,7 @@ def main() -> None:
     ap.add_argument("--threads", default="2", help="torch threads for our runs, a list (theirs: always 2)")
     ap.add_argument("--python", default=None, help="interpreter for our runs (default: the reference venv's)")
     ap.add_argument("--skip-reference", action="store_true")
+    common.add_reference_arguments(ap)
     ap.add_argument("--reference-quick", action="store_true", help="pass --quick to their harness")
     ap.add_argument(
         "--wait-quiet",
@@ -268,7 +269,7 @@ def main() -> None:
         section, batch, pattern, *precision, threads = args._child.split(":")
         return child(section, int(batch), pattern, int(threads), *precision)
 
-    ref_python = common.python_for(REF_VENV)
+    ref_python = common.python_for(args.reference_venv)
     ours = args.python or (ref_python if os.path.exists(ref_python) else sys.executable)
     os.environ["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     sections = args.sections.split(",")
@@ -280,9 +281,9 @@ def main() -> None:
             for t in threads:
                 common.wait_quiet(args.wait_quiet)
                 rows += [dict(r, python=ours) for r in common.run_child([ours, me, "--_child", f"{section}:{run}:{t}"])]
-    if not args.skip_reference:
+    if not args.skip_reference and args.reference_venv:
         common.wait_quiet(args.wait_quiet)
-        cmd = [ref_python, str(SHARED_BENCH / "bench_dalle_pytorch.py"), "--sections", args.sections]
+        cmd = [ref_python, str(Path(args.reference_bench) / "bench_dalle_pytorch.py"), "--sections", args.sections]
         cmd += ["--quick"] if args.reference_quick else []
         rows += [dict(r, implementation="dalle_pytorch") for r in common.run_child(cmd)]
     rows += summarize(rows, sections, threads, args.runs.split(","))

@@ -20,10 +20,28 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-# the project root, the shared reference harness beside it, and the reference implementation's venv
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = ROOT.parent / "shared" / "bench"
-REF_VENV = os.path.expanduser("~/.venv-dalle-pytorch")
+# The reference implementation: the venv that has DALLE-pytorch installed, and the folder holding its
+# timing harness (bench_dalle_pytorch.py). Each script takes them as --reference-venv and
+# --reference-bench; these environment variables set the defaults (BENCHMARKS.md, the introduction).
+REF_VENV = os.environ.get("DALLE_PYTORCH_VENV") or os.path.expanduser("~/.venv-dalle-pytorch")
+SHARED_BENCH = Path(os.environ.get("DALLE_PYTORCH_BENCH") or ROOT.parent / "shared" / "bench")
+
+
+def add_reference_arguments(ap: Any) -> None:
+    """``--reference-venv`` and ``--reference-bench`` on an argparse parser, defaults as documented above."""
+    ap.add_argument(
+        "--reference-venv",
+        default=REF_VENV,
+        help="venv with DALLE-pytorch installed (default: $DALLE_PYTORCH_VENV or ~/.venv-dalle-pytorch; "
+        "empty: skip the reference)",
+    )
+    ap.add_argument(
+        "--reference-bench",
+        default=str(SHARED_BENCH),
+        help="folder with the reference harness bench_dalle_pytorch.py (default: $DALLE_PYTORCH_BENCH or "
+        "../shared/bench beside this checkout)",
+    )
 
 THREADS = 2  # the reference harness pins 2 threads; we do the same for like-for-like figures
 

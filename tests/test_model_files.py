@@ -20,7 +20,7 @@ from dalle_zero.cli.main import main
 from dalle_zero.config import load_config_source
 from dalle_zero.io import atomic_directory, clean_leftovers, remove_directory
 from dalle_zero.models.transformer import DalleTransformer
-from tests.pipelines.tiny import tiny_pipeline
+from tests.factories.pipelines import tiny_pipeline
 
 
 def dead_pid() -> int:

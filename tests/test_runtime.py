@@ -64,7 +64,7 @@ def test_training_flushes_them_in_the_thread_that_trains():
     code = """
         import sys, tempfile
         from dalle_zero.training.loop import LoopConfig, train
-        from tests.training.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig
+        from tests.factories.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig
         (torch.ones(512, 512) @ torch.ones(512, 512)).sum()  # torch's threads start before training
         loop = LoopConfig(steps=2, batch_size=4)
         cfg = ToyTrainConfig(loop=loop, model=ToyConfig())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,26 @@ from typing import Any, TypeVar
 C = TypeVar("C", bound="Config")
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+logger = logging.getLogger(__name__)
+
+# Presets are named ``<stage>_<name>.json`` in lower case with underscores (docs/layout.md, "Names").
+# Old names users may have in scripts still load, with a one-line warning.
+RENAMED_PRESETS = {
+    "paper-12b": "prior_paper_12b",  # the model section of prior_paper_12b.json is the same config
+    "transformer_tiny": "prior_model_tiny",
+    "transformer_emoji": "prior_model_emoji",
+}
+
+
+def current_preset_name(name: str) -> str:
+    """``name`` as presets are called now (``.json`` kept if given); an old name logs a deprecation."""
+    stem = name.removesuffix(".json")
+    new = RENAMED_PRESETS.get(stem)
+    if new is None:
+        return name
+    logger.warning("preset %r is deprecated, use %r (the old name will be removed)", stem, new)
+    return name.replace(stem, new)
 
 
 class Config:
@@ -80,7 +101,7 @@ def load_config_source(
     null, is a ValueError naming the file and the field."""
     path = Path(name_or_path)
     if not path.is_file():
-        name = str(name_or_path)
+        name = current_preset_name(str(name_or_path))
         candidates = [PRESET_DIR / f"{name}.json", PRESET_DIR / f"{prefix}{name}.json"]
         found = [p for p in candidates if p.is_file()] if "/" not in name else []
         if not found:

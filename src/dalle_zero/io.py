@@ -12,6 +12,9 @@ written under a temporary name (``.NAME.tmp-PID-*``), fsynced, the old one renam
 old one removed. A crash between the two renames leaves the old folder aside; the next write of the
 same folder, and :func:`clean_leftovers` (run on the start and resume of every training run), put it
 back, and remove the temporary and aside copies that interrupted writes left behind.
+
+About 410 lines, kept together: the folder format and the atomic writes are one guarantee (a model
+folder is whole or absent, and what loads is what was saved), and every layer above reads both.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from torch import nn
 
 from dalle_zero.cli.main import main
 from dalle_zero.evaluation.inception import TorchScriptInception, sha256_file
-from tests.pipelines.tiny import tiny_pipeline
+from tests.factories.pipelines import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 from dalle_zero.cli.main import main
 from dalle_zero.pipelines.text_to_image import to_pil
-from tests.pipelines.tiny import tiny_clip, tiny_dvae, tiny_tokenizer, tiny_transformer
+from tests.factories.pipelines import tiny_clip, tiny_dvae, tiny_tokenizer, tiny_transformer
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from dalle_zero.cli.main import main
 from dalle_zero.pipelines.text_to_image import EXAMPLES_NAME, TextToImagePipeline
-from tests.pipelines.tiny import tiny_pipeline
+from tests.factories.pipelines import tiny_pipeline
 
 EXAMPLES = ["a red star", "a blue   heart", "a 빨간 square"]
 

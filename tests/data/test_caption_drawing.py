@@ -16,8 +16,7 @@ from PIL import Image
 
 from dalle_zero.data.transforms import DVAETransform, to_rgb
 from dalle_zero.training.sampler import ResumableBatchSampler
-
-from .helpers import READERS, caption_folder, drawn_captions, noise_folder, open_reader, sampler_batches
+from tests.factories.folders import READERS, caption_folder, drawn_captions, noise_folder, open_reader, sampler_batches
 
 # Eight images: six with several captions, two with one (the layout before several captions per image).
 CAPTIONS = {

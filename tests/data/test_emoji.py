@@ -30,7 +30,7 @@ from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.npm import PINNED_INTEGRITY, fetch_npm_tarball, sha512_integrity
 from dalle_zero.data.sources import read_captions
 from dalle_zero.errors import DataError
-from tests.demo_data import CLDR, SHAPES, SIZE, make_emoji_tarball, make_emojibase_tarball
+from tests.factories.emoji import CLDR, SHAPES, SIZE, make_emoji_tarball, make_emojibase_tarball
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 

@@ -16,8 +16,7 @@ from PIL import Image
 
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.transforms import DVAETransform
-
-from .helpers import good_folder, write_image
+from tests.factories.folders import good_folder, write_image
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):

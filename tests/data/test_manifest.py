@@ -16,8 +16,7 @@ from dalle_zero.data.sources import data_folder, open_image_text_dataset, read_c
 from dalle_zero.data.tokens import TokenDataset
 from dalle_zero.data.transforms import ResizeTransform
 from dalle_zero.errors import DataError
-
-from .helpers import good_folder, noise_folder, write_image
+from tests.factories.folders import good_folder, noise_folder, write_image
 
 
 def write_csv(path: Path, rows: list[dict[str, str]], fields=("image", "caption")) -> Path:

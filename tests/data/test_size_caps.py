@@ -22,8 +22,7 @@ from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest
 from dalle_zero.data.pairs import MAX_PIXELS, OVERSIZED, open_image
 from dalle_zero.data.webdataset import MAX_MEMBER_BYTES, OVERSIZED_MEMBER, ImageTextShards
-
-from .helpers import good_folder, write_image
+from tests.factories.folders import good_folder, write_image
 
 BOMB_SIDE = 12_000  # 144 megapixels in a PNG of about 140 kB
 
@@ -165,7 +164,7 @@ def test_a_3_gib_tar_member_is_skipped_from_its_header(tmp_path):
 
 
 def test_a_prime_image_over_the_pixel_cap_is_refused_before_decoding(bomb):
-    from dalle_zero.pipelines.text_to_image import load_image
+    from dalle_zero.data.images import load_square_image
 
     with pytest.raises(ValueError, match=f"{bomb}: 12000x12000 pixels, over the cap of 67,108,864"):
-        load_image(bomb, 16)
+        load_square_image(bomb, 16)

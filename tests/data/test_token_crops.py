@@ -20,7 +20,7 @@ from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_s
 from dalle_zero.errors import DataError
 from dalle_zero.training.prior import PriorDataset
 from dalle_zero.training.sampler import ResumableBatchSampler
-from tests.pipelines.tiny import tiny_tokenizer
+from tests.factories.pipelines import tiny_tokenizer
 
 from .helpers import sampler_batches
 

@@ -118,7 +118,7 @@ def test_a_list_index_json_is_a_one_line_error(tmp_path, capsys):
 
 
 def _tokenizer(folder: Path) -> None:
-    from tests.pipelines.tiny import tiny_tokenizer
+    from tests.factories.pipelines import tiny_tokenizer
 
     tiny_tokenizer().save_pretrained(folder)
 

@@ -11,8 +11,8 @@ from dalle_zero.cli.main import main
 from dalle_zero.data.emoji import EmojiDatasetConfig, build_emoji_dataset_from_tarballs
 from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_shards
 from dalle_zero.errors import DataError
-from tests.data.helpers import tiny_dvae
-from tests.demo_data import SIZE, make_emoji_tarball, make_emojibase_tarball
+from tests.factories.emoji import SIZE, make_emoji_tarball, make_emojibase_tarball
+from tests.factories.folders import tiny_dvae
 
 
 def items(n: int, grid: int = 4, vocab: int = 50):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig
-from dalle_zero.training.evaluator import IGNORE, EvaluatorTask, EvaluatorTrainConfig, build_train_config
+from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
+from dalle_zero.training.labelled_images import IGNORE
 from dalle_zero.training.loop import LoopConfig
-from tests.evaluation.shapes import make_shapes_dataset
+from tests.factories.shapes import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")

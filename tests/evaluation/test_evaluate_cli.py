@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dalle_zero.cli.main import main
+from dalle_zero.data.metadata import read_metadata
 from dalle_zero.evaluation.evaluate import (
     EvalConfig,
     evaluate_model,
@@ -28,9 +29,9 @@ from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.sampling.rerank import rerank
 from dalle_zero.tokenizers.bpe import BPETokenizer
-from dalle_zero.training.evaluator import label_heads, read_metadata
-from tests.demo_data import make_emoji_dataset
-from tests.pipelines.tiny import randomize_
+from dalle_zero.training.labelled_images import label_heads
+from tests.factories.emoji import make_emoji_dataset
+from tests.factories.pipelines import randomize_
 
 
 def _clip(vocab: int, seq: int, seed: int) -> DalleCLIP:

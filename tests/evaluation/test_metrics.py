@@ -14,7 +14,7 @@ from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.inception import TorchScriptInception
 from dalle_zero.models.dvae_loss import codebook_stats
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig, EvaluatorHead
-from tests.evaluation.shapes import shape_batch
+from tests.factories.shapes import shape_batch
 
 HEADS = (
     EvaluatorHead(name="category", labels=("circle", "square", "bar")),

@@ -18,7 +18,7 @@ from dalle_zero.evaluation.report import (
     plot_curves,
     save_image_grid,
 )
-from tests.evaluation.shapes import shape_batch
+from tests.factories.shapes import shape_batch
 
 
 def _metrics(path: Path, n: int = 20, scale: float = 1.0) -> Path:

@@ -1,4 +1,4 @@
-"""Specification of the contrastive dual encoder used for reranking (paper_spec §4)."""
+"""Specification of the contrastive dual encoder used for reranking (paper §2.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Import of OpenAI's released dVAE weights (paper_spec §7): names, inferred config, same outputs.
+"""Import of OpenAI's released dVAE weights (openai/DALL-E's ``dall_e`` package): names, inferred config, same outputs.
 
 The weights here are random tensors laid out exactly like ``dall_e``'s Encoder/Decoder state dicts
 (4 groups, widths n_hid·(1, 2, 4, 8), ``.w``/``.b`` names), and the reference forward below is

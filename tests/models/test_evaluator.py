@@ -62,6 +62,17 @@ def test_predict_returns_label_strings_and_restores_training_mode():
     assert model.training
 
 
+def test_head_logits_in_batches_match_one_forward_read_uint8_as_float_and_restore_the_mode():
+    model = tiny(dropout=0.5).train()
+    u8 = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batched = model.head_logits(u8, batch_size=3)
+    assert model.training
+    with torch.no_grad():
+        whole = model.eval()(u8.float() / 255.0)
+    for name in ("category", "tone", "style"):
+        torch.testing.assert_close(batched[name], whole[name])
+
+
 def test_score_head_defaults_to_the_head_with_most_labels():
     assert tiny().config.resolved_score_head == "tone"
     assert tiny(score_head="style").config.resolved_score_head == "style"

@@ -1,4 +1,4 @@
-"""Attention patterns against brute-force references written from paper_spec §3.3's formulas."""
+"""Attention patterns against brute-force references written from the paper's Fig. 11 (App. B.1)."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from dalle_zero.nn.masks import (
 
 
 def reference_mask(kind: str, text_len: int, grid: int, kernel: int) -> torch.Tensor:
-    """Loop-by-loop reading of paper_spec §3.3 (conv: reading (a) of Ambiguity 1)."""
+    """Loop-by-loop reading of Fig. 11 (conv: the reading in docs/faithfulness.md)."""
     n = grid * grid
     size = text_len + n
     mask = torch.zeros(size, size, dtype=torch.bool)

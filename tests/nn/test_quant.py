@@ -5,7 +5,7 @@ import torch
 
 from dalle_zero.nn.quant import Int8Linear, quantize_linears_
 from dalle_zero.sampling.generate import generate_image_tokens
-from tests.pipelines.tiny import tiny_transformer
+from tests.factories.pipelines import tiny_transformer
 
 
 def test_int8_linear_is_close_to_the_fp32_layer_and_keeps_the_callers_dtype():

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.pipelines.tiny import tiny_pipeline, tiny_tokenizer
+from tests.factories.pipelines import tiny_pipeline, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from dalle_zero.pipelines.text_to_image import EXAMPLES_NAME, TextToImagePipeline
-from tests.pipelines.tiny import tiny_dvae, tiny_transformer
+from tests.factories.pipelines import tiny_dvae, tiny_transformer
 
 EXAMPLES = ["a red star", "a blue heart", "a 빨간 heart, noto style"]
 

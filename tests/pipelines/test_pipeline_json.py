@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from dalle_zero.cli.main import main
-from dalle_zero.pipelines.text_to_image import TextToImagePipeline, read_pipeline_json
+from dalle_zero.pipelines.folder import read_pipeline_json
+from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dalle_zero.pipelines.text_to_image import GenerationOutput, TextToImagePipeline, to_pil
-from tests.pipelines.tiny import IMAGE_SIZE, tiny_clip, tiny_dvae, tiny_tokenizer, tiny_transformer
+from tests.factories.pipelines import IMAGE_SIZE, tiny_clip, tiny_dvae, tiny_tokenizer, tiny_transformer
 
 
 def _same(a: GenerationOutput, b: GenerationOutput) -> bool:

@@ -1,4 +1,4 @@
-"""Specification of the logit filters (temperature, top-k over image codes, nucleus) — paper_spec §4."""
+"""Specification of the logit filters (temperature, top-k over image codes, nucleus) — paper §2.6."""
 
 from __future__ import annotations
 

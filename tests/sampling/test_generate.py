@@ -1,4 +1,4 @@
-"""Specification of the image-token sampler: cache, seeds, filters, guidance, priming — paper_spec §4."""
+"""Specification of the image-token sampler: cache, seeds, filters, guidance, priming — paper §2.6."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dalle_zero.sampling.generate import generate_image_tokens
-from tests.pipelines.tiny import tiny_transformer
+from tests.factories.pipelines import tiny_transformer
 
 TEXT_VOCAB = 40
 TEXT_LEN = 6

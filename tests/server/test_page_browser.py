@@ -22,8 +22,8 @@ from PIL import Image
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.server import DalleServer, GenerationService
-from tests.pipelines.tiny import IMAGE_SIZE, tiny_pipeline
-from tests.server.test_server import LIMITS, running
+from tests.factories.pipelines import IMAGE_SIZE, tiny_pipeline
+from tests.factories.server import LIMITS, running
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from dalle_zero.cli.main import main
-from tests.pipelines.tiny import tiny_pipeline
+from tests.factories.pipelines import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

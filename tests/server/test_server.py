@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import http.client
 import io
-import json
 import logging
 import re
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
-from dalle_zero.server import DalleServer, GenerationService, ServerLimits, make_server
+from dalle_zero.server import DalleServer, GenerationService
 from dalle_zero.server.api import png_base64
-from tests.pipelines.tiny import IMAGE_SIZE, tiny_pipeline, tiny_tokenizer
-
-LIMITS = ServerLimits(max_images=4, max_candidates=6, max_caption_chars=200, max_body_bytes=100_000)
-
-
-@contextlib.contextmanager
-def running(service: GenerationService, timeout: float = 1.0, **options: Any) -> Iterator[DalleServer]:
-    server = make_server(service, "127.0.0.1", 0, timeout=timeout, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+from tests.factories.pipelines import IMAGE_SIZE, tiny_pipeline, tiny_tokenizer
+from tests.factories.server import LIMITS, call, generate, running
 
 
 @pytest.fixture(scope="module")
@@ -60,41 +43,6 @@ def server(pipeline) -> Iterator[DalleServer]:
 def server_without_reranker(tokenizer) -> Iterator[DalleServer]:
     with running(GenerationService(tiny_pipeline(tokenizer=tokenizer), LIMITS)) as s:
         yield s
-
-
-def call(
-    server: DalleServer,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    raw: bytes | None = None,
-    connection: http.client.HTTPConnection | None = None,
-    headers: dict[str, str | None] | None = None,
-) -> tuple[int, http.client.HTTPResponse, Any]:
-    """One request; returns (status, response, decoded JSON or the raw bytes of a non-JSON answer).
-
-    ``headers`` add to or replace the defaults (a JSON Content-Type with a body); None removes one.
-    """
-    host, port = server.server_address[:2]
-    conn = connection or http.client.HTTPConnection(host, port, timeout=30)
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    sent = {"Content-Type": "application/json"} if data is not None else {}
-    sent = {k: v for k, v in {**sent, **(headers or {})}.items() if v is not None}
-    conn.request(method, path, body=data, headers=sent)
-    response = conn.getresponse()
-    content = response.read()
-    if connection is None:
-        conn.close()
-    if response.getheader("Content-Type", "").startswith("application/json"):
-        return response.status, response, json.loads(content)
-    return response.status, response, content
-
-
-def generate(server: DalleServer, **body: Any) -> dict:
-    status, _, result = call(server, "POST", "/generate", body)
-    assert status == 200, result
-    return result
 
 
 def png_size(data: str) -> tuple[int, int]:

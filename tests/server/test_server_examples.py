@@ -10,8 +10,8 @@ import pytest
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.server import DalleServer, GenerationService
-from tests.pipelines.tiny import tiny_pipeline
-from tests.server.test_server import LIMITS, call, generate, running
+from tests.factories.pipelines import tiny_pipeline
+from tests.factories.server import LIMITS, call, generate, running
 
 EXAMPLES = ["a red star", "a blue heart"]
 

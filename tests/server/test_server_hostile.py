@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +20,19 @@ from PIL import Image
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.server import DalleServer, GenerationService, make_server
 from dalle_zero.server.guards import HostNames
-from tests.pipelines.tiny import tiny_pipeline, tiny_tokenizer
-from tests.server.test_server import LIMITS, call, running
+from tests.factories.pipelines import tiny_pipeline, tiny_tokenizer
+from tests.factories.server import (
+    LIMITS,
+    call,
+    connect,
+    handler_threads,
+    post_head,
+    post_request,
+    read_all,
+    request_head,
+    running,
+    trickle,
+)
 
 BODY = {"caption": "a red star", "n": 1, "seed": 0}
 TOKEN = "correct-horse-battery-staple"
@@ -47,53 +57,6 @@ def server(pipeline) -> Iterator[DalleServer]:
 # ---- raw sockets ----
 
 
-def connect(server: DalleServer) -> socket.socket:
-    return socket.create_connection(server.server_address[:2], timeout=30)
-
-
-def request_head(method: str, path: str, headers: dict[str, str]) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
-    return "\r\n".join(lines).encode()
-
-
-def post_head(length: int, **headers: str) -> bytes:
-    base = {"Host": "localhost", "Content-Type": "application/json", "Content-Length": str(length)}
-    return request_head("POST", "/generate", {**base, **{k.replace("_", "-"): v for k, v in headers.items()}})
-
-
-def post_request(body: dict) -> bytes:
-    data = json.dumps(body).encode()
-    return post_head(len(data)) + data
-
-
-def read_all(sock: socket.socket, timeout: float = 15.0) -> bytes:
-    """Everything the server sends until it closes (or ``timeout`` passes, or it resets)."""
-    sock.settimeout(timeout)
-    chunks = []
-    with contextlib.suppress(OSError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def trickle(sock: socket.socket, data: bytes, interval: float, stop: threading.Event) -> threading.Thread:
-    """Send ``data`` one byte every ``interval`` seconds in the background (slowloris)."""
-
-    def run() -> None:
-        for byte in data:
-            if stop.is_set():
-                return
-            try:
-                sock.send(bytes([byte]))
-            except OSError:
-                return
-            time.sleep(interval)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -110,10 +73,6 @@ def in_background(fn: Callable[..., Any], *args: Any) -> tuple[threading.Thread,
 
 def queue(server: DalleServer) -> dict:
     return call(server, "GET", "/health")[2]["queue"]
-
-
-def handler_threads() -> int:
-    return sum("process_request_thread" in t.name for t in threading.enumerate())
 
 
 # ---- cross-site requests and DNS rebinding ----

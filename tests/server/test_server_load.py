@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from dalle_zero.server import GenerationService, ServerLimits
-from tests.pipelines.tiny import CAPTIONS, tiny_pipeline
-from tests.server.test_server import call, running
-from tests.server.test_server_hostile import connect, handler_threads, post_request, read_all, trickle
+from tests.factories.pipelines import CAPTIONS, tiny_pipeline
+from tests.factories.server import call, connect, handler_threads, post_request, read_all, running, trickle
 
 CLIENTS = 16  # of which ABANDONING hang up after sending and SLOW send a byte every SLOW_INTERVAL s
 ABANDONING = 2

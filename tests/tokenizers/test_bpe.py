@@ -1,4 +1,4 @@
-"""Specification of the byte-level BPE caption tokenizer (paper_spec §2)."""
+"""Specification of the byte-level BPE caption tokenizer (paper §2.2)."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from dalle_zero.cli.main import main
+from dalle_zero.data.shard_writer import write_shards
 from dalle_zero.data.sources import read_captions
-from dalle_zero.data.webdataset import write_shards
 from dalle_zero.tokenizers.bpe import BPETokenizer
-from tests.data.helpers import caption_folder, write_jsonl_manifest
+from tests.factories.folders import caption_folder, write_jsonl_manifest
 
 
 def _folder(root, captions: dict[str, str], splits: dict | None = None):

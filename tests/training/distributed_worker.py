@@ -29,10 +29,10 @@ def main() -> None:
     parser.add_argument("--term-at", default=None, help="toy: RANK:STEP, that rank sends itself SIGTERM")
     args = parser.parse_args()
     if args.kind == "toy":
-        from tests.training.test_loop import _run
+        from tests.factories.toy import run_toy
 
         task = _signalling_task(*map(int, args.term_at.split(":"))) if args.term_at else _toy_task()
-        _run(Path(args.paths[0]), resume=args.resume, stop_after=args.stop_after, task=task, **json.loads(args.loop))
+        run_toy(Path(args.paths[0]), resume=args.resume, stop_after=args.stop_after, task=task, **json.loads(args.loop))
         return
 
     from dalle_zero.training.loop import train
@@ -47,7 +47,7 @@ def main() -> None:
 
 
 def _toy_task() -> type:
-    from tests.training.toy import ToyTask
+    from tests.factories.toy import ToyTask
 
     return ToyTask
 

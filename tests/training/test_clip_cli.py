@@ -9,8 +9,7 @@ from PIL import Image
 
 from dalle_zero.cli.main import main
 from dalle_zero.models.clip import DalleCLIP
-
-from .test_clip_task import COLOURS, SHAPES, draw_shape
+from tests.factories.clip import COLOURS, SHAPES, draw_shape
 
 # `dalle train clip` reads folders through the data package's ImageTextFolder
 pytest.importorskip("dalle_zero.data.folder")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP
 from dalle_zero.tokenizers.bpe import BPETokenizer
@@ -19,50 +18,7 @@ from dalle_zero.training.clip import (
     retrieval_accuracy,
     shift_augment,
 )
-from dalle_zero.training.loop import LoopConfig
-
-COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.1, 0.2, 0.9), "yellow": (0.9, 0.9, 0.1)}
-SHAPES = ("square", "circle", "triangle")
-
-
-def draw_shape(shape: str, colour: tuple[float, float, float], size: int = 16) -> torch.Tensor:
-    """A coloured shape on white: float[3, size, size] in [0, 1]."""
-    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    if shape == "square":
-        inside = (x.abs() < 0.55) & (y.abs() < 0.55)
-    elif shape == "circle":
-        inside = x**2 + y**2 < 0.6**2
-    else:
-        inside = (y > -0.6) & (y < 0.7) & (x.abs() < (y + 0.6) / 1.6)
-    img = torch.ones(3, size, size)
-    for c in range(3):
-        img[c][inside] = colour[c]
-    return img
-
-
-class ShapePairs(Dataset):
-    """Coloured shapes captioned "a red square" etc.; accepts (index, seed) keys like ImageTextFolder."""
-
-    def __init__(self, size: int = 16) -> None:
-        self.items = [
-            {"pixels": draw_shape(s, rgb, size), "caption": f"a {c} {s}", "stem": f"{c}_{s}"}
-            for c, rgb in COLOURS.items()
-            for s in SHAPES
-        ]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, key):
-        index = key[0] if isinstance(key, tuple) else key
-        return dict(self.items[index])
-
-
-TINY_MODEL = dict(text_n_layer=2, text_n_head=2, text_n_embd=32, image_size=16, image_widths=(8, 16), embed_dim=32)
-
-
-def shapes_tokenizer() -> BPETokenizer:
-    return BPETokenizer.train([it["caption"] for it in ShapePairs().items], vocab_size=280, text_seq_len=8)
+from tests.factories.clip import COLOURS, TINY_MODEL, ShapePairs, clip_config, draw_shape, shapes_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +26,7 @@ def tokenizer() -> BPETokenizer:
     return shapes_tokenizer()
 
 
-def _config(tokenizer, **overrides) -> CLIPTrainConfig:
-    model = CLIPConfig(text_vocab_size=tokenizer.vocab_size, text_seq_len=8, **TINY_MODEL)
-    loop = LoopConfig(steps=100, batch_size=12, log_every=10, checkpoint_every=100)
-    return CLIPTrainConfig(model=model, loop=loop, **{"warmup_steps": 10, "lr": 2e-3, **overrides})
+
 
 
 def test_clip_pairs_tokenize_captions_and_resize_pixels(tokenizer):
@@ -138,11 +91,11 @@ def test_collate_keeps_one_pair_per_caption(tokenizer):
 
 
 def test_siblings_need_the_group_of_every_item(tokenizer, tmp_path):
-    task = CLIPTask(_config(tokenizer, siblings=2), tokenizer, train_data=ShapePairs())
+    task = CLIPTask(clip_config(tokenizer, siblings=2), tokenizer, train_data=ShapePairs())
     with pytest.raises(ValueError, match="pass the group of every training item"):
         task.train_dataset()
     with pytest.raises(ValueError, match="siblings must be"):
-        _config(tokenizer, siblings=-1)
+        clip_config(tokenizer, siblings=-1)
 
 
 def test_reconstructed_images_show_a_share_of_items_as_the_dvae_decodes_them():
@@ -175,7 +128,7 @@ def test_bpe_dropout_is_off_unless_configured(tokenizer):
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor(tokenizer):
-    task = CLIPTask(_config(tokenizer, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1), tokenizer)
+    task = CLIPTask(clip_config(tokenizer, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1), tokenizer)
     assert task.lr_at(0) == pytest.approx(1e-4)
     assert task.lr_at(9) == pytest.approx(1e-3)
     assert task.lr_at(10) == pytest.approx(1e-3)
@@ -186,7 +139,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor(tokenizer):
 
 
 def test_optimizer_decays_matrices_only(tokenizer):
-    task = CLIPTask(_config(tokenizer), tokenizer)
+    task = CLIPTask(clip_config(tokenizer), tokenizer)
     model = build_model(task.config)
     opt = task.make_optimizer(model)
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
@@ -210,34 +163,34 @@ def test_retrieval_accuracy_is_perfect_for_an_oracle_and_counts_duplicate_captio
             refs = tokenizer.encode([it["caption"] for it in ShapePairs().items])
             return torch.cdist(ids.float(), refs.float()).argmin(1)
 
-    oracle = Oracle(_config(tokenizer).model)
+    oracle = Oracle(clip_config(tokenizer).model)
     metrics = retrieval_accuracy(oracle, tokenizer, ShapePairs())
     assert metrics == {"pairs": 12.0, "i2t_top1": 1.0, "t2i_top1": 1.0, "i2t_top5": 1.0, "t2i_top5": 1.0}
-    random = retrieval_accuracy(build_model(_config(tokenizer)), tokenizer, ShapePairs())
+    random = retrieval_accuracy(build_model(clip_config(tokenizer)), tokenizer, ShapePairs())
     assert set(random) == set(metrics) and 0.0 <= random["i2t_top1"] <= 1.0
 
 
 def test_train_config_round_trips_through_json_and_rejects_bad_values(tokenizer, tmp_path):
-    config = _config(tokenizer, eval_splits=("validation", "unseen_concepts"))
+    config = clip_config(tokenizer, eval_splits=("validation", "unseen_concepts"))
     path = tmp_path / "c.json"
     path.write_text(config.to_json())
     assert CLIPTrainConfig.from_json_file(path) == config
     with pytest.raises(ValueError, match="lr"):
-        _config(tokenizer, lr=0.0)
+        clip_config(tokenizer, lr=0.0)
     with pytest.raises(ValueError, match="betas"):
-        _config(tokenizer, betas=(0.9, 1.0))
+        clip_config(tokenizer, betas=(0.9, 1.0))
 
 
 def test_different_seeds_build_independent_models(tokenizer):
-    a = build_model(_config(tokenizer))
-    c = _config(tokenizer)
+    a = build_model(clip_config(tokenizer))
+    c = clip_config(tokenizer)
     b = build_model(c.replace(loop=c.loop.replace(seed=1)))
     assert not torch.equal(a.image_proj.weight, b.image_proj.weight)
-    assert torch.equal(a.image_proj.weight, build_model(_config(tokenizer)).image_proj.weight)
+    assert torch.equal(a.image_proj.weight, build_model(clip_config(tokenizer)).image_proj.weight)
 
 
 def test_task_refuses_a_tokenizer_larger_than_the_model_vocabulary(tokenizer):
-    config = _config(tokenizer)
+    config = clip_config(tokenizer)
     small = config.replace(model=config.model.replace(text_vocab_size=100))
     with pytest.raises(ValueError, match="exceeds the CLIP's text_vocab_size"):
         CLIPTask(small, tokenizer)

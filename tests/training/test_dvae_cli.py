@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dalle_zero.cli.main import main
 from dalle_zero.models.dvae import DiscreteVAE
-
-
-def _image_folder(root: Path, n: int = 12, size: int = 20) -> Path:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    stems = []
-    for i in range(n):
-        colours = rng.integers(0, 256, (2, 3), dtype=np.uint8)
-        img = np.empty((size, size, 3), dtype=np.uint8)
-        img[:, : size // 2], img[:, size // 2 :] = colours[0], colours[1]
-        stem = f"img_{i:02d}"
-        Image.fromarray(img).save(root / "images" / f"{stem}.png")
-        (root / "images" / f"{stem}.txt").write_text(f"picture {i}\n")
-        stems.append(stem)
-    splits = {"train": stems[:9], "validation": stems[9:]}
-    (root / "splits.json").write_text(json.dumps(splits))
-    return root
+from tests.factories.folders import two_colour_folder
 
 
 def test_cli_trains_resumes_and_reports(tmp_path, capsys):
-    data = _image_folder(tmp_path / "data")
+    data = two_colour_folder(tmp_path / "data")
     out = tmp_path / "run"
     args = ["train", "dvae", "--data", str(data), "--out", str(out), "--config", "dvae_tiny", "--no-progress"]
     assert main([*args, "--steps", "4", "--batch-size", "4"]) == 0
@@ -79,7 +60,7 @@ def test_two_process_run_trains_the_channels_last_dvae(tmp_path, strategy):
     import subprocess
     import sys
 
-    data = _image_folder(tmp_path / "data")
+    data = two_colour_folder(tmp_path / "data")
     out = tmp_path / strategy
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dalle_zero.cli.main", "train", "dvae", "--data", str(data), "--out", str(out),
@@ -96,7 +77,7 @@ def test_training_gives_the_same_weights_whatever_the_global_rng_drew_before(tmp
     # --seed alone, so two runs that differ only in what was drawn before the command must agree.
     from safetensors.torch import load_file
 
-    data = _image_folder(tmp_path / "data")
+    data = two_colour_folder(tmp_path / "data")
     weights = []
     for k in (1, 2):
         torch.manual_seed(1000 + k)

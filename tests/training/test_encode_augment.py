@@ -14,8 +14,8 @@ from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_s
 from dalle_zero.data.transforms import PriorTransform, ResizeTransform
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.training.encode import crop_seed
-from tests.data.helpers import tiny_dvae
-from tests.training.test_prior_train import GRID, IMAGE_VOCAB, _config, _examples, _run, make_tokenizer
+from tests.factories.folders import tiny_dvae
+from tests.factories.prior import GRID, IMAGE_VOCAB, examples, make_tokenizer, prior_config, train_prior
 
 K = 3
 
@@ -34,7 +34,7 @@ def images(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dvae_run(tmp_path_factory) -> Path:
+def dvaetrain_prior(tmp_path_factory) -> Path:
     return tiny_dvae(tmp_path_factory.mktemp("dvae"))
 
 
@@ -104,19 +104,19 @@ def test_prior_training_on_crops_resumes_exactly(tmp_path):
     items = []
     for split, copies in (("t", 2), ("v", 1)):
         for c in range(copies):
-            for i, (caption, codes) in enumerate(_examples()):
+            for i, (caption, codes) in enumerate(examples()):
                 grids = torch.stack([(codes + k) % IMAGE_VOCAB for k in range(K)]).view(K, GRID, GRID)
                 items.append((f"{split}{c}_{i}", caption, grids))
     splits = {"train": [s for s, _, _ in items if s[0] == "t"], "validation": [s for s, _, _ in items if s[0] == "v"]}
     tokens = write_token_shards(tmp_path / "tokens", items, image_vocab_size=IMAGE_VOCAB, splits=splits, crops=K)
-    cfg = _config((tokens, make_tokenizer(tmp_path / "tokenizer", text_seq_len=12)))
-    full, _ = _run(cfg, tmp_path / "full")
-    _run(cfg, tmp_path / "cut", stop_after=7)  # killed between checkpoints 5 and 10
-    resumed, _ = _run(cfg, tmp_path / "cut", resume=True)
+    cfg = prior_config((tokens, make_tokenizer(tmp_path / "tokenizer", text_seq_len=12)))
+    full, _ = train_prior(cfg, tmp_path / "full")
+    train_prior(cfg, tmp_path / "cut", stop_after=7)  # killed between checkpoints 5 and 10
+    resumed, _ = train_prior(cfg, tmp_path / "cut", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     one_crop = write_token_shards(
         tmp_path / "crop0", [(s, c, g[0]) for s, c, g in items], image_vocab_size=IMAGE_VOCAB, splits=splits
     )
-    first_only, _ = _run(cfg.replace(tokens=str(one_crop)), tmp_path / "crop0_run")
+    first_only, _ = train_prior(cfg.replace(tokens=str(one_crop)), tmp_path / "crop0_run")
     assert not all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), first_only.state_dict().values()))

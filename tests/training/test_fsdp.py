@@ -6,10 +6,7 @@ The multi-process tests launch two CPU processes with torchrun (gloo), as a user
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +17,11 @@ from dalle_zero.io import load_state_dict
 from dalle_zero.models.transformer import DalleTransformer
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.loop import LoopConfig
-from tests.training.test_loop import _run as run_toy
-from tests.training.test_prior_train import _config, make_tokenizer, write_tiny_shards
-from tests.training.toy import ToyModel
+from tests.factories.prior import make_tokenizer, prior_config, write_tiny_shards
+from tests.factories.processes import torchrun
+from tests.factories.toy import ToyModel, run_toy
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
 STEPS = 8
-
-
-def torchrun(*args: str, nproc: int = 2) -> None:
-    """Run the test worker in ``nproc`` CPU processes (gloo), as ``torchrun --standalone`` does."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    subprocess.run([*cmd, str(WORKER), *args], check=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 def _prior_config(data, folder: Path, strategy: str, **loop) -> Path:
     """A tiny prior run as JSON: BPE dropout, null captions, EMA, clipping that bites, accumulation, the
     plateau rule and a mid-run evaluation (model dropout: its own test below)."""
-    cfg = _config(
+    cfg = prior_config(
         data,
         loop={"steps": STEPS, "batch_size": 4, "grad_accum": 2, "checkpoint_every": 4, "eval_every": 4,
               "clip_grad_norm": 0.05, "strategy": strategy, **loop},

@@ -13,42 +13,25 @@ import pytest
 import torch
 
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import LoopConfig, train
-from tests.training.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig
-
-
-def _run(
-    run_dir: Path, *, steps=12, resume=False, stop_after=None, dropout=0.1, task=ToyTask, **loop_kw
-) -> ToyModel:
-    loop = LoopConfig(
-        **{"steps": steps, "batch_size": 4, "checkpoint_every": 5, "log_every": 2, "ema_decay": 0.9, **loop_kw}
-    )
-    cfg = ToyTrainConfig(loop=loop, model=ToyConfig(dropout=dropout))
-    torch.manual_seed(0)
-    model = ToyModel(cfg.model)
-    train(model, task(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False, stop_after=stop_after)
-    return model
-
-
-def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+from dalle_zero.training.loop import LoopConfig
+from tests.factories.toy import ToyModel, ToyTask, run_toy, same_weights
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    full = _run(tmp_path / "full")
-    _run(tmp_path / "cut", stop_after=7)  # stopped between two periodic checkpoints
-    resumed = _run(tmp_path / "cut", resume=True)
-    assert _same(full, resumed)
+    full = run_toy(tmp_path / "full")
+    run_toy(tmp_path / "cut", stop_after=7)  # stopped between two periodic checkpoints
+    resumed = run_toy(tmp_path / "cut", resume=True)
+    assert same_weights(full, resumed)
     a = ToyModel.from_pretrained(tmp_path / "full" / "model")
     b = ToyModel.from_pretrained(tmp_path / "cut" / "model")
-    assert _same(a, b)  # EMA weights too
+    assert same_weights(a, b)  # EMA weights too
     rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in rows if "loss" in r]
     assert train_steps == sorted(set(train_steps))  # rows after the checkpoint were not duplicated
 
 
 def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path):
-    _run(tmp_path, keep_checkpoints=2)
+    run_toy(tmp_path, keep_checkpoints=2)
     assert json.loads((tmp_path / "train_config.json").read_text())["loop"]["steps"] == 12
     assert sorted(ckpt.list_steps(tmp_path)) == [10, 12]
     assert (tmp_path / "latest").read_text().strip() == "step_0000012"
@@ -59,33 +42,33 @@ def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path):
 
 
 def test_resuming_a_longer_run_is_no_warning_but_other_settings_are(tmp_path, caplog):
-    _run(tmp_path, steps=6, stop_after=3)
+    run_toy(tmp_path, steps=6, stop_after=3)
     with caplog.at_level("INFO", logger="dalle_zero.training.loop"):
-        _run(tmp_path, steps=9, resume=True, checkpoint_every=3, stop_after=2)  # more steps, other intervals
+        run_toy(tmp_path, steps=9, resume=True, checkpoint_every=3, stop_after=2)  # more steps, other intervals
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert any("resuming with loop {'steps': 9, 'checkpoint_every': 3}" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("INFO", logger="dalle_zero.training.loop"):
-        _run(tmp_path, steps=9, resume=True, checkpoint_every=3, batch_size=2)  # what the run learns changes
+        run_toy(tmp_path, steps=9, resume=True, checkpoint_every=3, batch_size=2)  # what the run learns changes
     assert any(r.levelname == "WARNING" and "differs from the config" in r.getMessage() for r in caplog.records)
     assert json.loads((tmp_path / "train_config.json").read_text())["loop"]["batch_size"] == 2
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
-    _run(tmp_path, steps=5)
+    run_toy(tmp_path, steps=5)
     with pytest.raises(ValueError, match="--resume"):
-        _run(tmp_path, steps=5)
+        run_toy(tmp_path, steps=5)
 
 
 def test_gradient_accumulation_matches_larger_batch(tmp_path):
-    big = _run(tmp_path / "big", steps=4, batch_size=4, ema_decay=None, dropout=0.0)
-    acc = _run(tmp_path / "acc", steps=4, batch_size=2, grad_accum=2, ema_decay=None, dropout=0.0)
+    big = run_toy(tmp_path / "big", steps=4, batch_size=4, ema_decay=None, dropout=0.0)
+    acc = run_toy(tmp_path / "acc", steps=4, batch_size=2, grad_accum=2, ema_decay=None, dropout=0.0)
     for a, b in zip(big.state_dict().values(), acc.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_autocast_trains(tmp_path):
-    model = _run(tmp_path, steps=3, precision="bf16")
+    model = run_toy(tmp_path, steps=3, precision="bf16")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -95,15 +78,15 @@ def test_bf16_on_a_cpu_where_it_is_far_slower_is_a_warning(tmp_path, caplog, mon
 
     monkeypatch.setattr(loop, "bf16_speedup", lambda: speedup)
     with caplog.at_level("WARNING", logger="dalle_zero.training.loop"):
-        _run(tmp_path / "bf16", steps=2, precision="bf16")
-        _run(tmp_path / "fp32", steps=2, precision="fp32")
+        run_toy(tmp_path / "bf16", steps=2, precision="bf16")
+        run_toy(tmp_path / "fp32", steps=2, precision="fp32")
     warnings = [r.getMessage() for r in caplog.records if "bf16 autocast runs at" in r.getMessage()]
     assert warnings == (["bf16 autocast runs at 0.05x the speed of fp32 on this CPU: precision fp32 trains faster here"]
                         if warned else [])
 
 
 def test_half_written_checkpoint_is_ignored_on_resume(tmp_path):
-    _run(tmp_path, steps=10, stop_after=5)
+    run_toy(tmp_path, steps=10, stop_after=5)
     broken = tmp_path / ".step_0000010.tmp-x"  # what a crash during a write leaves behind
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"partial")
@@ -127,7 +110,7 @@ def test_bad_loop_values_raise_clear_errors(bad, match):
 
 def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
-        _run(tmp_path, batch_size=64)
+        run_toy(tmp_path, batch_size=64)
 
 
 @pytest.mark.slow
@@ -138,9 +121,9 @@ def test_two_process_gloo_run_matches_single_process_on_same_global_batch(tmp_pa
         textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from tests.training.test_loop import _run
+        from tests.factories.toy import run_toy
         from pathlib import Path
-        _run(Path(sys.argv[1]), steps=6, batch_size=int(sys.argv[2]), ema_decay=None, dropout=0.0)
+        run_toy(Path(sys.argv[1]), steps=6, batch_size=int(sys.argv[2]), ema_decay=None, dropout=0.0)
     """)
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -162,7 +145,7 @@ def test_two_process_gloo_run_matches_single_process_on_same_global_batch(tmp_pa
         timeout=300,
     )
     ddp = ToyModel.from_pretrained(tmp_path / "ddp" / "model")
-    single = _run(tmp_path / "single", steps=6, batch_size=4, ema_decay=None, dropout=0.0)
+    single = run_toy(tmp_path / "single", steps=6, batch_size=4, ema_decay=None, dropout=0.0)
     assert (tmp_path / "ddp" / "step_0000006").is_dir()
     for a, b in zip(ddp.state_dict().values(), single.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -198,19 +181,19 @@ class _UShapedValidation(ToyTask):
 def test_select_by_keeps_the_model_of_the_lowest_validation_figure(tmp_path):
     from dalle_zero.training.loop import best_model
 
-    _run(tmp_path / "run", steps=12, eval_every=3, select_by="loss", task=_UShapedValidation)
+    run_toy(tmp_path / "run", steps=12, eval_every=3, select_by="loss", task=_UShapedValidation)
     found = best_model(tmp_path / "run")
     assert found is not None
     path, record = found
     assert record == {"step": 6, "figure": "loss", "value": 1.0}
     # the kept model is the one evaluated at step 6, not the last
-    _run(tmp_path / "six", steps=12, stop_after=6, task=_UShapedValidation)
-    assert _same(ToyModel.from_pretrained(path), ToyModel.from_pretrained(tmp_path / "six" / "model"))
-    assert not _same(ToyModel.from_pretrained(path), ToyModel.from_pretrained(tmp_path / "run" / "model"))
+    run_toy(tmp_path / "six", steps=12, stop_after=6, task=_UShapedValidation)
+    assert same_weights(ToyModel.from_pretrained(path), ToyModel.from_pretrained(tmp_path / "six" / "model"))
+    assert not same_weights(ToyModel.from_pretrained(path), ToyModel.from_pretrained(tmp_path / "run" / "model"))
 
 
 def test_select_by_without_evaluations_or_with_an_unknown_figure_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="eval_every"):
         LoopConfig(select_by="loss")
     with pytest.raises(ValueError, match="reports only"):
-        _run(tmp_path / "run", steps=6, eval_every=3, select_by="bleu", task=_UShapedValidation)
+        run_toy(tmp_path / "run", steps=6, eval_every=3, select_by="bleu", task=_UShapedValidation)

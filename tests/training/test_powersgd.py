@@ -1,4 +1,4 @@
-"""PowerSGD as the paper uses it (paper §2.5, App. E; paper_spec §3.7): what it compresses and how, what it
+"""PowerSGD as the paper uses it (paper §2.5, App. E): what it compresses and how, what it
 sends, that training under it follows uncompressed training, and that it resumes exactly.
 
 The single-process tests run the hook's arithmetic in a one-rank gloo group (the mean over one rank is the
@@ -27,8 +27,8 @@ from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training import distributed
 from dalle_zero.training.loop import LoopConfig
 from dalle_zero.training.powersgd import EPSILON, PowerSGD, matrix_shards, orthonormal
-from tests.training.test_fsdp import torchrun
-from tests.training.test_prior_train import _config, make_tokenizer, write_tiny_shards
+from tests.factories.prior import make_tokenizer, prior_config, write_tiny_shards
+from tests.factories.processes import torchrun
 
 WORKER = Path(__file__).with_name("powersgd_worker.py")
 
@@ -289,7 +289,7 @@ STEPS = 40
 
 def _prior_config(data, folder: Path, name: str, **loop) -> Path:
     """A tiny two-process prior run: no plateau rule (it would react to the loss differences we measure)."""
-    cfg = _config(data, lr_schedule="cosine", bpe_dropout=0.1, null_caption_prob=0.0,
+    cfg = prior_config(data, lr_schedule="cosine", bpe_dropout=0.1, null_caption_prob=0.0,
                   loop={"steps": STEPS, "batch_size": 4, "checkpoint_every": 10, "log_every": 1, **loop})
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"

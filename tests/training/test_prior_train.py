@@ -10,45 +10,20 @@ import torch
 
 from dalle_zero.cli.main import main
 from dalle_zero.data.tokens import write_token_shards
-from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
+from dalle_zero.models.transformer import DalleTransformer
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import LoopConfig, train
 from dalle_zero.training.prior import PriorDataset, PriorTask, PriorTrainConfig, build_model
-
-TEXT_SEQ_LEN = 12
-GRID, IMAGE_VOCAB = 4, 16
-COLOURS = ("red", "green", "blue", "yellow")
-SHAPES = ("circle", "square", "star")
-
-
-def _examples() -> list[tuple[str, torch.Tensor]]:
-    """Captions "a <colour> <shape>" whose image codes follow from the words (so they can be learnt)."""
-    out = []
-    for i, colour in enumerate(COLOURS):
-        for j, shape in enumerate(SHAPES):
-            codes = torch.tensor([(i * 4 + j + k * (k % 2)) % IMAGE_VOCAB for k in range(GRID * GRID)])
-            out.append((f"a {colour} {shape}", codes))
-    return out
-
-
-def write_tiny_shards(root: Path) -> Path:
-    """Train (12 x 2 captions) and validation (12) items written with the real shard writer."""
-    ex = _examples()
-    train = [(f"t{k}_{i}", c, x.view(GRID, GRID)) for k in range(2) for i, (c, x) in enumerate(ex)]
-    val = [(f"v{i}", c, x.view(GRID, GRID)) for i, (c, x) in enumerate(ex)]
-    splits = {"train": [s for s, _, _ in train], "validation": [s for s, _, _ in val]}
-    return write_token_shards(
-        root, train + val, image_grid=GRID, image_vocab_size=IMAGE_VOCAB, splits=splits, shard_size=10
-    )
-
-
-def make_tokenizer(folder: Path, *, text_seq_len: int) -> Path:
-    captions = [c for c, _ in _examples()] * 3
-    BPETokenizer.train(captions, vocab_size=300, text_seq_len=text_seq_len, min_frequency=1).save_pretrained(
-        folder
-    )
-    return folder
+from tests.factories.prior import (
+    GRID,
+    IMAGE_VOCAB,
+    TEXT_SEQ_LEN,
+    examples,
+    make_tokenizer,
+    prior_config,
+    train_prior,
+    write_tiny_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,53 +34,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return tokens, tok_dir
 
 
-def _config(data, **kw) -> PriorTrainConfig:
-    tokens, tok_dir = data
-    tok = BPETokenizer.from_pretrained(tok_dir)
-    model = TransformerConfig(
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        text_vocab_size=tok.vocab_size,
-        text_seq_len=TEXT_SEQ_LEN,
-        image_vocab_size=IMAGE_VOCAB,
-        image_grid=GRID,
-    )
-    loop = LoopConfig(
-        **{
-            "steps": 12,
-            "batch_size": 8,
-            "checkpoint_every": 5,
-            "log_every": 1,
-            "ema_decay": 0.9,
-            "ema_every": 2,
-            "clip_grad_norm": 4.0,
-            **kw.pop("loop", {}),
-        }
-    )
-    fields = {
-        "model": model,
-        "loop": loop,
-        "tokens": str(tokens),
-        "tokenizer": str(tok_dir),
-        "lr": 3e-3,
-        "warmup_steps": 2,
-        "plateau_patience": 3,
-        "plateau_threshold": 0.2,
-        "plateau_smoothing": 0.0,
-        "bpe_dropout": 0.5,
-        "null_caption_prob": 0.3,
-        "eval_samples": 8,
-        **kw,
-    }
-    return PriorTrainConfig(**fields)
 
-
-def _run(cfg: PriorTrainConfig, run_dir: Path, **kw) -> tuple[DalleTransformer, PriorTask]:
-    model = build_model(cfg)
-    task = PriorTask(cfg)
-    train(model, task, cfg.loop, run_dir, train_config=cfg, progress=False, **kw)
-    return model, task
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -113,7 +42,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def test_tiny_prior_learns_the_image_tokens_of_its_captions(data, tmp_path):
-    cfg = _config(
+    cfg = prior_config(
         data,
         loop={"steps": 100, "ema_decay": None, "log_every": 5},
         lr=1e-2,
@@ -122,7 +51,7 @@ def test_tiny_prior_learns_the_image_tokens_of_its_captions(data, tmp_path):
         null_caption_prob=0.0,
         warmup_steps=5,
     )
-    _run(cfg, tmp_path)
+    train_prior(cfg, tmp_path)
     rows = [r for r in _rows(tmp_path) if "loss" in r]
     first, last = rows[0], rows[-1]
     assert last["loss_image"] < 0.6 * first["loss_image"]  # image codes follow from the caption
@@ -135,11 +64,11 @@ def test_tiny_prior_learns_the_image_tokens_of_its_captions(data, tmp_path):
 
 
 def test_resume_matches_uninterrupted_run_with_bpe_dropout_and_plateau_state(data, tmp_path):
-    cfg = _config(data)
-    full, full_task = _run(cfg, tmp_path / "full")
+    cfg = prior_config(data)
+    full, full_task = train_prior(cfg, tmp_path / "full")
     assert full_task.schedule.halved_at  # the plateau rule fired during the run
-    _run(cfg, tmp_path / "cut", stop_after=7)  # killed between checkpoints 5 and 10
-    resumed, resumed_task = _run(cfg, tmp_path / "cut", resume=True)
+    train_prior(cfg, tmp_path / "cut", stop_after=7)  # killed between checkpoints 5 and 10
+    resumed, resumed_task = train_prior(cfg, tmp_path / "cut", resume=True)
     assert resumed_task.schedule.state_dict() == full_task.schedule.state_dict()
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -151,7 +80,7 @@ def test_resume_matches_uninterrupted_run_with_bpe_dropout_and_plateau_state(dat
 
 
 def test_lr_is_halved_after_a_plateau_and_logged(data, tmp_path):
-    _run(_config(data), tmp_path)
+    train_prior(prior_config(data), tmp_path)
     rows = [r for r in _rows(tmp_path) if "lr" in r]  # one row per update (log_every 1)
     assert rows[-1]["lr_halvings"] >= 1
     for before, after in zip(rows[2:], rows[3:]):  # after warm-up: lr = peak / 2^(halvings so far)
@@ -159,7 +88,7 @@ def test_lr_is_halved_after_a_plateau_and_logged(data, tmp_path):
 
 
 def test_bpe_dropout_and_null_captions_are_a_pure_function_of_the_sample_seed(data):
-    cfg = _config(data, bpe_dropout=0.5, null_caption_prob=0.5)
+    cfg = prior_config(data, bpe_dropout=0.5, null_caption_prob=0.5)
     ds = PriorTask(cfg).train_dataset()
     assert isinstance(ds, PriorDataset)
     a = [ds[(i, 1000 + s)]["text"] for i in range(4) for s in range(8)]
@@ -171,7 +100,7 @@ def test_bpe_dropout_and_null_captions_are_a_pure_function_of_the_sample_seed(da
 
 
 def test_without_null_captions_every_example_has_text(data):
-    ds = PriorTask(_config(data, null_caption_prob=0.0)).train_dataset()
+    ds = PriorTask(prior_config(data, null_caption_prob=0.0)).train_dataset()
     assert all((ds[(i, s)]["text"] != 0).any() for i in range(len(ds)) for s in range(3))
 
 
@@ -185,14 +114,14 @@ def test_without_null_captions_every_example_has_text(data):
     ],
 )
 def test_model_that_does_not_fit_the_tokenizer_or_shards_is_a_clear_error(data, field, value, message):
-    cfg = _config(data)
+    cfg = prior_config(data)
     bad = cfg.replace(model=cfg.model.replace(**{field: value}))
     with pytest.raises(ValueError, match=message):
         PriorTask(bad)
 
 
 def test_train_config_round_trips_through_json(data, tmp_path):
-    cfg = _config(data, lr_schedule="cosine")
+    cfg = prior_config(data, lr_schedule="cosine")
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     assert PriorTrainConfig.from_json_file(path) == cfg
@@ -210,7 +139,7 @@ def test_train_config_round_trips_through_json(data, tmp_path):
 )
 def test_bad_train_config_values_raise(data, bad):
     with pytest.raises(ValueError):
-        _config(data, **bad)
+        prior_config(data, **bad)
 
 
 def _train_prior_argv(data: tuple[Path, Path], out: Path, config: str) -> list[str]:
@@ -264,13 +193,13 @@ def test_presets_are_valid_train_configs(name):
 
 
 def test_token_folder_without_splits_trains_on_everything_without_validation(data, tmp_path):
-    items = [(f"s{i}", c, x.view(GRID, GRID)) for i, (c, x) in enumerate(_examples())]
+    items = [(f"s{i}", c, x.view(GRID, GRID)) for i, (c, x) in enumerate(examples())]
     folder = write_token_shards(tmp_path / "tokens", items, image_grid=GRID, image_vocab_size=IMAGE_VOCAB)
-    task = PriorTask(_config(data, tokens=str(folder)))
+    task = PriorTask(prior_config(data, tokens=str(folder)))
     assert len(task.train_dataset()) == len(items)
     assert task.evaluate(build_model(task.cfg), 0, tmp_path) == {}
 
 
 def test_missing_training_split_is_a_clear_error(data, tmp_path):
     with pytest.raises(ValueError, match="no split 'everything'"):
-        PriorTask(_config(data, train_split="everything"))
+        PriorTask(prior_config(data, train_split="everything"))

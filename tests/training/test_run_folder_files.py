@@ -18,8 +18,7 @@ import pytest
 
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.loop import last_validation_step
-from tests.training.test_loop import _run, _same
-from tests.training.toy import ToyModel
+from tests.factories.toy import ToyModel, run_toy, same_weights
 
 
 def dead_pid() -> int:
@@ -32,7 +31,7 @@ def dead_pid() -> int:
 def stopped(tmp_path) -> Path:
     """A run of 12 steps stopped after 7 (checkpoints at 5 and 7)."""
     run = tmp_path / "run"
-    _run(run, stop_after=7)
+    run_toy(run, stop_after=7)
     return run
 
 
@@ -51,14 +50,14 @@ def stopped(tmp_path) -> Path:
 def test_latest_naming_anything_but_a_step_folder_of_the_run_is_an_error(stopped, tmp_path, content, expected):
     """``../other/step_0000005`` used to resume silently from another run's checkpoint."""
     other = tmp_path / "other"
-    _run(other, steps=12, stop_after=5)
+    run_toy(other, steps=12, stop_after=5)
     pointer = stopped / "latest"
     if isinstance(content, str):
         pointer.write_text(content.format(other=other))
     else:
         pointer.write_bytes(content)
     with pytest.raises(ValueError) as err:
-        _run(stopped, resume=True)
+        run_toy(stopped, resume=True)
     message = str(err.value)
     assert message.startswith(f"{pointer}: ") and expected in message and "\n" not in message
     assert f"delete {pointer}" in message
@@ -71,7 +70,7 @@ def test_latest_naming_a_missing_step_folder_falls_back_to_the_newest_complete_o
 
 def test_a_step_folder_that_is_a_link_out_of_the_run_is_not_a_checkpoint(stopped, tmp_path):
     other = tmp_path / "other"
-    _run(other, steps=12, stop_after=10)
+    run_toy(other, steps=12, stop_after=10)
     (stopped / "step_0000010").symlink_to(other / "step_0000010", target_is_directory=True)
     assert 10 not in ckpt.list_steps(stopped)
     assert ckpt.latest_step_dir(stopped) == stopped / "step_0000007"
@@ -92,16 +91,16 @@ def test_resume_cuts_a_torn_or_zero_filled_last_line_of_metrics_with_a_warning(s
     with open(metrics, "ab") as f:
         f.write(tail)
     with caplog.at_level(logging.WARNING, logger="dalle_zero.training.loop"):
-        resumed = _run(stopped, resume=True)
+        resumed = run_toy(stopped, resume=True)
     assert any(str(metrics) in r.getMessage() and "torn" in r.getMessage() for r in caplog.records)
-    assert _same(resumed, _run(tmp_path / "full"))
+    assert same_weights(resumed, run_toy(tmp_path / "full"))
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line is whole again
     train_steps = [r["step"] for r in rows if "loss" in r]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 12
 
 
 def test_last_validation_reads_past_a_torn_last_line(tmp_path):
-    _run(tmp_path, steps=6)
+    run_toy(tmp_path, steps=6)
     with open(tmp_path / "metrics.jsonl", "ab") as f:
         f.write(b'{"step": 7, "val/che')
     assert last_validation_step(tmp_path) == (6, {"check": 6.0})
@@ -122,7 +121,7 @@ def test_a_malformed_metrics_line_before_the_last_is_an_error_naming_the_file_li
     lines = metrics.read_bytes().splitlines(keepends=True)
     metrics.write_bytes(lines[0] + line + b"\n" + b"".join(lines[1:]))
     with pytest.raises(ValueError) as err:
-        _run(stopped, resume=True)
+        run_toy(stopped, resume=True)
     assert str(err.value).startswith(f"{metrics}: {expected}") and "\n" not in str(err.value)
 
 
@@ -130,13 +129,13 @@ def test_resuming_a_run_killed_before_its_first_checkpoint_logs_each_step_once(t
     """Rows of a run that never checkpointed used to stay, and be logged a second time (after a torn
     line, on the same line)."""
     run = tmp_path / "run"
-    _run(run, steps=4, checkpoint_every=5, stop_after=None)  # leaves train_config.json and metrics
+    run_toy(run, steps=4, checkpoint_every=5, stop_after=None)  # leaves train_config.json and metrics
     for p in run.iterdir():
         if p.name.startswith("step_") or p.name in ("latest", "model"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(b'{"step": 5, "lo')
-    _run(run, steps=4, checkpoint_every=5, resume=True)
+    run_toy(run, steps=4, checkpoint_every=5, resume=True)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len([s for s in steps if s == 2]) == 1
 
@@ -155,13 +154,13 @@ def test_starting_or_resuming_a_run_puts_back_an_aside_model_and_removes_leftove
     (stopped / f".step_0000009.tmp-{pid}-a1b2" / "model.safetensors").write_bytes(b"partial")
     (stopped / f".latest.tmp-{pid}-zz").write_text("step_00000")
     (stopped / f".step_0000003.del-{pid}").mkdir()
-    _run(stopped, steps=7, resume=True)  # already complete: resumes, finds nothing to do
+    run_toy(stopped, steps=7, resume=True)  # already complete: resumes, finds nothing to do
     names = sorted(p.name for p in stopped.iterdir())
     assert not [n for n in names if n.startswith(".")], names
-    assert _same(model, ToyModel.from_pretrained(stopped / "model"))
+    assert same_weights(model, ToyModel.from_pretrained(stopped / "model"))
 
 
 def test_pruned_checkpoints_leave_nothing_behind(tmp_path):
-    _run(tmp_path, steps=12, keep_checkpoints=1)
+    run_toy(tmp_path, steps=12, keep_checkpoints=1)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("step_", "."))) == ["step_0000012"]
     assert ckpt.load_checkpoint(ckpt.latest_step_dir(tmp_path)).step == 12

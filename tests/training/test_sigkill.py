@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from dalle_zero.io import clean_leftovers
 from dalle_zero.training import checkpoint as ckpt
-from tests.training.test_dvae_cli import _image_folder
+from tests.factories.folders import two_colour_folder
 
 STEPS = 30
 # kill moments, in order; then one last run to the end. "rename:NAME": just before a folder or file named
@@ -145,7 +145,7 @@ def _losses(run: Path) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_and_inside_checkpoint_writes_resumes_to_identical_weights(tmp_path):
-    data = _image_folder(tmp_path / "data")
+    data = two_colour_folder(tmp_path / "data")
     config = _config(tmp_path / "train.json")
     reference, run = tmp_path / "reference", tmp_path / "run"
     done = subprocess.run(_command(config, data, reference), env=ENV, timeout=TIMEOUT * 2, capture_output=True)

@@ -1,4 +1,4 @@
-"""``dalle assemble``: put a tokenizer, a dVAE, a prior and an optional CLIP into one model folder (design.md).
+"""``dalle assemble``: put a tokenizer, a dVAE, a prior and an optional CLIP into one model folder (docs/sampling.md).
 
 Each source may be a model folder (``config.json`` + weights), a training run folder (its
 ``model/`` sub-folder is used) or an existing pipeline folder (its matching component). The
@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE
     from dalle_zero.models.transformer import DalleTransformer
+    from dalle_zero.pipelines.folder import resolve_component_dir
     from dalle_zero.pipelines.sampling_defaults import SamplingDefaults
-    from dalle_zero.pipelines.text_to_image import TextToImagePipeline, resolve_component_dir
+    from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.loop import best_model
 

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
-    from dalle_zero.data.webdataset import write_shards
+    from dalle_zero.data.shard_writer import write_shards
 
     s = write_shards(args.data, args.out, per_shard=args.per_shard, progress=not args.no_progress)
     last = f"{s.shards - 1:05d}"

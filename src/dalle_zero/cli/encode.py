@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from dalle_zero.cli.options import check_device
+from dalle_zero.cli.options import add_data_argument, check_device
 
 HELP = "encode an image-caption folder or WebDataset shards into dVAE token shards for training the prior"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dvae", required=True, help="dVAE run folder (its model/ is used) or model folder")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="folder of images with same-stem .txt captions, or WebDataset shards "
-        "(.tar, folder of .tar, shards/{00000..00009}.tar), or a .csv/.jsonl manifest of image,caption",
-    )
+    add_data_argument(parser)
     parser.add_argument("--out", required=True, help="token folder to write")
     parser.add_argument("--batch-size", type=int, default=64, help="images per dVAE call (default 64)")
     parser.add_argument("--split", default=None, help="encode only this split of splits.json (default: all)")

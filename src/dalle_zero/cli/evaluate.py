@@ -1,4 +1,4 @@
-"""``dalle eval``: zero-shot figures of a model folder on a dataset's held-out splits (paper §3.1; paper_spec §6).
+"""``dalle eval``: zero-shot figures of a model folder on a dataset's held-out splits (paper §3.1; docs/evaluation.md).
 
 Generates images for the captions of each split and writes ``OUT/results.json`` and
 ``OUT/report.html`` (with PNG grids under ``OUT/samples``): in-house FID/KID/IS with the evaluator

@@ -106,7 +106,7 @@ def check_grid_size(n: int, image_size: int, scale: int) -> None:
 
 def print_examples(args: argparse.Namespace) -> int:
     """``--examples``: the example captions of ``--model``, one per line (the models are not loaded)."""
-    from dalle_zero.pipelines.text_to_image import EXAMPLES_NAME, read_examples, read_pipeline_json
+    from dalle_zero.pipelines.folder import EXAMPLES_NAME, read_examples, read_pipeline_json
 
     if args.captions:
         raise ValueError("--examples lists the model's example captions and draws nothing: drop the captions")

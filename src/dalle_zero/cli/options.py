@@ -10,6 +10,17 @@ from typing import Any
 from dalle_zero.pipelines.sampling_defaults import resolve
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
 
+# What ``--data`` of the commands that read image-caption pairs accepts (data.sources.open_image_text_dataset).
+DATA_SOURCES = (
+    "folder of images with same-stem .txt captions (splits.json optional), or WebDataset shards "
+    "(.tar, folder of .tar, shards/{00000..00009}.tar), or a .csv/.jsonl manifest of image,caption"
+)
+
+
+def add_data_argument(parser: argparse.ArgumentParser, *, required: bool = True, note: str = "") -> None:
+    """``--data``: image-caption pairs in any form the readers take; ``note`` is added to the help."""
+    parser.add_argument("--data", required=required, default=None, help=DATA_SOURCES + note)
+
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p, --guidance-scale, --guidance-top-p (read as args.temperature, ...).

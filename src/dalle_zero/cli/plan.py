@@ -1,8 +1,8 @@
-"""``dalle plan``: parameters, FLOPs, memory and training time of a transformer config (paper §2.4–2.5).
+"""``dalle plan``: parameters, FLOPs, memory and training time of a prior (paper §2.4–2.5).
 
-``--config`` is a preset name from ``dalle_zero/configs`` (``paper-12b``, ``transformer_tiny``,
-``transformer_emoji``, or a prior preset such as ``paper_12b`` for ``prior_paper_12b.json``) or a
-JSON file holding a transformer config, or a train config whose ``model`` entry is a complete
+``--config`` is a prior preset from ``dalle_zero/configs``, named with or without ``prior_``
+(``paper_12b`` for ``prior_paper_12b.json``; ``model_tiny`` and ``model_emoji`` hold a model only), or
+a JSON file holding a transformer config, or a train config whose ``model`` entry is a complete
 transformer config. A train config's ``loop`` gives the PowerSGD rank and, through its
 ``powersgd_shards``, the GPUs per machine unless the options say otherwise. The paper's setup
 (Table 1, §2.5; docs/training_at_scale.md):
@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.config import load_config_source, read_json_file
+from dalle_zero.config import PRESET_DIR, current_preset_name, load_config_source, read_json_file
 
-HELP = "estimate parameters, FLOPs, memory and time of training a transformer config"
+HELP = "estimate parameters, FLOPs, memory and time of training a prior"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="preset name (paper-12b, transformer_emoji, ...) or JSON file")
+    parser.add_argument("--config", required=True, help="prior preset (paper_12b, model_emoji, ...) or JSON file")
     parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
     parser.add_argument("--batch", type=int, default=None, help="global batch in sequences (default: 1 per GPU)")
     parser.add_argument("--steps", type=int, default=430_000, help="optimizer updates (default 430,000, the paper's)")
@@ -60,8 +59,9 @@ def load_plan_config(name_or_path: str) -> tuple[Any, dict[str, Any]]:
 
     path = Path(name_or_path)
     if not path.is_file():
-        preset = resources.files("dalle_zero") / "configs" / f"{name_or_path.removesuffix('.json')}.json"
-        path = Path(str(preset)) if preset.is_file() else load_config_source(name_or_path, prefix="prior_")[1]
+        name = current_preset_name(name_or_path)
+        preset = PRESET_DIR / f"{name.removesuffix('.json')}.json"
+        path = preset if preset.is_file() and "/" not in name else load_config_source(name, prefix="prior_")[1]
     data = read_json_file(path)
     loop: dict[str, Any] = {}
     if isinstance(data, dict) and isinstance(data.get("model"), dict):

@@ -1,4 +1,4 @@
-"""``dalle train clip``: train the contrastive reranker / evaluator on image-caption pairs (paper_spec §4).
+"""``dalle train clip``: train a CLIP (the reranker, or the R-precision CLIP) on image-caption pairs (paper §2.6).
 
 The config is a preset name (``clip_emoji32``, ``clip_tiny``: JSON files in ``dalle_zero/configs``)
 or a JSON file of :class:`~dalle_zero.training.clip.CLIPTrainConfig` fields. The model's
@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.cli.options import add_data_argument
 from dalle_zero.config import load_config_source
 
 HELP = "train the CLIP-style reranker on image-caption pairs"
@@ -19,12 +20,7 @@ HELP = "train the CLIP-style reranker on image-caption pairs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data",
-        help="image-caption folder, WebDataset shards (.tar, folder of .tar, shards/{00000..00009}.tar) "
-        "or a .csv/.jsonl manifest; "
-        "a splits.json beside them gives held-out evaluation",
-    )
+    add_data_argument(parser, required=False, note="; a splits.json beside them gives held-out evaluation")
     parser.add_argument("--tokenizer", help="tokenizer folder (from `dalle train tokenizer`)")
     parser.add_argument(
         "--dvae", help="dVAE run or model folder: show a share (recon_prob, default 0.5) of the images as it decodes"

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dalle_zero.cli.options import add_data_argument
 from dalle_zero.config import load_config_source
 
 HELP = "train the discrete VAE (image tokenizer) on a folder of images or WebDataset shards"
@@ -21,12 +22,7 @@ DEFAULT_PRESET = "dvae_emoji32"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data",
-        help="image folder (images/*.png or any images; splits.json optional) or WebDataset shards "
-        "(a .tar, a folder of .tar files, or a pattern such as shards/{00000..00009}.tar), "
-        "or a .csv/.jsonl manifest of image,caption",
-    )
+    add_data_argument(parser, required=False)
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, samples/, model/)")
     parser.add_argument("--config", default=None, help=f"preset name or JSON file (default: {DEFAULT_PRESET})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -1,4 +1,4 @@
-"""``dalle train evaluator``: train the in-house evaluator on real training images (paper_spec §6).
+"""``dalle train evaluator``: train the in-house evaluator on real training images (docs/evaluation.md).
 
 The evaluator is the frozen feature extractor and classifier behind ``dalle eval``'s in-house
 FID/KID/IS and tone/style read-outs. It never sees held-out images; its accuracy on them is printed

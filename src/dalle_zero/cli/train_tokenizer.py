@@ -1,4 +1,4 @@
-"""``dalle train tokenizer``: learn the byte-level BPE caption tokenizer from a folder (paper_spec §2).
+"""``dalle train tokenizer``: learn the byte-level BPE caption tokenizer from a folder (paper §2.2).
 
 Captions are the ``.txt`` files beside images of the same stem, found recursively. If the folder
 has a ``splits.json`` (``{"train": [stems], "validation": [...], ...}``), only the training split is
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from dalle_zero.cli.options import add_data_argument
+
 HELP = "train the BPE text tokenizer on the captions of an image-caption folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="folder of images with same-stem .txt captions, or WebDataset shards "
-        "(.tar, folder of .tar, shards/{00000..00009}.tar), or a .csv/.jsonl manifest of image,caption",
-    )
+    add_data_argument(parser)
     parser.add_argument("--out", required=True, help="tokenizer folder to write (tokenizer.json + config.json)")
     parser.add_argument("--vocab-size", type=int, required=True, help="tokens including pad (paper: 16384)")
     parser.add_argument("--text-seq-len", type=int, default=256, help="text positions (default 256, the paper's)")

@@ -25,6 +25,11 @@ caption a line) plus ``metadata.jsonl`` (stem, caption, captions, name, plain_ca
 unseen_captions, concept, tone, style, category, subcategory, split, holdout, ...),
 ``splits.json`` (see :mod:`dalle_zero.data.splits`), ``NOTICE.md`` and ``build.json`` (the options
 and tarball hashes; a second build with the same options reuses the folder).
+
+Longer than most files (about 490 lines) because it is one pipeline read top to bottom: the
+tarballs' records, their art and names, then the build; the caption wording
+(:mod:`~dalle_zero.data.emoji_captions`), the downloads (:mod:`~dalle_zero.data.npm`) and the splits
+(:mod:`~dalle_zero.data.splits`) already live apart.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 - :func:`load_image`: an image file as ``uint8[3, H, W]`` (RGB), the form the evaluator and the
   evaluation keep real images in.
+- :func:`load_square_image` and :func:`square_pixels`: a file or a PIL image as one model input
+  ``float[1, 3, size, size]``, centre-cropped and resized (the pipeline's priming image).
 - :func:`to_float_images`: ``uint8`` in 0..255 or float batches as ``float[N, 3, H, W]`` in [0, 1].
 - :func:`blur` and :func:`random_blur`: a Gaussian blur, and the training augmentation that blurs a
   share of the images. Generated images come out of the dVAE softer than the real ones, so the
@@ -16,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from dalle_zero.data.pairs import MAX_PIXELS, open_image, oversized
+from dalle_zero.data.transforms import ResizeTransform
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -24,6 +29,31 @@ def load_image(path: str | Path) -> torch.Tensor:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def square_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image (any mode; transparent pixels go onto white, as in training) -> ``float[1, 3, size, size]``
+    in [0, 1]: the centre square, resized with Lanczos."""
+    return ResizeTransform(resolution=size, resample="lanczos")(image)[None]
+
+
+def load_square_image(path: str | Path, size: int) -> torch.Tensor:
+    """An image file -> ``float[1, 3, size, size]`` in [0, 1] (:func:`square_pixels`).
+
+    An image of more than :data:`~dalle_zero.data.pairs.MAX_PIXELS` pixels is refused from its header,
+    before it is decoded; an unreadable file is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with open_image(path) as im:
+            if oversized(im, MAX_PIXELS):
+                w, h = im.size
+                raise ValueError(f"{path}: {w}x{h} pixels, over the cap of {MAX_PIXELS:,}; use a smaller image")
+            im.load()  # read before the file closes
+            return square_pixels(im, size)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
 def to_float_images(imgs: torch.Tensor) -> torch.Tensor:

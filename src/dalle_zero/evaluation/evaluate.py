@@ -1,4 +1,4 @@
-"""The zero-shot evaluation driver behind ``dalle eval`` and ``dalle demo`` (paper §3.1; paper_spec §6).
+"""The zero-shot evaluation driver behind ``dalle eval`` and ``dalle demo`` (paper §3.1; docs/evaluation.md).
 
 The paper generates images for captions it never trained on and scores them with FID and IS against
 real images (§6.1). :func:`evaluate_model` does the same on a dataset built by ``dalle data emoji``:
@@ -28,7 +28,8 @@ real images (§6.1). :func:`evaluate_model` does the same on a dataset built by 
 - with a TorchScript Inception-v3 (``inception``), standard FID and IS as well.
 
 Figures from the evaluator are in-house: comparable between our own runs, never to published FID.
-:mod:`dalle_zero.evaluation.figures` turns the results into the report's table.
+:mod:`dalle_zero.evaluation.samples` draws the images; :mod:`dalle_zero.evaluation.figures` turns the
+results into the report's table.
 """
 
 from __future__ import annotations
@@ -48,17 +49,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.data.images import load_image
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, kinds_for
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, concept_figures, kind_figures
 from dalle_zero.evaluation.report import save_image_grid
+from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly, sample_candidates
 from dalle_zero.models.dvae import round_trip
 from dalle_zero.models.dvae_loss import codebook_stats
-from dalle_zero.sampling.generate import GUIDANCE_TOP_P, generate_image_tokens
-from dalle_zero.sampling.rerank import rerank
+from dalle_zero.sampling.generate import GUIDANCE_TOP_P
+
+# the sampling helpers moved to samples.py are still importable from here
+__all__ = [
+    "EvalConfig", "evaluate_model", "generate_for_captions", "load_real_images", "pick_evenly", "sample_candidates"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,104 +114,6 @@ class EvalConfig(Config):
                 f"EvalConfig.caption_kinds must include 'canonical' and be among {list(CAPTION_KINDS)}, "
                 f"got {list(self.caption_kinds)}"
             )
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-def pick_evenly(items: Sequence[str], n: int) -> list[str]:
-    """Up to ``n`` items evenly spread over ``items`` (deterministic; all of them if n >= len)."""
-    if n >= len(items):
-        return list(items)
-    idx = torch.linspace(0, len(items) - 1, n).round().long().unique().tolist()
-    return [items[i] for i in idx]
-
-
-def load_real_images(data_dir: Path, stems: Sequence[str], size: int) -> Tensor:
-    """``float[N, 3, size, size]`` in [0, 1] from ``data_dir/images/<stem>.png`` (resized if needed)."""
-    out = []
-    for stem in stems:
-        path = data_dir / "images" / f"{stem}.png"
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        out.append(load_image(path).float() / 255.0)  # (3, H, W)
-    x = torch.stack(out)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(0, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# generation
-
-
-@torch.no_grad()
-def generate_for_captions(
-    pipeline: Any,
-    captions: Sequence[str],
-    config: EvalConfig,
-    *,
-    generator: torch.Generator,
-    progress: Any = None,
-) -> tuple[Tensor, Tensor | None]:
-    """One image per caption: ``float[N, 3, S, S]`` and reranker scores ``float[N]`` (or None).
-
-    With ``config.candidates`` > 1, :func:`sample_candidates` draws that many per caption and the
-    pipeline's CLIP keeps the best of each caption.
-    """
-    m = config.candidates
-    if m > 1 and pipeline.clip is None:
-        raise ValueError(f"candidates={m} needs a CLIP reranker in the model folder, and it has none")
-    _, pixels = sample_candidates(pipeline, captions, config, repeats=m, generator=generator, progress=progress)
-    if m == 1:
-        return pixels, None
-    best, scores = [], []
-    for i, caption in enumerate(captions):
-        cand = pixels[i * m : (i + 1) * m]
-        s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, cand, top=1)
-        best.append(cand[order[0]])
-        scores.append(s[order[0]])
-    return torch.stack(best), torch.stack(scores)
-
-
-@torch.no_grad()
-def sample_candidates(
-    pipeline: Any,
-    captions: Sequence[str],
-    config: EvalConfig,
-    *,
-    repeats: int = 1,
-    generator: torch.Generator,
-    progress: Any = None,
-) -> tuple[Tensor, Tensor]:
-    """``repeats`` samples per caption, no reranking: image tokens ``long[N*repeats, Ti]`` and their
-    images ``float[N*repeats, 3, S, S]``, the samples of a caption adjacent.
-
-    Different captions share a sampling batch of ``config.batch_size`` (much faster than one caption
-    at a time); ``progress`` (a tqdm bar) is advanced by the images drawn.
-    """
-    text = pipeline.tokenizer.encode(list(captions)).repeat_interleave(repeats, dim=0)  # (N*repeats, Tt)
-    grid = pipeline.transformer.config.image_grid
-    device = pipeline.device
-    tokens, images = [], []
-    for lo in range(0, len(text), config.batch_size):
-        ids = text[lo : lo + config.batch_size].to(device)
-        t = generate_image_tokens(
-            pipeline.transformer,
-            ids,
-            generator=generator,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            guidance_scale=config.guidance_scale,
-            guidance_top_p=config.guidance_top_p,
-        )  # (b, Ti)
-        tokens.append(t.cpu())
-        images.append(pipeline._decode(t.view(-1, grid, grid)))  # (b, 3, S, S)
-        if progress is not None:
-            progress.update(len(ids))
-    return torch.cat(tokens), torch.cat(images)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Standard FID / Inception Score from a user-supplied TorchScript Inception-v3 (paper_spec §6.1).
+"""Standard FID / Inception Score from a user-supplied TorchScript Inception-v3 (paper §3.1).
 
 The paper's FID and IS use the TensorFlow Inception-v3 of 2015-12-05. Its weights cannot be
 downloaded here and no PyPI wheel ships them, and torchmetrics' default extractor (torch-fidelity's

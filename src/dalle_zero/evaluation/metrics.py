@@ -1,4 +1,4 @@
-"""Evaluation figures (paper_spec §6): FID, KID, IS, R-precision, PSNR/SSIM, bits per token.
+"""Evaluation figures (paper §3.1): FID, KID, IS, R-precision, PSNR/SSIM, bits per token.
 
 The dVAE's codebook statistics live beside its loss (:mod:`dalle_zero.models.dvae_loss`), the image
 helpers shared with training (uint8 to float, blur) in :mod:`dalle_zero.data.images`.
@@ -46,7 +46,7 @@ Images = torch.Tensor | Iterable[torch.Tensor]
 
 
 class EvaluatorFeatures(nn.Module):
-    """An evaluator as torchmetrics' ``feature=`` module: uint8 [0, 255] or float [0, 1] images in,
+    """The in-house evaluator as torchmetrics' ``feature=`` module: uint8 [0, 255] or float [0, 1] images in,
     ``float[B, D]`` features (``output="features"``) or ``float[B, K]`` logits of ``head`` out.
 
     Runs the evaluator in eval mode without gradients and restores its mode afterwards.
@@ -79,7 +79,7 @@ class EvaluatorFeatures(nn.Module):
 
 
 def feature_module(model: nn.Module, *, output: str = "features", head: str | None = None) -> nn.Module:
-    """The module to hand torchmetrics: an evaluator is wrapped; a :class:`TorchScriptInception` (or
+    """The module to hand torchmetrics: the in-house evaluator is wrapped; a :class:`TorchScriptInception` (or
     any module already mapping images to ``[B, D]``) is used as it is."""
     if isinstance(model, TorchScriptInception):
         if model.output != output:
@@ -89,7 +89,7 @@ def feature_module(model: nn.Module, *, output: str = "features", head: str | No
         return EvaluatorFeatures(model, output=output, head=head)
     if isinstance(model, nn.Module):
         return model
-    raise ValueError(f"expected an evaluator or an nn.Module feature extractor, got {type(model).__name__}")
+    raise ValueError(f"expected the in-house evaluator or an nn.Module feature extractor, got {type(model).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +243,6 @@ def r_precision(
     return hits / len(images)
 
 
-@torch.no_grad()
 def attribute_accuracy(
     evaluator: nn.Module,
     images: torch.Tensor,
@@ -252,23 +251,15 @@ def attribute_accuracy(
     *,
     batch_size: int = 256,
 ) -> tuple[float, int]:
-    """``(share, n)``: share of images whose ``head`` label the evaluator reads as the one ``asked``.
+    """``(share, n)``: share of images whose ``head`` label the evaluator reads as the one ``asked``
+    (:func:`label_top_k` at k = 1).
 
     Images with ``asked[i]`` None, or a label outside the head's vocabulary, are not counted; ``n`` is
     the number counted (share is NaN when n = 0). Used for "does the sample carry the asked skin tone /
     style" on unseen compositions.
     """
-    if len(asked) != len(images):
-        raise ValueError(f"asked has {len(asked)} labels for {len(images)} images")
-    labels = evaluator.config.head(head).labels
-    keep = [i for i, a in enumerate(asked) if a is not None and a in labels]
-    if not keep:
-        return math.nan, 0
-    pred: list[str] = []
-    for b in images[keep].split(batch_size):
-        pred += evaluator.predict(to_float_images(b).to(_device(evaluator)), head)
-    right = sum(p == asked[i] for p, i in zip(pred, keep))
-    return right / len(keep), len(keep)
+    shares, n = label_top_k(evaluator, images, head, asked, ks=(1,), batch_size=batch_size)
+    return shares[1], n
 
 
 def label_top_k(
@@ -281,8 +272,8 @@ def label_top_k(
     batch_size: int = 256,
 ) -> tuple[dict[int, float], int]:
     """``({k: share}, n)``: share of images whose ``asked`` label is among the ``k`` labels of ``head``
-    the evaluator finds most probable (top-1 is :func:`attribute_accuracy`'s read-out). Images are
-    counted as there; shares are NaN when n = 0. Used for "does the sample show the asked concept"."""
+    the evaluator finds most probable. Images with ``asked[i]`` None or outside the head's labels are
+    not counted; shares are NaN when n = 0. Used for "does the sample show the asked concept"."""
     if len(asked) != len(images):
         raise ValueError(f"asked has {len(asked)} labels for {len(images)} images")
     labels = evaluator.config.head(head).labels
@@ -291,18 +282,8 @@ def label_top_k(
     if not keep:
         return {k: math.nan for k in ks}, 0
     target = torch.tensor([index[asked[i]] for i in keep])  # type: ignore[index]
-    was = evaluator.training
-    evaluator.eval()
-    ranks = []
-    try:
-        with torch.no_grad():
-            for lo, b in zip(range(0, len(keep), batch_size), images[keep].split(batch_size)):
-                logits = evaluator(to_float_images(b).to(_device(evaluator)))[head].float().cpu()  # (b, L)
-                t = target[lo : lo + len(b)]
-                ranks.append((logits > logits.gather(1, t[:, None])).sum(1))  # labels scored above the asked one
-    finally:
-        evaluator.train(was)
-    rank = torch.cat(ranks)
+    logits = evaluator.head_logits(to_float_images(images[keep]), batch_size=batch_size)[head]  # (n, L)
+    rank = (logits > logits.gather(1, target[:, None])).sum(1)  # labels scored above the asked one
     return {k: float((rank < k).float().mean()) for k in ks}, len(keep)
 
 

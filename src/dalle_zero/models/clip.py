@@ -1,4 +1,4 @@
-"""A small CLIP-style contrastive dual encoder, used to rerank samples (paper_spec §4) and as an evaluator.
+"""A small CLIP-style contrastive dual encoder: the reranker (paper §2.6) and, trained apart, the R-precision CLIP.
 
 The paper reranks its 512 samples per caption with OpenAI's CLIP (Radford et al. 2021), whose
 weights cannot be downloaded here, so we train our own on the same image-caption pairs:

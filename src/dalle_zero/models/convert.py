@@ -1,4 +1,4 @@
-"""Import of OpenAI's released dVAE weights into our :class:`DiscreteVAE` (paper_spec §7).
+"""Import of OpenAI's released dVAE weights into our :class:`DiscreteVAE` (openai/DALL-E's ``dall_e`` package, v0.1).
 
 OpenAI published the dVAE as two *pickled modules* (``encoder.pkl``, ``decoder.pkl``); we never
 unpickle them. Extract their ``state_dict`` once, in a throwaway environment that has the

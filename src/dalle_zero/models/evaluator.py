@@ -1,4 +1,4 @@
-"""The in-house evaluator: a small image classifier trained on real images only (paper_spec §6).
+"""The in-house evaluator: a small image classifier trained on real images only (docs/evaluation.md).
 
 The paper scores samples with FID and Inception Score computed by an ImageNet Inception-v3 (§6.1).
 No Inception weights can be downloaded here, so ``dalle eval`` uses its own frozen network instead:
@@ -171,13 +171,25 @@ class EmojiEvaluator(PretrainedModel):
         return {name: head(h) for name, head in self.heads.items()}
 
     @torch.no_grad()
-    def predict(self, pixels: torch.Tensor, head: str) -> list[str]:
-        """The most probable label of ``head`` for each image (the model is put in eval mode meanwhile)."""
-        labels = self.labels(head)
+    def head_logits(self, pixels: torch.Tensor, *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+        """Logits per head of ``pixels``, ``float[N, 3, H, W]`` in [0, 1] (``uint8`` in 0..255 is scaled),
+        read in batches of ``batch_size`` on the model's device in eval mode (the mode is restored):
+        ``{name: float[N, len(labels)]}`` on the CPU."""
+        device = next(self.parameters()).device
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in self.heads}
         was = self.training
         self.eval()
         try:
-            idx = self(pixels)[head].argmax(-1)
+            for b in pixels.split(batch_size):
+                x = b.to(device)
+                x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+                for name, z in self(x).items():
+                    out[name].append(z.float().cpu())  # (b, L)
         finally:
             self.train(was)
-        return [labels[i] for i in idx.tolist()]
+        return {name: torch.cat(zs) for name, zs in out.items()}
+
+    def predict(self, pixels: torch.Tensor, head: str) -> list[str]:
+        """The most probable label of ``head`` for each image (the model is put in eval mode meanwhile)."""
+        labels = self.labels(head)
+        return [labels[i] for i in self.head_logits(pixels)[head].argmax(-1).tolist()]

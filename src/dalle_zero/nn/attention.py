@@ -1,4 +1,4 @@
-"""Masked causal self-attention with a pluggable kernel, and its key/value cache (paper_spec §3.3).
+"""Masked causal self-attention with a pluggable kernel, and its key/value cache (paper App. B.1).
 
 Kernels, all derived from one :class:`~dalle_zero.nn.masks.AttentionPattern`:
 
@@ -67,8 +67,8 @@ CPU_BF16_ATTENTION_IN_FP32 = True
 def _sdpa_with_backward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Masked (or causal, ``mask`` None) SDPA. On CPU, when bf16 inputs need a backward pass, it runs in
     fp32 and casts back: torch's bf16 flash-attention backward on CPU is several times slower than
-    its fp32 one (2026-12-02, Intel Xeon with AMX: a demo-sized bf16 train step spent 47 % of its
-    time there; benchmarks/bench_prior.py --profile-dir, BENCHMARKS.md)."""
+    its fp32 one (``benchmarks/bench_prior.py --profile-dir`` shows where a bf16 step spends its time;
+    BENCHMARKS.md, Prior)."""
     if (
         CPU_BF16_ATTENTION_IN_FP32 and q.device.type == "cpu" and q.dtype == torch.bfloat16
         and torch.is_grad_enabled() and q.requires_grad
@@ -89,8 +89,8 @@ class LayerCache:
       image positions, which are exactly a row query's window: a decode step reads one contiguous
       slice and the cache is ``text_len + grid_size + 1`` slots long whatever the image size;
     - column: image keys in column-major slots (``slots`` maps stream position -> slot) so a
-      column's earlier tokens are one slice, unless ``column_major=False`` (then gathered like conv's;
-      measured slower).
+      column's earlier tokens are one slice, unless ``column_major=False`` (then gathered like conv's,
+      which is slower).
     """
 
     def __init__(

@@ -1,11 +1,11 @@
-"""Input embeddings of the DALL-E stream (paper_spec §2, paper App. B.1, Fig. 10).
+"""Input embeddings of the DALL-E stream (paper App. B.1, Fig. 10).
 
 - :class:`TextEmbedding`: token embedding + text position embedding, where every empty text position
   (id :data:`PAD_ID` = 0) uses its own learned pad embedding instead of a token embedding.
 - :class:`ImageEmbedding`: image-vocabulary embedding + row embedding[r] + column embedding[c] for the
   token at raster position ``p = r * grid + c``.
 
-Initialisation follows Sparse Transformer (paper_spec §3.2): token embeddings N(0, 0.125/√d), position
+Initialisation follows Sparse Transformer (paper App. B.1): token embeddings N(0, 0.125/√d), position
 embeddings N(0, 0.125/√(d·n_emb)) with n_emb the number of position embeddings summed per token.
 """
 

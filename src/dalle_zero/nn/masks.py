@@ -1,4 +1,4 @@
-"""The attention patterns of the DALL-E transformer, defined once (paper_spec §3.3; paper App. B.1, Fig. 11).
+"""The attention patterns of the DALL-E transformer, defined once (paper App. B.1, Fig. 11).
 
 Every pattern is a predicate over (query, key) positions of one stream laid out as
 ``text_len`` text positions followed by the ``grid_size**2`` image positions in raster order:

@@ -8,7 +8,7 @@
 2. ``candidates`` image-token grids per caption are sampled from the prior
    (:func:`~dalle_zero.sampling.generate.generate_image_tokens`), optionally primed with the top
    ``prime_rows`` rows of an encoded image (image-to-image, paper §3.3);
-3. the dVAE decodes each grid to pixels (paper_spec §4: one-hot codes -> decoder -> sigmoid -> unmap);
+3. the dVAE decodes each grid to pixels (paper §2.6: one-hot codes -> decoder -> sigmoid -> unmap);
 4. with a CLIP reranker the candidates are scored against the caption and the best ``n`` kept,
    best first (paper §2.6: best of 512).
 
@@ -16,8 +16,9 @@ Images are returned as float tensors ``[n, 3, H, W]`` in [0, 1] per caption (H, 
 ``image_size``); :func:`to_pil` converts them. Randomness comes from one ``torch.Generator`` seeded with
 ``seed``: the same seed, settings and ``batch_size`` give the same images.
 
-A pipeline saves as one folder (design.md): ``pipeline.json`` naming the components, and the
-sub-folders ``tokenizer/``, ``dvae/``, ``transformer/`` and (optionally) ``clip/``, written atomically.
+A pipeline saves as one folder (docs/sampling.md; read by :mod:`dalle_zero.pipelines.folder`):
+``pipeline.json`` naming the components, and the sub-folders ``tokenizer/``, ``dvae/``, ``transformer/``
+and (optionally) ``clip/``, written atomically.
 Components that do not fit together (text vocabulary or length, image vocabulary or grid) are
 refused with both values in the message.
 
@@ -40,13 +41,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dalle_zero.config import check_format_version, json_type, read_json_file
-from dalle_zero.data.pairs import MAX_PIXELS, open_image, oversized
-from dalle_zero.data.transforms import to_rgb
-from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, resolve_model_dir
+from dalle_zero.data.images import load_square_image, square_pixels
+from dalle_zero.io import FORMAT_VERSION, atomic_directory
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.transformer import DalleTransformer
+from dalle_zero.pipelines.folder import (
+    EXAMPLES_NAME,
+    PIPELINE_NAME,
+    check_examples,
+    read_examples,
+    read_pipeline_json,
+    resolve_component_dir,
+)
 from dalle_zero.pipelines.sampling_defaults import (
     SAMPLING_NAME,
     SamplingDefaults,
@@ -57,13 +64,12 @@ from dalle_zero.sampling.generate import generate_image_tokens
 from dalle_zero.sampling.rerank import rerank
 from dalle_zero.tokenizers.bpe import BPETokenizer, caption_words
 
+__all__ = ["EXAMPLES_NAME", "PIPELINE_NAME", "GenerationOutput", "TextToImagePipeline", "check_components",
+           "read_examples", "read_pipeline_json", "resolve_component_dir", "to_pil"]  # folder names kept here too
+
 logger = logging.getLogger(__name__)
 
-PIPELINE_NAME = "pipeline.json"
-EXAMPLES_NAME = "examples.json"
 MAX_WORDS_NAMED = 10  # a caption warning names at most this many unseen words
-COMPONENTS = ("tokenizer", "dvae", "transformer", "clip")
-COMPONENT_TYPES = {"tokenizer": "tokenizer", "dvae": "dvae", "transformer": "transformer", "clip": "clip"}
 
 
 @dataclass(frozen=True)
@@ -95,41 +101,6 @@ def to_pil(images: Tensor) -> list[Any]:
     return [Image.fromarray(a, mode="RGB") for a in arr]
 
 
-def load_image(path: str | Path, size: int) -> Tensor:
-    """An image file -> FloatTensor[1, 3, size, size] in [0, 1]: centre-cropped to a square, resized (Lanczos).
-
-    An image of more than :data:`~dalle_zero.data.pairs.MAX_PIXELS` pixels is refused from its header,
-    before it is decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with open_image(path) as im:
-            if oversized(im, MAX_PIXELS):
-                w, h = im.size
-                raise ValueError(f"{path}: {w}x{h} pixels, over the cap of {MAX_PIXELS:,}; use a smaller image")
-            im.load()  # read before the file closes (to_rgb may return the same image)
-            im = to_rgb(im)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    return pil_to_tensor(im, size)
-
-
-def pil_to_tensor(image: Any, size: int) -> Tensor:
-    """A PIL image (any mode; transparent pixels go onto white, as in training) -> FloatTensor[1, 3, size, size]."""
-    from PIL import Image
-
-    image = to_rgb(image)
-    w, h = image.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    image = image.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.LANCZOS)
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
-    return data.permute(2, 0, 1).unsqueeze(0).float() / 255.0  # (1, 3, size, size)
-
-
 def check_components(
     tokenizer: BPETokenizer, dvae: DiscreteVAE, transformer: DalleTransformer, clip: DalleCLIP | None = None
 ) -> None:
@@ -148,25 +119,6 @@ def check_components(
     for a_name, a, b_name, b in pairs:
         if a != b:
             raise ValueError(f"components do not match: {a_name} is {a} but {b_name} is {b}")
-
-
-def check_examples(examples: Any, *, source: str = "examples") -> list[str]:
-    """``examples`` as a new list, or ValueError naming ``source`` unless it is a list of non-empty strings."""
-    expected = "must be a list of non-empty caption strings"
-    if not isinstance(examples, (list, tuple)):  # a lone string would pass as a list of letters
-        raise ValueError(f"{source}: {expected}, got a {type(examples).__name__}")
-    bad = [e for e in examples if not isinstance(e, str) or not e.strip()]
-    if bad:
-        raise ValueError(f"{source}: {expected}, found {bad[0]!r}")
-    return list(examples)
-
-
-def read_examples(folder: str | Path) -> list[str]:
-    """The example captions of a model folder (``examples.json``); an empty list if it has none."""
-    path = Path(folder) / EXAMPLES_NAME
-    if not path.is_file():
-        return []
-    return check_examples(read_json_file(path), source=str(path))
 
 
 def _no_text_message(caption: str) -> str:
@@ -293,7 +245,7 @@ class TextToImagePipeline:
                 f"prime_rows must be an integer in [0, {grid}] (the token grid is {grid}), got {prime_rows!r}"
             )
         if isinstance(prime_image, (str, Path)):
-            pixels = load_image(prime_image, size)
+            pixels = load_square_image(prime_image, size)
         elif isinstance(prime_image, Tensor):
             pixels = prime_image.unsqueeze(0) if prime_image.dim() == 3 else prime_image
             if pixels.dim() != 4 or pixels.shape[:2] != (1, 3) or not pixels.is_floating_point():
@@ -305,7 +257,7 @@ class TextToImagePipeline:
                     pixels.float(), size=(size, size), mode="bilinear", antialias=True
                 ).clamp(0, 1)
         else:
-            pixels = pil_to_tensor(prime_image, size)
+            pixels = square_pixels(prime_image, size)
         dvae_device = next(self.dvae.parameters()).device
         codes = self.dvae.encode(pixels.to(dvae_device))  # (1, grid, grid)
         return codes[:, :prime_rows].reshape(1, -1)
@@ -449,74 +401,3 @@ class TextToImagePipeline:
             return cls(tokenizer, dvae, transformer, clip, examples=examples, sampling=sampling)
         except ValueError as e:
             raise ValueError(f"{folder}: {e}") from None
-
-
-def read_pipeline_json(folder: Path) -> dict[str, str | None]:
-    """The component sub-folder names recorded in ``folder/pipeline.json``.
-
-    Each names a sub-folder *inside* ``folder`` (a relative path without ``..``, not leading out through
-    a symbolic link); anything else (a list instead of an object, a string ``format_version``,
-    ``components.clip: 5``, ``/etc``, ``../other``) is a ValueError naming the file and the field.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
-    path = folder / PIPELINE_NAME
-    missing = f"{folder}: no {PIPELINE_NAME} (is this a model folder from `dalle assemble`?)"
-    data = read_json_file(path, missing=missing)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {json_type(data)}")
-    if data.get("model_type") != "pipeline":
-        raise ValueError(f"{path}: model_type is {data.get('model_type')!r:.60}, expected 'pipeline'")
-    check_format_version(data, FORMAT_VERSION, source=str(path))
-    components = data.get("components")
-    if not isinstance(components, dict):
-        raise ValueError(f"{path}: field 'components' must be an object, got {json_type(components)}")
-    unknown = sorted(set(components) - set(COMPONENTS))
-    if unknown:
-        raise ValueError(f"{path}: unknown components {unknown}; known: {list(COMPONENTS)}")
-    for name in COMPONENTS:
-        value = components.get(name)
-        required = name != "clip"
-        if value is None and not required:
-            continue
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(
-                f"{path}: components.{name} must name a sub-folder{'' if required else ' or be null'}, "
-                f"got {json_type(value)}"
-            )
-        _check_inside(folder, value, f"{path}: components.{name}")
-    return components
-
-
-def _check_inside(folder: Path, sub: str, field: str) -> None:
-    """ValueError naming ``field`` unless ``sub`` is a relative path that stays inside ``folder``."""
-    rel = Path(sub)
-    if rel.is_absolute() or ".." in rel.parts or sub.startswith("~"):
-        raise ValueError(f"{field} must be a sub-folder inside the model folder, got {sub!r:.80}")
-    target = (folder / rel).resolve()
-    if not target.is_relative_to(folder.resolve()) or target == folder.resolve():
-        raise ValueError(f"{field}: {sub!r:.80} leads outside the model folder (through a symbolic link)")
-
-
-def resolve_component_dir(path: str | Path, component: str) -> Path:
-    """The folder holding ``component`` ("tokenizer", "dvae", "transformer", "clip") given a model
-    folder, a training run folder (its ``model/``) or a pipeline folder (its sub-folder)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{component}: folder not found: {path}")
-    if (path / PIPELINE_NAME).is_file():
-        sub = read_pipeline_json(path).get(component)
-        if not sub:
-            raise ValueError(f"{path}: this pipeline has no {component}")
-        return path / sub
-    model_dir = resolve_model_dir(path)  # the folder itself, or a training run's model/
-    data = read_json_file(model_dir / CONFIG_NAME)  # a corrupt file: one-line error, no traceback
-    if not isinstance(data, dict):
-        raise ValueError(f"{model_dir / CONFIG_NAME}: expected a JSON object, got {json_type(data)}")
-    expected = COMPONENT_TYPES[component]
-    if data.get("model_type") != expected:
-        raise ValueError(
-            f"{model_dir}: holds a {data.get('model_type')!r} model, expected a {expected!r} for --{component}"
-        )
-    return model_dir

@@ -1,4 +1,4 @@
-"""Sampling from the prior (paper_spec §4): logit filters, the cached sampler, contrastive reranking."""
+"""Sampling from the prior (paper §2.6): logit filters, the cached sampler, contrastive reranking."""
 
 from dalle_zero.sampling.filters import apply_temperature, filter_logits, top_k_filter, top_p_filter
 from dalle_zero.sampling.generate import generate_image_tokens, sample_tokens

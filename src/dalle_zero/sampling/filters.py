@@ -1,4 +1,4 @@
-"""Logit filters for ancestral sampling of image tokens (paper_spec §4).
+"""Logit filters for ancestral sampling of image tokens (paper §2.6).
 
 The paper samples at temperature 1 with no filtering ("without temperature reduction"); these are
 the usual knobs on top. All functions are pure: they take ``logits`` (FloatTensor[..., V], the last
@@ -7,8 +7,8 @@ nothing), never modifying their argument.
 
 - :func:`apply_temperature` divides by ``t > 0``.
 - :func:`top_k_filter` keeps the ``k`` largest logits per row, counting **image codes** (DALLE-pytorch's
-  ``thres`` counted a fraction of text + image vocabulary, so its effect changed with the tokenizer;
-  anchors §2.7). Ties at the k-th value are all kept.
+  ``thres`` counted a fraction of text + image vocabulary, so its effect changed with the tokenizer).
+  Ties at the k-th value are all kept.
 - :func:`top_p_filter` is nucleus sampling (Holtzman et al. 2020): keep the smallest set of most
   likely codes whose probability reaches ``p``; the most likely code is always kept.
 

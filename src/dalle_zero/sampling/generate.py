@@ -1,4 +1,4 @@
-"""Ancestral sampling of image tokens from the DALL-E prior (paper_spec §4; paper §2.6, §3.3).
+"""Ancestral sampling of image tokens from the DALL-E prior (paper §2.6, §3.3).
 
 :func:`generate_image_tokens` samples the ``Ti = image_grid²`` image tokens of a batch of captions,
 one raster position at a time:
@@ -20,7 +20,7 @@ one raster position at a time:
   extrapolation otherwise favours codes that the sharp unconditional model rules out and the
   conditional one also thinks unlikely, which turns a drawing into a noisy patchwork (see
   ``docs/sampling.md``). ``guidance_top_p=1`` is plain guidance. Inputs are never modified
-  (DALLE-pytorch's guidance zeroed the caller's caption in place; anchors §2.5).
+  (DALLE-pytorch's guidance zeroed the caller's caption in place).
 - **priming** (image-to-image, paper §3.3): ``prime_tokens[B, n]`` fixes the first ``n`` image
   tokens, e.g. the top rows of an encoded photo, and the rest are sampled.
 """

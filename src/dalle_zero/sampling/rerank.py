@@ -1,4 +1,4 @@
-"""Contrastive reranking of generated samples (paper_spec §4).
+"""Contrastive reranking of generated samples (paper §2.6).
 
 The paper draws N samples per caption (N = 512) and keeps the ones a contrastive model scores as
 best matching the caption. :func:`rerank` scores candidate images by the cosine similarity of their

@@ -1,4 +1,4 @@
-"""Text tokenizers: byte-level BPE for captions (paper_spec §2)."""
+"""Text tokenizers: byte-level BPE for captions (paper §2.2)."""
 
 from dalle_zero.tokenizers.bpe import BPETokenizer, TokenizerConfig
 

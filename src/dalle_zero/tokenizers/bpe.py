@@ -1,4 +1,4 @@
-"""Byte-level BPE text tokenizer for captions (paper_spec §2).
+"""Byte-level BPE text tokenizer for captions (paper §2.2).
 
 The paper lower-cases each caption, BPE-encodes it with a 16,384-token vocabulary (BPE dropout
 p = 0.1 during training only) and keeps at most 256 tokens; positions after the caption hold a

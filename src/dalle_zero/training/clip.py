@@ -1,4 +1,4 @@
-"""Training the contrastive reranker (paper_spec §4) with the shared loop.
+"""Training the contrastive reranker (paper §2.6) with the shared loop.
 
 :class:`CLIPTask` trains a :class:`~dalle_zero.models.clip.DalleCLIP` with CLIP's symmetric
 contrastive loss over in-batch pairs (per process: with DDP each rank contrasts its own batch),

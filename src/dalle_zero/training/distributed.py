@@ -1,4 +1,4 @@
-"""One training code path for one process and many (paper_spec §3.7, design.md "Distributed").
+"""One training code path for one process and many (paper §2.5; docs/training_at_scale.md).
 
 Launch with ``torchrun --nproc_per_node N dalle train ...``: the environment variables torchrun sets
 (RANK, WORLD_SIZE, LOCAL_RANK) turn on ``torch.distributed`` with NCCL on GPUs and gloo on CPU, and
@@ -179,7 +179,7 @@ def shard(
     fit the device whole. With ``param_dtype`` (bf16) the blocks gather their parameters in that
     dtype and compute on them (their floating-point inputs cast to it), and their gradients are
     reduced in fp32; the rest of the model (embeddings, heads, final norm) stays fp32, as the paper
-    keeps its embeddings and unembeddings (paper_spec App. D), unless there are no blocks and the
+    keeps its embeddings and unembeddings (paper App. D), unless there are no blocks and the
     whole model is the one unit. ``module``'s own inputs, the loss's batch, are never cast.
     """
     fsdp = _fsdp()

@@ -1,4 +1,4 @@
-"""Exponential moving average of weights (paper_spec §1.7: dVAE decay 0.999; §3.5: prior 0.99 every 25 updates).
+"""Exponential moving average of weights (paper App. A.2: dVAE decay 0.999; App. B.2: prior 0.99 every 25 updates).
 
 The EMA is a full copy of the model, kept in eval mode, whose parameters and floating-point buffers
 follow the trained ones: ``ema = decay·ema + (1 − decay)·live``. Early in a run the effective decay is

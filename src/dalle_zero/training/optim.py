@@ -1,6 +1,6 @@
 """Optimizer helpers shared by every stage: AdamW with weight decay on matrices only.
 
-The paper decays the transformer's matrices (paper_spec §3.5, wd 4.5e-2) and the dVAE's weights
+The paper decays the transformer's matrices (paper App. B.2, wd 4.5e-2) and the dVAE's weights
 (§1.7, wd 1e-4). Following nanoGPT, "matrix" means a parameter with two or more dimensions (linear
 and convolution weights, embedding tables); gains and biases are never decayed.
 """

@@ -1,5 +1,5 @@
 """PowerSGD gradient compression as the paper uses it: a DDP communication hook (paper §2.5, App. E;
-paper_spec §3.7).
+docs/training_at_scale.md).
 
 Each step, for every piece ``M`` (a × b) of a weight matrix that is compressed, every rank computes
 

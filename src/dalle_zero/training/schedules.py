@@ -2,14 +2,14 @@
 
 Pure functions of the step:
 
-- :func:`cosine_schedule`: the dVAE anneals three values with it (paper App. A.2; paper_spec §1.7):
+- :func:`cosine_schedule`: the dVAE anneals three values with it (paper App. A.2):
   the Gumbel-softmax temperature τ (1 → 1/16 over 150k updates), the KL weight β (0 → 6.6 over 5k
   updates, then fixed) and the learning rate (1e-4 → 1.25e-6 over 1.2M updates) of a 3M-update run.
   Each schedule moves from ``start`` to ``end`` over ``length`` steps and then holds ``end``.
 - :func:`linear_warmup` and :func:`warmup_cosine`: linear warm-up, then a cosine decay; the learning
   rate of CLIP, of the evaluator and of the prior's cosine option.
 
-And one with state, the prior's learning rate (paper App. B.2; paper_spec §3.5). The paper warms it
+And one with state, the prior's learning rate (paper App. B.2). The paper warms it
 up linearly to 4.5e-4 over 5,000 updates, then halves it "each time the training loss appears to
 plateau", five times in all, ending at 1/32 of the peak. It does not say how a plateau was detected;
 :class:`PlateauHalving` makes the rule explicit and stateful:

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Our demo prior vs a DALLE-pytorch prior trained on the same tokens for the same minutes (issue 5).
 
-    python benchmarks/bench_demo_vs_dalle_pytorch.py --demo demo [--out DIR]
+    python experiments/demo_vs_dalle_pytorch.py --demo demo [--out DIR]
 
 Reads a finished ``dalle demo`` folder and:
 
 1. exports the training pairs of our token shards (our BPE ids, our dVAE codes) and the held-out
    captions the demo's evaluation used, as plain tensors;
-2. in the DALLE-pytorch venv (``$HOME/.venv-dalle-pytorch``, see ../shared/bench/README.md) trains a
+2. in the DALLE-pytorch venv (``--venv``: default ``$DALLE_PYTORCH_VENV`` or ``~/.venv-dalle-pytorch``) trains a
    ``dalle_pytorch.DALLE`` of the same width/depth/heads and attention pattern (row, column, row,
    conv -> axial_row, axial_col, axial_row, conv_like) with its own defaults (Adam 3e-4, grad clip
    0.5, as its train_dalle.py) at our batch size for the same wall-clock seconds our prior trained
@@ -175,7 +175,11 @@ def main() -> None:
     parser.add_argument(
         "--evaluator", help="evaluator run/model folder to score with (default: the demo's runs/evaluator)"
     )
-    parser.add_argument("--venv", default=os.path.expanduser("~/.venv-dalle-pytorch"))
+    parser.add_argument(
+        "--venv",
+        default=os.environ.get("DALLE_PYTORCH_VENV") or os.path.expanduser("~/.venv-dalle-pytorch"),
+        help="venv with DALLE-pytorch installed (default: $DALLE_PYTORCH_VENV or ~/.venv-dalle-pytorch)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)

@@ -1,5 +1,5 @@
-"""Helpers shared by the data tests: tiny image folders, the same pairs through every reader, and the
-captions that a run of the resumable sampler draws from a dataset."""
+"""Tiny image folders (and the same pairs through every reader), and the captions that a run of the
+resumable sampler draws from a dataset."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from PIL import Image
 
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.manifest import ImageTextManifest
+from dalle_zero.data.shard_writer import write_shards
 from dalle_zero.data.tokens import TokenDataset, write_token_shards
-from dalle_zero.data.webdataset import ImageTextShards, write_shards
+from dalle_zero.data.webdataset import ImageTextShards
 from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
 from dalle_zero.training.sampler import ResumableBatchSampler, SampleKey
 
@@ -113,3 +114,21 @@ def drawn_captions(dataset: Any, batches: Iterable[list[SampleKey]]) -> list[lis
         items = [dataset[key] for key in batch]
         out.append([(item["stem"], item["caption"]) for item in items])
     return out
+
+
+def two_colour_folder(root: Path, n: int = 12, size: int = 20) -> Path:
+    """``n`` images split into two flat colours, captioned "picture {i}", 9 in train, the rest in validation."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    stems = []
+    for i in range(n):
+        colours = rng.integers(0, 256, (2, 3), dtype=np.uint8)
+        img = np.empty((size, size, 3), dtype=np.uint8)
+        img[:, : size // 2], img[:, size // 2 :] = colours[0], colours[1]
+        stem = f"img_{i:02d}"
+        Image.fromarray(img).save(root / "images" / f"{stem}.png")
+        (root / "images" / f"{stem}.txt").write_text(f"picture {i}\n")
+        stems.append(stem)
+    splits = {"train": stems[:9], "validation": stems[9:]}
+    (root / "splits.json").write_text(json.dumps(splits))
+    return root

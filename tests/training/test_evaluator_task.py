@@ -8,20 +8,18 @@ import pytest
 import torch
 
 from dalle_zero.cli.main import main
+from dalle_zero.data.metadata import field_label
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig
 from dalle_zero.training.evaluator import (
-    IGNORE,
     EvaluatorTask,
     EvaluatorTrainConfig,
-    LabelledImages,
     build_train_config,
-    field_label,
     head_accuracy,
     heads_loss,
-    label_heads,
 )
+from dalle_zero.training.labelled_images import IGNORE, LabelledImages, label_heads
 from dalle_zero.training.loop import LoopConfig, train
-from tests.evaluation.shapes import make_shapes_dataset
+from tests.factories.shapes import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Can a reranker tell an image from its siblings? (the same concept in another skin tone or style)
 
-    python benchmarks/bench_reranker_siblings.py --data DATASET --clip RUN_OR_MODEL [--clip ...] [--dvae RUN_OR_MODEL]
+    python experiments/reranker_siblings.py --data DATASET --clip RUN_OR_MODEL [--clip ...] [--dvae RUN_OR_MODEL]
 
 For every image of the unseen-composition split (its caption asks for a (concept, tone) or (concept,
 style) pair never seen in training), the CLIP scores the caption against every image of the dataset

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How often the candidates for an unseen composition carry the asked tone/style, and how often reranking finds one.
 
-    python benchmarks/bench_candidates.py --model MODEL --evaluator RUN_OR_MODEL --data DATASET \
+    python experiments/candidates.py --model MODEL --evaluator RUN_OR_MODEL --data DATASET \
         [--clip RUN_OR_MODEL ...] [--contrast K ...] [--samples 200] [--candidates 16] [--guidance-scale 3]
 
 For ``--samples`` captions of the unseen-composition split (picked as ``dalle eval`` picks them), the
@@ -39,7 +39,8 @@ def main() -> None:
 
     from dalle_zero.data.images import to_float_images
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
-    from dalle_zero.evaluation.evaluate import EvalConfig, asked_labels, pick_evenly, sample_candidates
+    from dalle_zero.evaluation.evaluate import EvalConfig, pick_evenly, sample_candidates
+    from dalle_zero.evaluation.readouts import asked_labels
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.evaluator import EmojiEvaluator

@@ -1,4 +1,4 @@
-"""Specification of contrastive reranking (paper_spec §4), with a tiny CLIP trained by the shared loop."""
+"""Specification of contrastive reranking (paper §2.6), with a tiny CLIP trained by the shared loop."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.sampling.rerank import rerank
 from dalle_zero.training.clip import CLIPTask, build_model, retrieval_accuracy
 from dalle_zero.training.loop import train
-
-from .test_clip_task import COLOURS, ShapePairs, _config, shapes_tokenizer
+from tests.factories.clip import COLOURS, ShapePairs, clip_config, shapes_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def trained(tokenizer, tmp_path_factory):
     """A tiny CLIP trained on 12 coloured-shape pairs; returns (model, data, metric rows).
 
     200 steps: at 120 the retrieval accuracy reached depends on the CPU (0.75 on AMD Zen 4, >= 0.9 elsewhere)."""
-    config = _config(tokenizer, augment_shift=1)
+    config = clip_config(tokenizer, augment_shift=1)
     config = config.replace(loop=config.loop.replace(steps=200, checkpoint_every=200))
     data = ShapePairs()
     task = CLIPTask(config, tokenizer, train_data=data, eval_data={"train_pairs": data})
@@ -36,7 +35,7 @@ def trained(tokenizer, tmp_path_factory):
 
 
 def test_rerank_orders_candidates_by_cosine_score(tokenizer):
-    clip = build_model(_config(tokenizer)).eval()
+    clip = build_model(clip_config(tokenizer)).eval()
     images = torch.rand(7, 3, 16, 16)
     scores, order = rerank(clip, tokenizer, "a red square", images)
     assert scores.shape == (7,) and order.shape == (7,) and order.dtype == torch.long
@@ -49,7 +48,7 @@ def test_rerank_orders_candidates_by_cosine_score(tokenizer):
 
 
 def test_rerank_resizes_images_and_leaves_inputs_untouched(tokenizer):
-    clip = build_model(_config(tokenizer)).eval()
+    clip = build_model(clip_config(tokenizer)).eval()
     images = torch.rand(3, 3, 32, 32)
     copy = images.clone()
     scores, _ = rerank(clip, tokenizer, "a blue circle", images)
@@ -57,7 +56,7 @@ def test_rerank_resizes_images_and_leaves_inputs_untouched(tokenizer):
 
 
 def test_rerank_rejects_bad_inputs(tokenizer):
-    clip = build_model(_config(tokenizer)).eval()
+    clip = build_model(clip_config(tokenizer)).eval()
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         rerank(clip, tokenizer, "x", torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match="floats"):
@@ -87,7 +86,7 @@ def test_trained_clip_ranks_each_captions_true_image_first(trained, tokenizer):
 
 
 def test_training_with_siblings_contrasts_each_image_with_its_concepts_other_images(tokenizer, tmp_path):
-    config = _config(tokenizer, siblings=3)
+    config = clip_config(tokenizer, siblings=3)
     config = config.replace(loop=config.loop.replace(steps=60, batch_size=3, checkpoint_every=60))
     data = ShapePairs()
     groups = [it["stem"].split("_")[1] for it in data.items]  # concept = shape: siblings differ in colour

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How an evaluator reads the real held-out images, and the same images after a round trip through a dVAE.
 
-    python benchmarks/bench_recon_readout.py --evaluator RUN_OR_MODEL --data DATASET [--dvae RUN_OR_MODEL ...]
+    python experiments/recon_readout.py --evaluator RUN_OR_MODEL --data DATASET [--dvae RUN_OR_MODEL ...]
 
 For every image of the unseen-composition split it asks the evaluator for the held-out attribute (the
 skin tone of a held-out (concept, tone) pair, the style of a held-out (concept, style) pair), and for
@@ -23,7 +23,8 @@ import torch
 def main() -> None:
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
     from dalle_zero.evaluation import metrics
-    from dalle_zero.evaluation.evaluate import asked_labels, load_real_images
+    from dalle_zero.evaluation.evaluate import load_real_images
+    from dalle_zero.evaluation.readouts import asked_labels
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.dvae import DiscreteVAE, round_trip
     from dalle_zero.models.evaluator import EmojiEvaluator

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from dalle_zero.config import Config
 from dalle_zero.io import PretrainedModel
-from dalle_zero.training.loop import LoopConfig, TrainTask
+from dalle_zero.training.loop import LoopConfig, TrainTask, train
 from dalle_zero.training.optim import adamw
 
 
@@ -81,3 +81,20 @@ class ToyTask(TrainTask):
         self.evaluated.append(step)
         torch.rand(3)  # evaluation may draw random numbers without disturbing training
         return {"check": float(step)}
+
+
+def run_toy(
+    run_dir: Path, *, steps=12, resume=False, stop_after=None, dropout=0.1, task=ToyTask, **loop_kw
+) -> ToyModel:
+    loop = LoopConfig(
+        **{"steps": steps, "batch_size": 4, "checkpoint_every": 5, "log_every": 2, "ema_decay": 0.9, **loop_kw}
+    )
+    cfg = ToyTrainConfig(loop=loop, model=ToyConfig(dropout=dropout))
+    torch.manual_seed(0)
+    model = ToyModel(cfg.model)
+    train(model, task(cfg), loop, run_dir, train_config=cfg, resume=resume, progress=False, stop_after=stop_after)
+    return model
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
