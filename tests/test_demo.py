@@ -15,7 +15,7 @@ from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
 from dalle_zero.demo.budget import plan_steps, stage_seconds
 from dalle_zero.demo.config import TRAIN_STAGES, StageSpec
 from dalle_zero.demo.runner import STAGES
-from dalle_zero.demo.stages import replan
+from dalle_zero.demo.timed_training import replan
 from dalle_zero.training import loop as loop_module
 from tests.factories.emoji import make_emoji_dataset
 
@@ -194,7 +194,9 @@ def test_the_default_preset_fits_the_issue_budget():
 
 
 def test_a_cached_evaluator_is_trained_once_per_dataset_and_settings_and_reused(emoji, tmp_path, monkeypatch):
-    from dalle_zero.demo.stages import DemoContext, stage_cache_dir, stage_evaluator
+    from dalle_zero.demo.context import DemoContext
+    from dalle_zero.demo.stages import stage_evaluator
+    from dalle_zero.demo.yardsticks import stage_cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     base = load_demo_config("demo_tiny")
@@ -238,16 +240,17 @@ def test_the_reserve_is_the_measured_sampling_time_of_the_showcase_and_evaluatio
 ):
     import torch
 
-    from dalle_zero.demo import budget, stages
+    from dalle_zero.demo import budget, stages, timed_training
+    from dalle_zero.demo.context import DemoContext
 
     config = load_demo_config("demo_tiny").replace(reserve_seconds=7.0)
-    ctx = stages.DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
+    ctx = DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
     stages.stage_tokenizer(ctx)
     rng = torch.get_rng_state()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as if the stage had chosen 1 thread: the rate on all the cores is measured too
     try:
-        seconds = stages.plan_reserve(ctx)
+        seconds = timed_training.plan_reserve(ctx)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -269,7 +272,7 @@ def test_the_reserve_is_the_measured_sampling_time_of_the_showcase_and_evaluatio
     ) * config.showcase_candidates
     sampling = (record["eval_images"] + 2 * record["showcase_images"]) / record["images_per_second"]
     assert record["images_per_second"] > 0 and record["fixed_seconds"] == 7.0
-    assert seconds == pytest.approx(7.0 + stages.TAIL_MARGIN * sampling) and seconds > 7.0
+    assert seconds == pytest.approx(7.0 + timed_training.TAIL_MARGIN * sampling) and seconds > 7.0
     ctx.reserve = seconds
     assert ctx.seconds_left() == pytest.approx(config.minutes * 60 - seconds)
 
@@ -278,8 +281,8 @@ def test_the_reserve_is_the_measured_sampling_time_of_the_showcase_and_evaluatio
         raise AssertionError("the sampling rate was measured again")
 
     monkeypatch.setattr(budget, "measure_sampling_rate", no_probe)
-    again = stages.DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
-    assert stages.plan_reserve(again) == seconds
+    again = DemoContext(tmp_path / "demo", config, data=emoji, progress=False, log=lambda s: None)
+    assert timed_training.plan_reserve(again) == seconds
 
 
 def test_the_sampling_rate_is_images_per_second_of_the_evaluation_path():
@@ -310,12 +313,13 @@ def test_a_bf16_stage_trains_at_the_precision_whose_steps_are_faster_and_keeps_t
 ):
     from types import SimpleNamespace
 
-    from dalle_zero.demo import budget, stages
+    from dalle_zero.demo import budget, timed_training
+    from dalle_zero.demo.context import DemoContext
 
     config = load_demo_config("demo")  # its prior asks for bf16
     assert config.stage("prior").config["loop"]["precision"] == "bf16"
     logs: list[str] = []
-    ctx = stages.DemoContext(tmp_path / "demo", config, data=None, progress=False, log=logs.append)
+    ctx = DemoContext(tmp_path / "demo", config, data=None, progress=False, log=logs.append)
     built: list[tuple[int, str]] = []
 
     def build(steps, precision):
@@ -324,12 +328,12 @@ def test_a_bf16_stage_trains_at_the_precision_whose_steps_are_faster_and_keeps_t
 
     rates = {"fp32": 4.0, "bf16": bf16_rate}  # a tie goes to fp32
     monkeypatch.setattr(budget, "measure_steps_per_second", lambda model, task, loop, steps: rates[loop.precision])
-    assert stages.choose_precision(ctx, "prior", build) == (chosen, rates[chosen])  # the plan reuses the rate
+    assert timed_training.choose_precision(ctx, "prior", build) == (chosen, rates[chosen])  # the plan reuses the rate
     assert built == [(config.stage("prior").min_steps, "fp32"), (config.stage("prior").min_steps, "bf16")]
     assert any(f"precision: {chosen} (steps/s: fp32 4.00, bf16 {bf16_rate:.2f})" in line for line in logs)
-    assert stages.choose_precision(ctx, "clip", build) == (None, None)  # an fp32 stage keeps its preset
+    assert timed_training.choose_precision(ctx, "clip", build) == (None, None)  # an fp32 stage keeps its preset
     rates["fp32"], rates["bf16"] = rates["bf16"], rates["fp32"]  # a resumed run does not decide again
-    assert stages.choose_precision(ctx, "prior", build) == (chosen, None) and len(built) == 2
+    assert timed_training.choose_precision(ctx, "prior", build) == (chosen, None) and len(built) == 2
 
 
 def test_bf16_speedup_is_a_positive_ratio():

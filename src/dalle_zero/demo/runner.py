@@ -28,6 +28,7 @@ import torch
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.demo import stages as st
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
+from dalle_zero.demo.context import DemoContext, data_dir
 from dalle_zero.demo.report import STAGE_TITLES, write_report
 from dalle_zero.demo.showcase import (
     pick_prime_image,
@@ -49,10 +50,10 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "demo_config.json"
 
 
-def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
+def stage_showcase(ctx: DemoContext) -> dict[str, Any]:
     """Reranked samples for seen / unseen captions and the image-to-image example -> ``showcase.json``."""
     c = ctx.config
-    data = st._data(ctx)
+    data = data_dir(ctx)
     pipeline = TextToImagePipeline.from_pretrained(ctx.model_dir)
     meta, splits = read_metadata(data), read_dataset_splits(data)
     picks = showcase_captions(meta, splits, c.showcase_captions)
@@ -95,7 +96,7 @@ def stage_showcase(ctx: st.DemoContext) -> dict[str, Any]:
     return {"captions": sum(len(v) for v in gallery.values())}
 
 
-def stage_evaluate(ctx: st.DemoContext) -> dict[str, Any]:
+def stage_evaluate(ctx: DemoContext) -> dict[str, Any]:
     """``dalle eval`` on the assembled model: results.json + its own report under ``eval/``."""
     pipeline = TextToImagePipeline.from_pretrained(ctx.model_dir)
     evaluator = EmojiEvaluator.from_pretrained(ctx.run_dir("evaluator") / "model")
@@ -103,7 +104,7 @@ def stage_evaluate(ctx: st.DemoContext) -> dict[str, Any]:
     out = ctx.out / "eval"
     results = evaluate_model(
         pipeline,
-        st._data(ctx),
+        data_dir(ctx),
         evaluator,
         config=ctx.config.eval,
         r_precision_clip=clip,
@@ -119,7 +120,7 @@ def stage_evaluate(ctx: st.DemoContext) -> dict[str, Any]:
 # The yardsticks (evaluator and R-precision CLIP: fixed steps, trained once per dataset and cached) come
 # before the time-budgeted stages, so a first run's time for them is already spent when those plan: on
 # a slow machine shared with other work they once took 22 minutes, where their shares had kept 74 s.
-STAGES: dict[str, Callable[[st.DemoContext], dict[str, Any]]] = {
+STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "data": st.stage_data,
     "tokenizer": st.stage_tokenizer,
     "eval_clip": st.stage_eval_clip,
@@ -178,7 +179,7 @@ def run_demo(
 ) -> Path:
     """Run (or resume) the demo in ``out``; returns the path of ``report.html``.
 
-    Raises :class:`~dalle_zero.demo.stages.DemoInterrupted` when a training stage was stopped early.
+    Raises :class:`~dalle_zero.demo.context.DemoInterrupted` when a training stage was stopped early.
     """
     out = Path(out)
     data_path = None if data is None else Path(data)
@@ -186,7 +187,7 @@ def run_demo(
         raise FileNotFoundError(f"--data: data folder not found: {data_path}")
     check_or_save_config(out, config, data_path)
     done = read_done(out)
-    ctx = st.DemoContext(out=out, config=config, data=data_path, progress=progress, log=log)
+    ctx = DemoContext(out=out, config=config, data=data_path, progress=progress, log=log)
     ctx.elapsed = sum(s["seconds"] for s in done.values())
     ctx.done = [s for s in TRAIN_STAGES if s in done]
     if "data" in done and data_path is None:
@@ -216,7 +217,7 @@ def run_demo(
     return write_report(out, state={"stages": done}, showcase=showcase, results=results, header=header)
 
 
-def _run_stages(ctx: st.DemoContext, done: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
+def _run_stages(ctx: DemoContext, done: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
     """Run every stage not yet done, in order, writing its done-marker when it finishes."""
     out, config = ctx.out, ctx.config
     for i, (name, fn) in enumerate(STAGES.items(), start=1):
