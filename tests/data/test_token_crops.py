@@ -20,9 +20,8 @@ from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_s
 from dalle_zero.errors import DataError
 from dalle_zero.training.prior import PriorDataset
 from dalle_zero.training.sampler import ResumableBatchSampler
+from tests.factories.folders import sampler_batches
 from tests.factories.pipelines import tiny_tokenizer
-
-from .helpers import sampler_batches
 
 K, N, GRID, VOCAB = 4, 8, 2, 50
 BATCH, SEED, EPOCHS = 2, 11, 8

@@ -171,6 +171,21 @@ def test_eval_cli_passes_guidance_nucleus_and_int8_settings_to_the_sampler(tiny,
     assert main(_argv(tiny, tmp_path / "bad", "--guidance-scale", "-1")) == 2  # a one-line error, no traceback
 
 
+def test_eval_cli_takes_the_folders_guidance_but_keeps_its_own_candidate_count(tiny, tmp_path):
+    import shutil
+
+    from dalle_zero.pipelines.sampling_defaults import SAMPLING_NAME
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny["model"], model)
+    (model / SAMPLING_NAME).write_text(json.dumps({"guidance_scale": 2.0, "temperature": 0.9, "candidates": 4}))
+    argv = _argv(tiny, tmp_path / "eval", "--split", "validation", "--samples", "3")
+    argv[argv.index("--model") + 1] = str(model)
+    assert main(argv) == 0
+    settings = json.loads((tmp_path / "eval" / "results.json").read_text())["settings"]
+    assert (settings["guidance_scale"], settings["temperature"], settings["candidates"]) == (2.0, 0.9, 1)
+
+
 @pytest.mark.slow
 def test_eval_cli_adds_standard_fid_and_is_with_a_torchscript_inception(tiny, tmp_path):
     torch.manual_seed(0)

@@ -53,6 +53,8 @@ def test_the_recommended_candidates_never_fall_below_n_and_need_a_reranker(pipel
     [
         ('[3]', "expected a JSON object, got a list"),
         ('{"guidance_scale": -1}', "guidance_scale"),
+        ('{"temperature": 1e9}', "temperature"),  # outside what a request may ask for
+        ('{"guidance_top_p": null}', "guidance_top_p"),  # plain guidance is 1
         ('{"candidates": 0}', "candidates"),
         ('{"top_k": 5}', "unknown field"),
         ('{"guidance_scale": 3', "not valid JSON"),

@@ -34,7 +34,7 @@ def images(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dvaetrain_prior(tmp_path_factory) -> Path:
+def dvae_run(tmp_path_factory) -> Path:
     return tiny_dvae(tmp_path_factory.mktemp("dvae"))
 
 

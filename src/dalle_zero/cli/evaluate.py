@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--candidates",
         type=int,
-        help="images drawn per caption, best kept (default: the model folder's sampling.json, else 1)",
+        default=1,
+        help="images drawn per caption, best kept (default 1; not taken from the model folder, so figures compare)",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(
         splits=tuple(args.split) if args.split else SPLITS,
         samples=args.samples,
-        candidates=pipeline.candidates_for(1) if args.candidates is None else args.candidates,
+        candidates=args.candidates,
         seed=args.seed,
         batch_size=args.batch_size,
         **sampling_settings(args, pipeline.sampling),  # unset options: the folder's recommendation

@@ -6,8 +6,10 @@ classifier-free guidance helps a prior trained with empty captions and harms one
 reranking needs a CLIP and is worth its time only when the prior's samples vary. So, as
 ``generation_config.json`` does for language models, the folder carries the settings chosen for
 its model (the demo writes the ones its evaluation used), and ``dalle generate``, the Python API
-and ``dalle serve`` start from them. A setting given explicitly always wins; a folder without the
-file samples as the paper does (temperature 1, no guidance, no reranking).
+and ``dalle serve`` start from them (``dalle eval`` takes the temperature and guidance, but keeps
+its own candidate count: a measurement protocol does not follow a model's taste). A setting given
+explicitly always wins; a folder without the file samples as the paper does (temperature 1, no
+guidance, no reranking).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dalle_zero.config import Config, check_float, check_int, json_type, read_json_file
-from dalle_zero.sampling.generate import GUIDANCE_TOP_P
+from dalle_zero.sampling.generate import GUIDANCE_SCALE_RANGE, GUIDANCE_TOP_P, TEMPERATURE_RANGE
 
 SAMPLING_NAME = "sampling.json"
 
@@ -29,14 +31,14 @@ class SamplingDefaults(Config):
 
     temperature: float = 1.0  # paper: 1
     guidance_scale: float = 1.0  # 1 = no guidance (a prior trained without empty captions needs this)
-    guidance_top_p: float | None = GUIDANCE_TOP_P  # guidance only within the conditional nucleus
+    guidance_top_p: float = GUIDANCE_TOP_P  # guidance only within the conditional nucleus; 1 = plain
     candidates: int | None = None  # samples drawn per caption and reranked (None: as many as kept)
 
     def __post_init__(self) -> None:
-        check_float(self, "temperature", min_value=0.0, strict_min=True)
-        check_float(self, "guidance_scale", min_value=0.0)
-        if self.guidance_top_p is not None:
-            check_float(self, "guidance_top_p", min_value=0.0, max_value=1.0, strict_min=True)
+        # within the ranges a request may ask for, so the API and the page can start from them
+        check_float(self, "temperature", min_value=TEMPERATURE_RANGE[0], max_value=TEMPERATURE_RANGE[1])
+        check_float(self, "guidance_scale", min_value=GUIDANCE_SCALE_RANGE[0], max_value=GUIDANCE_SCALE_RANGE[1])
+        check_float(self, "guidance_top_p", min_value=0.0, max_value=1.0, strict_min=True)
         if self.candidates is not None:
             check_int(self, "candidates", min_value=1)
 

@@ -40,6 +40,12 @@ from dalle_zero.nn.embeddings import PAD_ID
 from dalle_zero.sampling.filters import check_temperature, check_top_k, check_top_p, filter_logits, top_p_filter
 
 GUIDANCE_TOP_P = 0.95
+# Below 0.05 or above 10, sampling is greedy or uniform noise in practice; far beyond, the scaled
+# logits overflow to inf/NaN and every seed draws the same image. The same holds for guidance
+# beyond 50 (`uncond + s * (cond - uncond)`); a negative scale would draw away from the caption.
+# Settings a person or a model folder may ask for are kept within these.
+TEMPERATURE_RANGE = (0.05, 10.0)
+GUIDANCE_SCALE_RANGE = (0.0, 50.0)
 
 ProgressCallback = Callable[[int, int], None]
 """Called after each sampled token with (tokens sampled so far, tokens to sample) of this call."""

@@ -37,14 +37,10 @@ from typing import Any
 from PIL import Image
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline, to_pil
+from dalle_zero.sampling.generate import GUIDANCE_SCALE_RANGE, TEMPERATURE_RANGE
 
 BATCH_SIZE = 8  # the pipeline's (and `dalle generate`'s) default, so seeds give the same images
 MAX_SEED = 2**63 - 1
-# Below 0.05 or above 10, sampling is greedy or uniform noise in practice; far beyond, the scaled
-# logits overflow to inf/NaN and every seed draws the same image. The same holds for guidance
-# beyond 50 (`uncond + s * (cond - uncond)`); a negative scale would draw away from the caption.
-TEMPERATURE_RANGE = (0.05, 10.0)
-GUIDANCE_SCALE_RANGE = (0.0, 50.0)
 # Pillow can open ~40 formats, some through outside programs (EPS runs Ghostscript); a prime image
 # is a picture from a browser or a script, so only these are decoded.
 PRIME_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -112,7 +108,7 @@ class GenerateRequest:
     top_k: int | None
     top_p: float | None
     guidance_scale: float
-    guidance_top_p: float
+    guidance_top_p: float | None
     prime_image: Any
     prime_rows: int | None
 

@@ -1,4 +1,4 @@
-"""Stage 2 training: the transformer prior on pre-encoded tokens (paper §2.2, App. B.2; paper_spec §3.4-3.6).
+"""Stage 2 training: the transformer prior on pre-encoded tokens (paper §2.2, App. B.2).
 
 The prior reads token shards written once by ``dalle encode`` (image codes + captions) and never
 runs the dVAE. Each training example is ``(text_ids [Tt], image_ids [Ti])``:
