@@ -122,16 +122,19 @@ def test_fp16_resume_matches_uninterrupted_run_with_the_scales_in_the_checkpoint
 
 @pytest.mark.slow
 def test_fp16_training_follows_fp32_training(data, tmp_path):
-    losses = {}
+    windows = {}
     for precision in ("fp32", "fp16"):
-        cfg = _config(data, loop={"steps": 300, "precision": precision, "ema_decay": None, "checkpoint_every": 300},
-                      lr=3e-3, lr_schedule="cosine", eval_samples=0)
+        loop = {"steps": 300, "precision": precision, "ema_decay": None, "checkpoint_every": 300}
+        cfg = _config(data, loop=loop, lr=1e-3, lr_schedule="cosine", eval_samples=0, bpe_dropout=0.0,
+                      null_caption_prob=0.0)
         _run(cfg, tmp_path / precision)
         rows = [json.loads(line) for line in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
-        losses[precision] = torch.tensor([r["loss"] for r in rows if "loss" in r])
-    a, b = losses["fp32"], losses["fp16"]
-    assert b[-50:].mean() < 0.5 * b[:10].mean()  # it learns
-    assert (a[-50:].mean() - b[-50:].mean()).abs() < 0.05 * a[-50:].mean()
+        losses = torch.tensor([r["loss"] for r in rows if "loss" in r])
+        windows[precision] = losses.view(6, 50).mean(dim=1)  # mean loss of every 50 updates
+    a, b = windows["fp32"], windows["fp16"]
+    print("fp32", a.tolist(), "fp16", b.tolist())
+    assert b[-1] < 0.6 * b[0]  # it learns
+    assert ((a - b).abs() / a).max() < 0.01
 
 
 def test_fp16_on_a_device_without_it_is_a_one_line_error():
