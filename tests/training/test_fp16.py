@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from dalle_zero.cli.main import main
 from dalle_zero.models.transformer import DalleTransformer, TransformerConfig
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.grad_scales import DECREASE_EVERY, GROWTH, ResblockGradScales
@@ -141,6 +142,16 @@ def test_fp16_on_a_device_without_it_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"^precision fp16 is not supported on device meta: .*; use bf16 or fp32$"):
         check_fp16_support(torch.device("meta"))
     check_fp16_support(torch.device("cpu"))  # torch 2.13 has fp16 autocast on CPU
+
+
+def test_cli_trains_the_prior_in_fp16_and_logs_the_scales(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*prior_tests._train_prior_argv(data, out, "tiny"), "--no-progress", "--precision", "fp16", "--steps", "5"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    row = [r for r in rows if "skipped" in r][-1]
+    assert row["skipped"] == 0.0 and row["grad_scale_log2_max"] == pytest.approx(13 + 3 / 1000)  # the mean of 5 updates
+    assert json.loads((out / "train_config.json").read_text())["loop"]["precision"] == "fp16"
 
 
 def test_fp16_needs_resblocks_and_no_sharding_or_powersgd():
