@@ -52,7 +52,7 @@ class LoopConfig(Config):
     batch_size: int = 32
     grad_accum: int = 1
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "fp32"  # "bf16" or "fp16" autocast (training/precision.py)
     clip_grad_norm: float | None = None
     ema_decay: float | None = None
     ema_every: int = 1

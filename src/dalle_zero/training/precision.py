@@ -35,36 +35,41 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def bf16_speedup(repeats: int = 3) -> float:
-    """How many times faster a training-sized matrix product and its backward run under bf16 autocast
-    than in fp32 on this CPU right now (best of ``repeats`` each; below 1: slower).
+def autocast_speedup(dtype: torch.dtype = torch.bfloat16, repeats: int = 3) -> float:
+    """How many times faster a training-sized matrix product and its backward run under ``dtype``
+    autocast than in fp32 on this CPU right now (best of ``repeats`` each; below 1: slower).
 
-    CPUs with bf16 instructions (AVX512-BF16, AMX) gain from it; on one without (an AVX2-only AMD EPYC
-    of the Zen 3 family, 2026-12-02) this read 0.048, a 1024x256 by 256x1024 product ran 89 times
-    slower under bf16, and a demo prior step took 15 s.
+    CPUs with bf16 (AVX512-BF16, AMX) or fp16 (AVX512-FP16, AMX-FP16) instructions gain from it; on one
+    without (an AVX2-only AMD EPYC of the Zen 3 family, 2026-12-02) this read 0.048 for bf16, a
+    1024x256 by 256x1024 product ran 89 times slower under bf16, and a demo prior step took 15 s.
     """
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 256, generator=g)
     w = torch.randn(256, 512, generator=g, requires_grad=True)
     timings = {}
-    for precision in ("fp32", "bf16"):
+    for low in (False, True):
         best = math.inf
         for _ in range(repeats):
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast("cpu", dtype=dtype, enabled=low):
                 y = (x @ w).relu()
             y.float().sum().backward()
             best = min(best, time.perf_counter() - t0)
-        timings[precision] = best
-    return timings["fp32"] / max(timings["bf16"], 1e-9)
+        timings[low] = best
+    return timings[False] / max(timings[True], 1e-9)
 
 
-def _warn_if_bf16_is_slower() -> None:
-    speedup = bf16_speedup()
-    if speedup < 0.5:  # far slower, not a noisy reading: this CPU has no bf16 instructions
+def bf16_speedup(repeats: int = 3) -> float:
+    """:func:`autocast_speedup` for bf16."""
+    return autocast_speedup(torch.bfloat16, repeats)
+
+
+def _warn_if_slower(name: str) -> None:
+    speedup = bf16_speedup() if name == "bf16" else autocast_speedup(torch.float16)
+    if speedup < 0.5:  # far slower, not a noisy reading: this CPU has no such instructions
         logger.warning(
-            "bf16 autocast runs at %.2gx the speed of fp32 on this CPU: precision fp32 trains faster here",
-            speedup,
+            "%s autocast runs at %.2gx the speed of fp32 on this CPU: precision fp32 trains faster here",
+            name, speedup,
         )
 
 
@@ -167,8 +172,8 @@ def make_precision(
     ValueError when fp16 cannot run (a model without resblocks, FSDP, a device without fp16)."""
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")
-    if name == "bf16" and device.type == "cpu" and main:
-        _warn_if_bf16_is_slower()
+    if name != "fp32" and device.type == "cpu" and main:
+        _warn_if_slower(name)
     if name != "fp16":
         return Precision(name, device)
     if not hasattr(model, "set_gradient_scales"):
