@@ -161,3 +161,24 @@ def test_fp16_needs_resblocks_and_no_sharding_or_powersgd():
         make_precision("fp16", _model(1), torch.device("cpu"), sharded=True)
     with pytest.raises(ValueError, match="PowerSGD"):
         LoopConfig(precision="fp16", powersgd_rank=4)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fp16_run_follows_one_process_on_the_same_global_batch(data, tmp_path):
+    from tests.training.test_fsdp import torchrun
+
+    def config(batch_size):
+        loop = {"steps": 6, "batch_size": batch_size, "precision": "fp16", "ema_decay": None, "checkpoint_every": 6}
+        return _config(data, loop=loop, lr_schedule="cosine", bpe_dropout=0.0, null_caption_prob=0.0, eval_samples=0)
+
+    path = tmp_path / "two.json"
+    path.write_text(config(4).to_json())
+    torchrun("prior", str(path), str(tmp_path / "two"))  # 2 processes x 4 = the same 8 sequences per update
+    one, _ = _run(config(8), tmp_path / "one")
+    two = DalleTransformer.from_pretrained(tmp_path / "two" / "model")
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-2, msg=name)
+    s1 = ckpt.load_checkpoint(ckpt.latest_step_dir(tmp_path / "one")).state["precision"]
+    s2 = ckpt.load_checkpoint(ckpt.latest_step_dir(tmp_path / "two")).state["precision"]
+    # in the paper's units: M = 2 processes start at 2·2^13; the backward multiplies by scale / M either way
+    assert torch.equal(s2["scales"], 2 * s1["scales"]) and s2["world_size"] == 2
