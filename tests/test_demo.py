@@ -337,7 +337,7 @@ def test_a_bf16_stage_trains_at_the_precision_whose_steps_are_faster_and_keeps_t
 
 
 def test_bf16_speedup_is_a_positive_ratio():
-    from dalle_zero.training.loop import bf16_speedup
+    from dalle_zero.training.precision import bf16_speedup
 
     speedup = bf16_speedup(repeats=1)
     assert math.isfinite(speedup) and speedup > 0

@@ -23,7 +23,7 @@ every other module:
   wait for each other at every operation can make 2 threads several times slower than 1, while on a
   quiet machine 2 threads are up to about twice as fast; this times both and sets the faster.
 
-The bf16 probe (``bf16_speedup``) still lives in :mod:`dalle_zero.training.loop`.
+The bf16 probe (``bf16_speedup``) lives in :mod:`dalle_zero.training.precision`.
 """
 
 from __future__ import annotations

@@ -74,10 +74,10 @@ def test_bf16_autocast_trains(tmp_path):
 
 @pytest.mark.parametrize("speedup, warned", [(0.05, True), (1.6, False)])
 def test_bf16_on_a_cpu_where_it_is_far_slower_is_a_warning(tmp_path, caplog, monkeypatch, speedup, warned):
-    from dalle_zero.training import loop
+    from dalle_zero.training import precision
 
-    monkeypatch.setattr(loop, "bf16_speedup", lambda: speedup)
-    with caplog.at_level("WARNING", logger="dalle_zero.training.loop"):
+    monkeypatch.setattr(precision, "bf16_speedup", lambda: speedup)
+    with caplog.at_level("WARNING", logger="dalle_zero.training.precision"):
         run_toy(tmp_path / "bf16", steps=2, precision="bf16")
         run_toy(tmp_path / "fp32", steps=2, precision="fp32")
     warnings = [r.getMessage() for r in caplog.records if "bf16 autocast runs at" in r.getMessage()]

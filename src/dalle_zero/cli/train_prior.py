@@ -47,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="optimizer updates")
     parser.add_argument("--batch-size", type=int, help="sequences per micro-batch (per process)")
     parser.add_argument("--grad-accum", type=int, help="micro-batches per update")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), help="bf16 = autocast")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="bf16 = autocast; fp16 = the paper's fp16 with per-resblock gradient scales (GPUs without bf16)",
+    )
     parser.add_argument(
         "--strategy",
         choices=("ddp", "fsdp"),

@@ -129,6 +129,7 @@ class DalleTransformer(PretrainedModel):
         )
         self.kernel = "sdpa"
         self.activation_checkpointing = False
+        self.grad_scales: Tensor | None = None  # fp16 training: one per resblock (set_gradient_scales)
         self.quantized: str | None = None  # "int8" after quantize_int8() (inference only)
         self._masks: dict[tuple[Any, ...], Any] = {}
         self.reset_parameters()
@@ -163,6 +164,20 @@ class DalleTransformer(PretrainedModel):
         """Recompute each block's activations in the backward pass (training only)."""
         self.activation_checkpointing = bool(enabled)
         return self
+
+    def set_gradient_scales(self, scales: Tensor | None) -> DalleTransformer:
+        """fp16 training (paper App. D): Tensor[2 · n_layer] fp32 on the model's device, the backward
+        pass's multiplier of each resblock, in the order of :meth:`resblock_parameters`; read at every
+        forward, so the trainer updates it in place. None: no scaling."""
+        n = 2 * self.config.n_layer
+        if scales is not None and tuple(scales.shape) != (n,):
+            raise ValueError(f"gradient scales must have shape ({n},) (two per layer), got {tuple(scales.shape)}")
+        self.grad_scales = scales
+        return self
+
+    def resblock_parameters(self) -> list[list[nn.Parameter]]:
+        """The parameters of each resblock: layer 0's attention, layer 0's MLP, layer 1's attention, ..."""
+        return [group for block in self.blocks for group in block.resblock_parameters()]
 
     def repeated_blocks(self) -> list[nn.Module]:
         """The layers, in order: the units a wrapper may treat one at a time (FSDP shards each alone)."""
@@ -242,12 +257,14 @@ class DalleTransformer(PretrainedModel):
         n = 0 if image_ids is None else image_ids.shape[1]
         x = self.drop(self._embed(text_ids, image_ids)[:, : tt + n])  # drop the last input: (B, L, d)
         length = x.shape[1]
-        for block, pattern in zip(self.blocks, self.patterns):
+        scales = self.grad_scales if torch.is_grad_enabled() else None
+        for j, (block, pattern) in enumerate(zip(self.blocks, self.patterns)):
             mask = self._mask(pattern, length, x.device)
+            pair = None if scales is None else scales[2 * j : 2 * j + 2]
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, self.kernel, use_reentrant=False)
+                x = checkpoint(block, x, mask, self.kernel, pair, use_reentrant=False)
             else:
-                x = block(x, mask, self.kernel)
+                x = block(x, mask, self.kernel, pair)
         h = self.ln_f(x)
         return self._logits(self.text_head, h[:, :tt]), self._logits(self.image_head, h[:, tt:])
 

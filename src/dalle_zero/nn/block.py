@@ -1,9 +1,11 @@
 """Pre-LayerNorm transformer block of the Sparse Transformer kind (paper_spec §3.2; ST §5.2, §6).
 
-``H = H + attn(LN(H)); H = H + mlp(LN(H))`` — two residual branches ("resblocks") per layer, the
-MLP ``W2·GELU(W1·x + b1) + b2`` with hidden width ``mlp_ratio · d``. Dropout, if any, only on the
-residual branches' outputs. Initialisation (:meth:`TransformerBlock.init_weights`): weights
-N(0, 0.125/√d_in), biases 0, the two branch output projections scaled by 1/√(2·n_layer).
+``H = H + attn(LN(H)); H = H + mlp(LN(H))`` — two residual branches ("resblocks") per layer, the MLP
+``W2·GELU(W1·x + b1) + b2`` with hidden width ``mlp_ratio · d``. Dropout, if any, only on the
+residual branches' outputs. With fp16 gradient scales (``scales``, one per resblock) each branch is
+wrapped as :func:`~dalle_zero.nn.grad_scale.residual` describes (paper App. D). Initialisation
+(:meth:`TransformerBlock.init_weights`): weights N(0, 0.125/√d_in), biases 0, the two branch output
+projections scaled by 1/√(2·n_layer).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalle_zero.nn.attention import LayerCache, SelfAttention
+from dalle_zero.nn.grad_scale import residual
 
 
 class MLP(nn.Module):
@@ -47,10 +50,20 @@ class TransformerBlock(nn.Module):
         for out in (self.attn.proj, self.mlp.proj):
             out.weight.data.mul_(1.0 / math.sqrt(2 * n_layer))
 
-    def forward(self, x: Tensor, mask: Tensor | Any, kernel: str = "sdpa") -> Tensor:
-        """x: Tensor[B, T, C] -> Tensor[B, T, C]; see :meth:`SelfAttention.forward` for mask/kernel."""
-        x = x + self.dropout(self.attn(self.ln_1(x), mask, kernel=kernel))
-        return x + self.dropout(self.mlp(self.ln_2(x)))
+    def resblock_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The parameters of the attention resblock and of the MLP resblock, each with its LayerNorm."""
+        return (
+            [*self.ln_1.parameters(), *self.attn.parameters()],
+            [*self.ln_2.parameters(), *self.mlp.parameters()],
+        )
+
+    def forward(self, x: Tensor, mask: Tensor | Any, kernel: str = "sdpa", scales: Tensor | None = None) -> Tensor:
+        """x: Tensor[B, T, C] -> Tensor[B, T, C]; see :meth:`SelfAttention.forward` for mask/kernel.
+
+        ``scales``: None, or Tensor[2] fp32, the gradient scales of the attention and MLP resblocks."""
+        attn_scale, mlp_scale = (None, None) if scales is None else scales.unbind()
+        x = residual(x, lambda h: self.dropout(self.attn(self.ln_1(h), mask, kernel=kernel)), attn_scale)
+        return residual(x, lambda h: self.dropout(self.mlp(self.ln_2(h))), mlp_scale)
 
     def forward_cached(self, x: Tensor, cache: LayerCache, start: int) -> Tensor:
         x = x + self.dropout(self.attn.forward_cached(self.ln_1(x), cache, start))

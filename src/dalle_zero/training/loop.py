@@ -2,10 +2,12 @@
 
 A stage describes *what* to train as a :class:`TrainTask` (data, loss, optimizer, learning rate,
 evaluation); :func:`train` does the rest the same way for all of them: deterministic resumable
-batches, gradient accumulation, bf16 autocast, gradient clipping, EMA of weights, metrics.jsonl and a
-progress bar, step checkpoints with exact ``resume``, a clean stop on Ctrl-C or SIGTERM (under torchrun
-all ranks stop after the same step, even when the signal reaches one of them), and DDP or FSDP when
-launched by torchrun. The usable model (EMA weights when EMA is on) is saved to ``run_dir/model``.
+batches, gradient accumulation, bf16 or fp16 autocast (:mod:`~dalle_zero.training.precision`; fp16
+with the paper's per-resblock gradient scales and skipped updates), gradient clipping, EMA of
+weights, metrics.jsonl and a progress bar, step checkpoints with exact ``resume``, a clean stop on
+Ctrl-C or SIGTERM (under torchrun all ranks stop after the same step, even when the signal reaches
+one of them), and DDP or FSDP when launched by torchrun. The usable model (EMA weights when EMA is
+on) is saved to ``run_dir/model``.
 
 Under FSDP (``strategy="fsdp"`` with several processes) every rank holds shards of the weights, the
 gradients, the optimizer state and the EMA. Checkpoints and ``model/`` are the same files as
@@ -34,45 +36,12 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int, json_type, parse_json
 from dalle_zero.io import PretrainedModel, atomic_write_text, clean_leftovers, load_state_dict_strict
-from dalle_zero.training import allocator, denormals, distributed
+from dalle_zero.training import allocator, denormals, distributed, precision
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.ema import EMA
 from dalle_zero.training.sampler import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
-
-
-def bf16_speedup(repeats: int = 3) -> float:
-    """How many times faster a training-sized matrix product and its backward run under bf16 autocast
-    than in fp32 on this CPU right now (best of ``repeats`` each; below 1: slower).
-
-    CPUs with bf16 instructions (AVX512-BF16, AMX) gain from it; on one without (an AVX2-only AMD EPYC
-    of the Zen 3 family, 2026-12-02) this read 0.048, a 1024x256 by 256x1024 product ran 89 times
-    slower under bf16, and a demo prior step took 15 s.
-    """
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 256, generator=g)
-    w = torch.randn(256, 512, generator=g, requires_grad=True)
-    timings = {}
-    for precision in ("fp32", "bf16"):
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                y = (x @ w).relu()
-            y.float().sum().backward()
-            best = min(best, time.perf_counter() - t0)
-        timings[precision] = best
-    return timings["fp32"] / max(timings["bf16"], 1e-9)
-
-
-def _warn_if_bf16_is_slower() -> None:
-    speedup = bf16_speedup()
-    if speedup < 0.5:  # far slower, not a noisy reading: this CPU has no bf16 instructions
-        logger.warning(
-            "bf16 autocast runs at %.2gx the speed of fp32 on this CPU: precision fp32 trains faster here",
-            speedup,
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +52,7 @@ class LoopConfig(Config):
     batch_size: int = 32
     grad_accum: int = 1
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "fp32"  # "bf16" or "fp16" autocast (training/precision.py)
     clip_grad_norm: float | None = None
     ema_decay: float | None = None
     ema_every: int = 1
@@ -113,7 +82,9 @@ class LoopConfig(Config):
             raise ValueError(f"LoopConfig.select_by must be a validation figure's name or null, got {self.select_by!r}")
         if self.select_by is not None and not self.eval_every:
             raise ValueError("LoopConfig.select_by needs eval_every > 0: the model is chosen at evaluations")
-        check_choice(self, "precision", ("fp32", "bf16"))
+        check_choice(self, "precision", precision.PRECISIONS)
+        if self.precision == "fp16" and self.powersgd_rank > 0:  # PowerSGD would compress scaled gradients
+            raise ValueError("LoopConfig.precision fp16 does not combine with PowerSGD yet; set powersgd_rank to 0")
         check_bool(self, "activation_checkpointing")
         check_choice(self, "strategy", distributed.STRATEGIES)
         distributed.check_powersgd(self.powersgd, self.powersgd_rank, self.powersgd_shards)  # PowerSGD
@@ -301,6 +272,8 @@ def train(
         logger.info("run already complete at step %d", step)
         return _save_model(model, ema, run_dir, ctx, None)  # nothing is sharded yet: rank 0 saves its own
 
+    mixed = precision.make_precision(loop.precision, model, ctx.device, world_size=ctx.world_size,
+                                     sharded=sharded, main=ctx.is_main)
     loss_module: nn.Module = _LossModule(model, task)
     if sharded:
         param_dtype = torch.bfloat16 if loop.precision == "bf16" else None
@@ -315,6 +288,7 @@ def train(
     optimizer = task.make_optimizer(model)  # over the shards under FSDP
     if saved is not None:
         _restore_state(saved, model, optimizer, ctx, sharded=sharded)
+        mixed.load_state_dict(saved.state.get("precision"))  # fp16: the gradient scales
         distributed.load_powersgd_state(loss_module, saved.state.get("powersgd"), ctx)  # PowerSGD error buffers
 
     dataset = task.train_dataset()
@@ -328,12 +302,6 @@ def train(
         generator=torch.Generator().manual_seed(loop.seed),  # keep the global RNG stream untouched
     )
     batches = iter(loader)
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=torch.bfloat16)
-        if loop.precision == "bf16" else contextlib.nullcontext()
-    )
-    if loop.precision == "bf16" and ctx.device.type == "cpu" and ctx.is_main:
-        _warn_if_bf16_is_slower()
 
     bar = _progress_bar(loop.steps, step, enabled=progress and ctx.is_main)
     sums: dict[str, float] = {}
@@ -351,19 +319,23 @@ def train(
                 batch = next(batches)
                 sync = micro == loop.grad_accum - 1 or not ctx.enabled
                 with contextlib.nullcontext() if sync else distributed.no_sync(loss_module):
-                    with autocast:
+                    with mixed.autocast():
                         loss, parts = loss_module(batch, step)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
                     (loss / loop.grad_accum).backward()
                 for k, v in {"loss": loss.item(), **parts}.items():
                     metrics[k] = metrics.get(k, 0.0) + float(v) / loop.grad_accum
+            finite = mixed.unscale_()  # fp16: the gradients of each resblock divided by its scale
             if loop.clip_grad_norm is not None:
                 clip = distributed.clip_sharded_grad_norm_ if sharded else distributed.grad_clipper(loss_module)
                 metrics["grad_norm"] = float(clip(model.parameters(), loop.clip_grad_norm))
-            if distributed.update_is_finite(loss_module):  # PowerSGD "paper": a nonfinite gradient skips the update
+            # fp16, PowerSGD "paper": a nonfinite gradient skips the update
+            applied = finite and distributed.update_is_finite(loss_module)
+            if applied:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            mixed.end_step(step, applied, metrics)
             step += 1
             samples_since += loop.batch_size * loop.grad_accum * ctx.world_size
             if ema is not None and step % loop.ema_every == 0:
@@ -388,7 +360,7 @@ def train(
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
                 _evaluate(task, model, ema, step, run_dir, ctx, full, select_by=loop.select_by)
             if step % loop.checkpoint_every == 0 or last:
-                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, full,
+                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, full, mixed=mixed.state_dict(),
                                  powersgd=distributed.gather_powersgd_state(loss_module, ctx))
                 _save_model(model, ema, run_dir, ctx, full)
             if full is not None:
@@ -396,6 +368,7 @@ def train(
             if stopping:
                 break
     bar.close()
+    mixed.close()
     distributed.barrier(ctx)
     if stopping and ctx.is_main:
         print(f"stopped at step {step}; continue with --resume (checkpoint in {run_dir})")
@@ -553,7 +526,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,
                      optimizer: torch.optim.Optimizer, task: TrainTask, loop: LoopConfig,
-                     ctx: distributed.DistContext, full: _FullCopy | None, *, powersgd: Any = None) -> None:
+                     ctx: distributed.DistContext, full: _FullCopy | None, *, mixed: Any = None,
+                     powersgd: Any = None) -> None:
     if full is not None:  # sharded: every rank sends its shards, rank 0 writes one process's files
         weights = full.weights(model)
         ema_weights = full.weights(ema.model) if ema is not None else None
@@ -575,6 +549,8 @@ def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None
         state["rng_ranks"] = rng
     if powersgd is not None:  # every rank's PowerSGD error buffers
         state["powersgd"] = powersgd
+    if mixed is not None:  # fp16: the gradient scales and counters
+        state["precision"] = mixed
     ckpt.save_checkpoint(run_dir, step, model=weights, ema=ema_weights, state=state, keep=loop.keep_checkpoints)
 
 
