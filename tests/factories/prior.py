@@ -96,3 +96,10 @@ def train_prior(cfg: PriorTrainConfig, run_dir: Path, **kw) -> tuple[DalleTransf
     task = PriorTask(cfg)
     train(model, task, cfg.loop, run_dir, train_config=cfg, progress=False, **kw)
     return model, task
+
+
+def train_prior_argv(data: tuple[Path, Path], out: Path, config: str) -> list[str]:
+    """``dalle train prior`` arguments for the tiny shards and tokenizer ``data`` and a preset."""
+    tokens, tok_dir = data
+    paths = ["--tokens", str(tokens), "--tokenizer", str(tok_dir), "--out", str(out)]
+    return ["train", "prior", *paths, "--config", config]

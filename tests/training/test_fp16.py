@@ -16,10 +16,7 @@ from dalle_zero.training.loop import LoopConfig, train
 from dalle_zero.training.precision import check_fp16_support, make_precision
 from dalle_zero.training.prior import PriorTask
 from dalle_zero.training.underflow import fp16_resblock_gradients, largest_finite_log2, zero_fraction
-from tests.training import test_prior_train as prior_tests
-
-data = prior_tests.data  # the token shards and tokenizer fixture
-_config, _run = prior_tests._config, prior_tests._run
+from tests.factories.prior import prior_config, train_prior, train_prior_argv
 
 
 def _model(n_layer: int = 4) -> DalleTransformer:
@@ -84,7 +81,7 @@ def test_scales_grow_after_clean_updates_fall_once_per_window_and_stay_in_range(
 
 
 def test_a_nonfinite_in_one_resblock_lowers_only_its_scale_and_skips_the_update(data, tmp_path):
-    cfg = _config(data, loop={"steps": 3, "precision": "fp16", "ema_decay": None, "checkpoint_every": 3})
+    cfg = prior_config(data, loop={"steps": 3, "precision": "fp16", "ema_decay": None, "checkpoint_every": 3})
     model = DalleTransformer(cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -108,10 +105,10 @@ def test_a_nonfinite_in_one_resblock_lowers_only_its_scale_and_skips_the_update(
 
 
 def test_fp16_resume_matches_uninterrupted_run_with_the_scales_in_the_checkpoint(data, tmp_path):
-    cfg = _config(data, loop={"precision": "fp16", "activation_checkpointing": True})
-    full, _ = _run(cfg, tmp_path / "full")
-    _run(cfg, tmp_path / "cut", stop_after=7)
-    resumed, _ = _run(cfg, tmp_path / "cut", resume=True)
+    cfg = prior_config(data, loop={"precision": "fp16", "activation_checkpointing": True})
+    full, _ = train_prior(cfg, tmp_path / "full")
+    train_prior(cfg, tmp_path / "cut", stop_after=7)
+    resumed, _ = train_prior(cfg, tmp_path / "cut", resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     a = ckpt.load_checkpoint(ckpt.latest_step_dir(tmp_path / "full")).state["precision"]
@@ -126,9 +123,9 @@ def test_fp16_training_follows_fp32_training(data, tmp_path):
     windows = {}
     for precision in ("fp32", "fp16"):
         loop = {"steps": 300, "precision": precision, "ema_decay": None, "checkpoint_every": 300}
-        cfg = _config(data, loop=loop, lr=1e-3, lr_schedule="cosine", eval_samples=0, bpe_dropout=0.0,
+        cfg = prior_config(data, loop=loop, lr=1e-3, lr_schedule="cosine", eval_samples=0, bpe_dropout=0.0,
                       null_caption_prob=0.0)
-        _run(cfg, tmp_path / precision)
+        train_prior(cfg, tmp_path / precision)
         rows = [json.loads(line) for line in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
         losses = torch.tensor([r["loss"] for r in rows if "loss" in r])
         windows[precision] = losses.view(6, 50).mean(dim=1)  # mean loss of every 50 updates
@@ -146,7 +143,7 @@ def test_fp16_on_a_device_without_it_is_a_one_line_error():
 
 def test_cli_trains_the_prior_in_fp16_and_logs_the_scales(data, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = [*prior_tests._train_prior_argv(data, out, "tiny"), "--no-progress", "--precision", "fp16", "--steps", "5"]
+    argv = [*train_prior_argv(data, out, "tiny"), "--no-progress", "--precision", "fp16", "--steps", "5"]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     row = [r for r in rows if "skipped" in r][-1]
@@ -165,16 +162,18 @@ def test_fp16_needs_resblocks_and_no_sharding_or_powersgd():
 
 @pytest.mark.slow
 def test_two_process_ddp_fp16_run_follows_one_process_on_the_same_global_batch(data, tmp_path):
-    from tests.training.test_fsdp import torchrun
+    from tests.factories.processes import torchrun
 
     def config(batch_size):
         loop = {"steps": 6, "batch_size": batch_size, "precision": "fp16", "ema_decay": None, "checkpoint_every": 6}
-        return _config(data, loop=loop, lr_schedule="cosine", bpe_dropout=0.0, null_caption_prob=0.0, eval_samples=0)
+        return prior_config(
+            data, loop=loop, lr_schedule="cosine", bpe_dropout=0.0, null_caption_prob=0.0, eval_samples=0
+        )
 
     path = tmp_path / "two.json"
     path.write_text(config(4).to_json())
     torchrun("prior", str(path), str(tmp_path / "two"))  # 2 processes x 4 = the same 8 sequences per update
-    one, _ = _run(config(8), tmp_path / "one")
+    one, _ = train_prior(config(8), tmp_path / "one")
     two = DalleTransformer.from_pretrained(tmp_path / "two" / "model")
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-2, msg=name)

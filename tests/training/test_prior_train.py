@@ -19,22 +19,10 @@ from tests.factories.prior import (
     IMAGE_VOCAB,
     TEXT_SEQ_LEN,
     examples,
-    make_tokenizer,
     prior_config,
     train_prior,
-    write_tiny_shards,
+    train_prior_argv,
 )
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("prior_data")
-    tokens = write_tiny_shards(root / "tokens")
-    tok_dir = make_tokenizer(root / "tokenizer", text_seq_len=TEXT_SEQ_LEN)
-    return tokens, tok_dir
-
-
-
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -142,15 +130,9 @@ def test_bad_train_config_values_raise(data, bad):
         prior_config(data, **bad)
 
 
-def _train_prior_argv(data: tuple[Path, Path], out: Path, config: str) -> list[str]:
-    tokens, tok_dir = data
-    paths = ["--tokens", str(tokens), "--tokenizer", str(tok_dir), "--out", str(out)]
-    return ["train", "prior", *paths, "--config", config]
-
-
 def test_cli_trains_resumes_and_saves_a_loadable_model(data, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [*_train_prior_argv(data, out, "tiny"), "--no-progress", "--batch-size", "4"]
+    args = [*train_prior_argv(data, out, "tiny"), "--no-progress", "--batch-size", "4"]
     assert main([*args, "--steps", "6"]) == 0
     assert main([*args, "--steps", "8", "--resume", "--grad-accum", "2"]) == 0
     printed = capsys.readouterr().out
@@ -170,14 +152,14 @@ def test_cli_trains_resumes_and_saves_a_loadable_model(data, tmp_path, capsys):
 def test_cli_config_that_disagrees_with_the_data_is_a_one_line_error(data, tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"model": {"n_layer": 1, "n_head": 1, "n_embd": 8, "image_grid": GRID + 1}}))
-    code = main(_train_prior_argv(data, tmp_path / "run", str(cfg)))
+    code = main(train_prior_argv(data, tmp_path / "run", str(cfg)))
     err = capsys.readouterr().err
     assert code == 2
     assert f"model.image_grid is {GRID + 1} but token shards" in err and f"has {GRID}" in err
 
 
 def test_cli_unknown_preset_names_the_presets(data, tmp_path, capsys):
-    code = main(_train_prior_argv(data, tmp_path / "run", "nonexistent"))
+    code = main(train_prior_argv(data, tmp_path / "run", "nonexistent"))
     assert code == 2
     assert "tiny" in capsys.readouterr().err
 
