@@ -1,8 +1,9 @@
-"""Token folders with K crops per image (``dalle encode --augment K``): one crop drawn per sample and epoch.
+"""Token folders with K grids per image (``dalle encode --augment K``): one drawn per sample and epoch.
 
 The draw is seeded by the sampler's key like the caption line, so it changes from epoch to epoch, is the
-same for the same key, and a resumed run reads exactly the crops of the uninterrupted one. A folder of
-one grid per image reads as before: same grids, same caption draws, nothing drawn for the crop.
+same for the same key, and a resumed run reads exactly the crops of the uninterrupted one. A plain index
+(validation) reads grid 0, the plain view. A folder of one grid per image reads as before: same grids,
+same caption draws, nothing drawn for the crop.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def crops(tmp_path_factory) -> TokenDataset:
 
 def test_k_grids_are_stored_per_image_and_recorded_in_the_index(crops):
     index = read_token_index(crops.folder)
-    assert index["crops"] == K and index["format_version"] == 2 and index["count"] == N
+    assert index["crops"] == K and index["format_version"] == 3 and index["count"] == N
     assert crops.crops == K and crops.codes.shape == (N, K, GRID * GRID)
     for i in range(N):
         assert torch.equal(crops.codes[i], crop_grids(i).flatten(1))
@@ -63,7 +64,14 @@ def test_the_same_key_draws_the_same_crop_and_every_crop_can_be_drawn(crops):
     for i in range(N):
         assert {crop_of(crops[(i, seed)]) for seed in range(60)} == set(range(K))
         assert all(crop_of(crops[(i, 1234)]) == crop_of(crops[(i, 1234)]) for _ in range(3))
-        assert crop_of(crops[i]) == crop_of(crops[(i, i)])  # a plain index is its own seed
+        assert crop_of(crops[i]) == 0  # a plain index reads the plain view
+        assert crops[i]["caption"] == crops[(i, i)]["caption"]  # and is its own seed for the caption line
+
+
+def test_held_out_items_read_the_plain_view_of_every_image(crops):
+    """Validation indexes without a seed: it scores grid 0 of every image, never a crop drawn at random."""
+    held_out = torch.utils.data.Subset(crops, list(range(N)))
+    assert [crop_of(held_out[j]) for j in range(N)] == [0] * N
 
 
 def test_a_sample_reads_other_crops_in_other_epochs(crops):
@@ -126,7 +134,7 @@ def tampered(folder, codes: torch.Tensor, **index_changes):
     meta = {"captions": [["c"]] * N, "stems": [f"s{i}" for i in range(N)]}
     (folder / "shard_00000.json").write_text(json.dumps(meta))
     index = {
-        "format": "dalle-zero-tokens", "format_version": 2, "grid": [GRID, GRID], "image_grid": GRID,
+        "format": "dalle-zero-tokens", "format_version": 3, "grid": [GRID, GRID], "image_grid": GRID,
         "image_vocab_size": VOCAB, "count": N, "crops": K, "dtype": "int16",
         "shards": [{"name": "shard_00000", "count": N}], "dvae": None, "splits": None,
     }
@@ -158,6 +166,15 @@ def test_bad_crop_codes_are_an_error_naming_the_shard(tmp_path, codes, expected)
 def test_a_bad_crops_field_is_an_error_naming_it(tmp_path, crops):
     folder = tampered(tmp_path / "tok", GOOD, crops=crops)
     with pytest.raises(DataError, match=re.escape(f"{folder / 'index.json'}: field 'crops' must be a positive")):
+        TokenDataset(folder)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_crops_without_the_plain_view_first_are_refused(tmp_path, version):
+    """Format 2 stored K random crops: its grid 0 is no plain view to validate on."""
+    folder = tampered(tmp_path / "tok", GOOD, format_version=version)
+    expected = f"{folder / 'index.json'}: format_version {version} with {K} crops per image has no plain view"
+    with pytest.raises(DataError, match=re.escape(expected)):
         TokenDataset(folder)
 
 

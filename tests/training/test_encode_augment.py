@@ -1,7 +1,9 @@
-"""``dalle encode --augment K``: K Listing-2 crops of every real image file; a prior resumes exactly on them."""
+"""``dalle encode --augment K``: the plain resize and K - 1 Listing-2 crops of every real image file, seeded
+by the seed and the image's stem alone; a prior resumes exactly on them and validates on the plain view."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,12 @@ import torch
 from PIL import Image
 
 from dalle_zero.cli.main import main
+from dalle_zero.data.sources import open_image_text_dataset
 from dalle_zero.data.tokens import TokenDataset, read_token_index, write_token_shards
-from dalle_zero.data.transforms import PriorTransform, ResizeTransform
+from dalle_zero.data.transforms import ResizeTransform
 from dalle_zero.models.dvae import DiscreteVAE
-from dalle_zero.training.encode import crop_seed
+from dalle_zero.training.encode import ImageViews, encoded_items
+from dalle_zero.training.prior import PriorTask, build_model
 from tests.factories.folders import tiny_dvae
 from tests.factories.prior import GRID, IMAGE_VOCAB, examples, make_tokenizer, prior_config, train_prior
 
@@ -48,24 +52,28 @@ def open_image(data: Path, stem: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def test_k_crops_of_every_image_are_the_papers_crops_and_differ(dvae_run, images, tmp_path, capsys, caplog):
+def test_k_views_of_every_image_are_the_plain_resize_and_the_papers_crops(dvae_run, images, tmp_path, capsys, caplog):
     assert encode(dvae_run, images, tmp_path / "tok", "--augment", str(K), "--batch-size", str(K)) == 0
     out = capsys.readouterr().out
     assert f"encoded 6 images ({K} crops each) into 8x8 tokens of 32 codes" in out
-    assert "1 of 6 images gave 3 identical token grids" in caplog.text  # the icon has nothing to crop
     ds = TokenDataset(tmp_path / "tok")
     assert ds.crops == K and ds.codes.shape == (6, K, 64)
-    assert read_token_index(tmp_path / "tok")["augment"] == {"transform": "prior (Listing 2)", "seed": 0}
+    index = read_token_index(tmp_path / "tok")
+    assert index["augment"] == {"transform": "prior (Listing 2)", "seed": 0, "crop_0": "resize"}
+    assert index["format_version"] == 3
     dvae = DiscreteVAE.from_pretrained(dvae_run / "model").eval()
-    transform = PriorTransform(resolution=16)
+    views, resize = ImageViews(16, K, seed=0), ResizeTransform(resolution=16)
     for i, stem in enumerate(ds.stems):
-        image, g = open_image(images, stem), torch.Generator().manual_seed(crop_seed(0, stem))
-        pixels = torch.stack([transform(image, g) for _ in range(K)])  # (K, 3, 16, 16), as encode drew them
+        image = open_image(images, stem)
+        pixels = views(image, stem)  # (K, 3, 16, 16): the plain resize, then K - 1 crops
+        assert torch.equal(pixels[0], resize(image))
         with torch.inference_mode():
             assert torch.equal(ds.codes[i].long(), dvae.encode(pixels).flatten(1)), stem
-        different = len({tuple(c.tolist()) for c in ds.codes[i]})
-        # Listing 2 draws from few crops at this size (t <= 18, offsets of a few pixels): two may coincide
-        assert different == 1 if stem == "icon" else different >= 2, (stem, different)
+    # Listing 2 draws from few crops at this size (t <= 18, offsets of a few pixels; t = 16 at the
+    # centre is the plain resize): a crop may coincide with another view, and all of the icon's do
+    same = [stem for stem, codes in zip(ds.stems, ds.codes) if bool((codes == codes[0]).all())]
+    assert "icon" in same and len(same) <= 2, same
+    assert f"{len(same)} of 6 images gave 3 identical token grids" in caplog.text
 
 
 def test_crops_are_seeded_by_seed_and_stem(dvae_run, images, tmp_path):
@@ -75,6 +83,38 @@ def test_crops_are_seeded_by_seed_and_stem(dvae_run, images, tmp_path):
     a, b, c = (TokenDataset(tmp_path / name) for name in "abc")
     assert torch.equal(a.codes, b.codes)  # the same seed: the same tokens, whatever the batch size
     assert not torch.equal(a.codes, c.codes)
+
+
+def test_crops_do_not_depend_on_the_caption_lines(dvae_run, images, tmp_path):
+    """A second caption line draws the caption from the sample's generator; the crops have their own."""
+    more = tmp_path / "more_lines"
+    shutil.copytree(images, more)
+    for stem in ("p0", "p2"):
+        (more / f"{stem}.txt").write_text(f"a photo called {stem}\nanother line about {stem}\n")
+    for name, data in (("one", images), ("two", more)):
+        assert encode(dvae_run, data, tmp_path / name, "--augment", str(K)) == 0
+    one, two = TokenDataset(tmp_path / "one"), TokenDataset(tmp_path / "two")
+    assert two.captions[two.stems.index("p0")] == ["a photo called p0", "another line about p0"]
+    assert one.stems == two.stems and torch.equal(one.codes, two.codes)
+
+
+def test_an_image_unreadable_at_encode_time_is_left_out_and_its_neighbour_keeps_its_crops(dvae_run, images, tmp_path):
+    """The reader replaces an image that no longer loads by the next one; that one is encoded once, with
+    its own stem's crops and captions."""
+    data = tmp_path / "photos"
+    shutil.copytree(images, data)
+    dvae = DiscreteVAE.from_pretrained(dvae_run / "model").eval()
+    views = ImageViews(16, K, seed=0)
+    clean = {stem: (lines, codes) for stem, lines, codes in encoded_items(dvae, open_image_text_dataset(data), views)}
+    dataset = open_image_text_dataset(data)  # indexed while every image is readable
+    stems = dataset.stems
+    broken = stems[1]
+    next(p for p in data.glob(f"{broken}.*") if p.suffix != ".txt").write_bytes(b"not an image any more")
+    items = list(encoded_items(dvae, dataset, views, batch_size=2 * K))
+    assert [stem for stem, _, _ in items] == [s for s in stems if s != broken]
+    for stem, lines, codes in items:
+        assert lines == clean[stem][0] and torch.equal(codes, clean[stem][1]), stem
+    assert dataset.skipped["load error"] == 1
 
 
 def test_augment_1_encodes_the_plain_resize_as_before(dvae_run, images, tmp_path):
@@ -120,3 +160,28 @@ def test_prior_training_on_crops_resumes_exactly(tmp_path):
     )
     first_only, _ = train_prior(cfg.replace(tokens=str(one_crop)), tmp_path / "crop0_run")
     assert not all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), first_only.state_dict().values()))
+
+
+def test_validation_scores_the_plain_view_of_every_held_out_image(tmp_path):
+    """Grid 0 is the plain image: held-out losses with K views equal those of a folder of grid 0 alone."""
+    items, splits = [], {"train": [], "validation": []}
+    for i, (caption, codes) in enumerate(examples()):
+        grids = torch.stack([(codes + k) % IMAGE_VOCAB for k in range(K)]).view(K, GRID, GRID)
+        items.append((f"x{i}", caption, grids))
+        splits["validation" if i % 3 == 0 else "train"].append(f"x{i}")
+    with_views = write_token_shards(tmp_path / "views", items, image_vocab_size=IMAGE_VOCAB, splits=splits, crops=K)
+    cfg = prior_config((with_views, make_tokenizer(tmp_path / "tokenizer", text_seq_len=12)), eval_samples=100)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # a fresh model's heads are zero: every grid would score log(vocab)
+        for p in model.parameters():
+            p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+
+    def scores(tokens) -> dict[str, float]:
+        return PriorTask(cfg.replace(tokens=str(tokens))).evaluate(model, 0, tmp_path)
+
+    def one_view(k: int):
+        grids = [(s, c, g[k]) for s, c, g in items]
+        return write_token_shards(tmp_path / f"view{k}", grids, image_vocab_size=IMAGE_VOCAB, splits=splits)
+
+    assert scores(with_views) == scores(one_view(0))
+    assert all(scores(with_views) != scores(one_view(k)) for k in range(1, K))

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the dVAE (default cpu)")
     parser.add_argument(
         "--augment", type=int, default=1, metavar="K",
-        help="encode K random crops of every image (the paper's Listing 2, no flip); the prior draws one per "
-        "epoch (default 1: one plain resize, no augmentation)",
+        help="encode K views of every image: the plain resize and K-1 random crops (the paper's Listing 2, "
+        "no flip); the prior trains on one per epoch and validates on the resize (default 1: the resize alone)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --augment crops (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -6,14 +6,17 @@ encoder in its loop. A token folder holds::
     index.json               format, grid [h, w], image_vocab_size, count, shards, dvae, splits
                              (and crops K when there are several grids per image)
     shard_00000.safetensors  "codes": int16 (int32 if the vocabulary needs it) [N, h, w], or
-                             [N, K, h, w]: K augmented crops of every image (``dalle encode --augment K``)
+                             [N, K, h, w]: K views of every image (``dalle encode --augment K``),
+                             view 0 the plain resize and 1 to K-1 augmented crops
     shard_00000.json         {"captions": [[line, ...], ...], "stems": [...]}
     metadata.jsonl           (optional) copied from the image folder
 
 :class:`TokenDataset` reads it back: items are ``dict(image_codes=LongTensor[h*w] in raster order,
-caption=str, stem=str, crop=int)``. With K crops an item's grid is one of them, drawn from the key's
-seed like the caption line, so the prior sees another crop of an image in every epoch (the paper
-augments every time it reads an image, App. B.2, Listing 2) and a resumed run reads the same ones.
+caption=str, stem=str, crop=int)``. With K views a training key ``(index, sample_seed)`` reads one
+of all K, drawn from the seed like the caption line, so the prior sees another view of an image in
+every epoch (the paper augments every time it reads an image, App. B.2, Listing 2) and a resumed run
+reads the same ones; a plain index reads view 0, the plain resize, so held-out scores measure the
+image itself and not one arbitrary crop of it.
 
 Nothing in a token folder is trusted: ``index.json`` is checked field by field
 (:func:`read_token_index`), and every shard when it is opened: integer codes (not float, not bool) in
@@ -42,7 +45,10 @@ from dalle_zero.io import atomic_directory
 logger = logging.getLogger(__name__)
 
 FORMAT = "dalle-zero-tokens"
-FORMAT_VERSION = 2  # 2: "crops" (several grids per image); a folder of one grid per image is still written as 1
+# 3: "crops" K, grid 0 the plain resize; 2 (refused): K crops, none of them plain; a folder of one grid
+# per image is still written as 1
+FORMAT_VERSION = 3
+PLAIN_VIEWS_SINCE = 3  # the first version whose folders of several grids per image hold the plain one first
 INDEX_NAME = "index.json"
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file name in the folder, never a path
 
@@ -77,7 +83,8 @@ def write_token_shards(
 
     ``items`` yields ``(stem, caption, codes)``: a caption is a string or a list of caption lines,
     ``codes`` an integer tensor ``[h, w]`` (or ``[h*w]`` in raster order when ``image_grid`` is given),
-    or with ``crops`` K > 1 the K grids of the image's augmented crops, ``[K, h, w]`` (or ``[K, h*w]``).
+    or with ``crops`` K > 1 the K grids of the image's views, ``[K, h, w]`` (or ``[K, h*w]``): first
+    the plain (unaugmented) view, which validation reads, then K - 1 augmented ones.
     ``image_grid`` (side, or (h, w)) is checked against every item; by default the first item sets it.
     ``dvae`` (e.g. its path and config) and ``splits`` (``{name: [stems]}``) are recorded in
     ``index.json``, as is ``metadata`` (more top-level keys, e.g. the source folder and what it
@@ -195,6 +202,11 @@ def read_token_index(folder: str | Path) -> dict[str, Any]:
         raise DataError(
             f"{path}: field 'crops' must be a positive integer (token grids per image), got {json_type(index['crops'])}"
         )
+    if index.get("crops", 1) > 1 and version < PLAIN_VIEWS_SINCE:
+        raise DataError(
+            f"{path}: format_version {version} with {index['crops']} crops per image has no plain view to "
+            f"validate on; encode the images again (dalle encode --augment)"
+        )
     shards = index.get("shards")
     if not isinstance(shards, list):
         raise DataError(f"{path}: field 'shards' must be a list, got {json_type(shards)}")
@@ -262,7 +274,8 @@ class TokenDataset(Dataset):
     Items are ``dict(image_codes=LongTensor[h*w] (raster order), caption=str, stem=str, crop=int)``; a
     key is an index or ``(index, sample_seed)`` (a plain index is its own seed). The seed chooses among
     several caption lines and, from another stream, among the ``crops`` grids of an image, so an item
-    is a pure function of its key; with one grid per image nothing is drawn for it.
+    is a pure function of its key. A plain index draws no grid: it reads grid 0, the plain view (what
+    validation scores); with one grid per image nothing is drawn either way.
     """
 
     def __init__(self, folder: str | Path, split: str | None = None) -> None:
@@ -333,7 +346,7 @@ class TokenDataset(Dataset):
         else:
             caption = lines[0]
         crop = 0
-        if self.crops > 1:
+        if self.crops > 1 and isinstance(key, tuple):  # a training key; a plain index reads the plain view
             g = torch.Generator().manual_seed(crop_seed(seed))
             crop = int(torch.randint(self.crops, (1,), generator=g))
         return {

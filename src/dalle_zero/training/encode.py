@@ -3,10 +3,12 @@
 The prior trains on these shards and never runs the dVAE. By default images get a plain resize to the
 dVAE's ``image_size`` (no augmentation). The paper instead encodes an augmented crop every time it
 reads an image (App. B.2, Listing 2: a near-centre square, resized to t in [res, 9/8·res], a random
-res×res crop, no flip); ``augment`` K > 1 stores K such crops of every image, and the prior draws one
-of them per epoch (:class:`~dalle_zero.data.tokens.TokenDataset`). The crops of an image are seeded by
-``seed`` and its stem, so the tokens are deterministic either way and do not depend on which other
-images are encoded with it.
+res×res crop, no flip); ``augment`` K > 1 stores the plain resize and K - 1 such crops of every image
+(:class:`ImageViews`), and the prior draws one of the K per epoch and validates on the plain one
+(:class:`~dalle_zero.data.tokens.TokenDataset`). The crops of an image come from a generator of their
+own, seeded by ``seed`` and the image's stem alone, so the tokens are deterministic either way and do
+not depend on the image's caption lines or on which other images are encoded with it. An image that
+cannot be loaded any more when it is encoded (it was readable when the folder was indexed) is left out.
 
 The source folder's (for WebDataset shards, the shards' folder's) ``splits.json`` (restricted to the
 encoded stems) goes into the token index and its ``metadata.jsonl`` is copied beside the token shards,
@@ -20,12 +22,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from dalle_zero.data.pairs import read_splits
+from dalle_zero.data.pairs import ImageTextPairs, read_splits
 from dalle_zero.data.sources import data_folder, open_image_text_dataset
 from dalle_zero.data.tokens import write_token_shards
 from dalle_zero.data.transforms import PriorTransform, ResizeTransform
@@ -51,8 +53,9 @@ def encode_folder(
     """Encode the images of ``data`` (an image folder or shards; optionally one split) with the dVAE at
     ``dvae_path`` (a run or model folder) into token shards in ``out``; returns ``out``.
 
-    ``augment`` K > 1 encodes K Listing-2 crops of every image (seeded by ``seed`` and the image's
-    stem) instead of one plain resize; ``batch_size`` counts token grids, K per image.
+    ``augment`` K > 1 encodes the plain resize and K - 1 Listing-2 crops of every image (seeded by
+    ``seed`` and the image's stem) instead of the plain resize alone; ``batch_size`` counts token
+    grids, K per image.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
@@ -62,34 +65,11 @@ def encode_folder(
     folder = data_folder(data)
     model_dir = resolve_model_dir(dvae_path)
     dvae = DiscreteVAE.from_pretrained(model_dir, map_location=device).eval()
-    size = dvae.config.image_size
-    transform = ResizeTransform(resolution=size) if augment == 1 else Crops(PriorTransform(resolution=size), augment)
-    dataset = open_image_text_dataset(data, transform, split=split)
-    image_stems = dataset.stems
-    per_batch = max(1, batch_size // augment)  # images per dVAE call
-
-    def key(i: int) -> int | tuple[int, int]:
-        return i if augment == 1 else (i, crop_seed(seed, image_stems[i]))
-
-    def items() -> Iterator[tuple[str, list[str], Any]]:
-        same = 0  # images whose crops all encoded to the same grid
-        with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc="encode", disable=not progress) as bar:
-            for lo in range(0, len(dataset), per_batch):
-                idx = range(lo, min(lo + per_batch, len(dataset)))
-                batch = [dataset[key(i)] for i in idx]
-                pixels = torch.stack([b["pixels"] for b in batch]).to(device)  # (B, 3, H, W) or (B, K, 3, H, W)
-                codes = dvae.encode(pixels.flatten(0, pixels.dim() - 4)).cpu()  # (B·K, h, w)
-                codes = codes.view(len(batch), *pixels.shape[1:-3], *codes.shape[-2:])  # (B, h, w) or (B, K, h, w)
-                for i, b, c in zip(idx, batch, codes):
-                    if augment > 1 and bool((c == c[0]).all()):
-                        same += 1
-                    yield b["stem"], dataset.captions(i), c
-                bar.update(len(batch))
-        if same:  # e.g. images no larger than the dVAE's input: Listing 2 has nothing to crop
-            logger.warning(
-                "%d of %d images gave %d identical token grids (an image must be larger than %d px to crop)",
-                same, len(dataset), augment, size,
-            )
+    dataset = open_image_text_dataset(data, split=split)
+    items = encoded_items(
+        dvae, dataset, ImageViews(dvae.config.image_size, augment, seed),
+        batch_size=batch_size, device=device, progress=progress,
+    )
 
     splits = None
     if (folder / "splits.json").is_file():
@@ -100,7 +80,7 @@ def encode_folder(
     extra = {"metadata.jsonl": meta.read_text()} if meta.is_file() else {}
     return write_token_shards(
         out,
-        items(),
+        items,
         image_vocab_size=dvae.config.vocab_size,
         shard_size=shard_size,
         dvae={"path": str(model_dir), "config": dvae.config.to_dict()},
@@ -109,7 +89,8 @@ def encode_folder(
             "data": str(data),
             "data_split": split,
             "skipped": dict(dataset.skipped),
-            **({"augment": {"transform": "prior (Listing 2)", "seed": seed}} if augment > 1 else {}),
+            **({"augment": {"transform": "prior (Listing 2)", "seed": seed, "crop_0": "resize"}}
+               if augment > 1 else {}),
         },
         extra_files=extra,
         crops=augment,
@@ -117,18 +98,72 @@ def encode_folder(
 
 
 @dataclass(frozen=True)
-class Crops:
-    """``k`` draws of ``transform`` from one generator: ``(image, generator) -> [k, 3, res, res]``."""
+class ImageViews:
+    """What ``dalle encode`` encodes of an image: ``(image, stem) -> [k, 3, res, res]``.
 
-    transform: PriorTransform
-    k: int
+    View 0 is the plain resize (:class:`~dalle_zero.data.transforms.ResizeTransform`, all that
+    ``k`` = 1 encodes); views 1 to k - 1 are Listing-2 crops (:class:`~dalle_zero.data.transforms.PriorTransform`)
+    from a generator seeded by :func:`stem_crop_seed` of ``seed`` and ``stem``, and by nothing else.
+    """
 
-    def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.stack([self.transform(image, generator) for _ in range(self.k)])
+    resolution: int
+    k: int = 1
+    seed: int = 0
+
+    def __call__(self, image: Image.Image, stem: str) -> torch.Tensor:
+        views = [ResizeTransform(resolution=self.resolution)(image)]
+        if self.k > 1:
+            g = torch.Generator().manual_seed(stem_crop_seed(self.seed, stem))
+            crop = PriorTransform(resolution=self.resolution)
+            views += [crop(image, g) for _ in range(self.k - 1)]
+        return torch.stack(views)
 
 
-def crop_seed(seed: int, stem: str) -> int:
-    """The seed of an image's crops: from the run's ``seed`` and the image's ``stem``, not its position,
-    so encoding one split or all images gives an image the same crops."""
+def encoded_items(
+    dvae: DiscreteVAE,
+    dataset: ImageTextPairs,
+    views: ImageViews,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[str, list[str], torch.Tensor]]:
+    """``(stem, caption lines, codes)`` of every image of ``dataset`` that still loads, for
+    :func:`~dalle_zero.data.tokens.write_token_shards`: codes ``[h, w]``, or ``[k, h, w]`` with k views;
+    ``batch_size`` counts token grids, ``views.k`` per image."""
+    k, size = views.k, views.resolution
+    images = dataset.with_transform(_as_loaded)  # the views are made here, from the image and its stem
+    stems = dataset.stems
+    per_batch = max(1, batch_size // k)  # images per dVAE call
+    same = 0  # images whose views all encoded to the same grid
+    with torch.inference_mode(), tqdm(total=len(images), unit="img", desc="encode", disable=not progress) as bar:
+        for lo in range(0, len(images), per_batch):
+            idx = range(lo, min(lo + per_batch, len(images)))
+            batch = [(i, images[i]) for i in idx]
+            # an image that fails to load now comes back as the next one: leave it out (that one has its own turn)
+            batch = [(i, views(b["pixels"], stems[i])) for i, b in batch if b["stem"] == stems[i]]
+            if batch:
+                pixels = torch.stack([v for _, v in batch]).to(device)  # (B, k, 3, H, W)
+                codes = dvae.encode(pixels.flatten(0, 1)).cpu()  # (B·k, h, w)
+                codes = codes.view(len(batch), k, *codes.shape[-2:])  # (B, k, h, w)
+                for (i, _), c in zip(batch, codes):
+                    if k > 1 and bool((c == c[0]).all()):
+                        same += 1
+                    yield stems[i], dataset.captions(i), (c if k > 1 else c[0])
+            bar.update(len(idx))
+    if same:  # e.g. images no larger than the dVAE's input: Listing 2 has nothing to crop
+        logger.warning(
+            "%d of %d images gave %d identical token grids (an image must be larger than %d px to crop)",
+            same, len(images), k, size,
+        )
+
+
+def _as_loaded(image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+    return image
+
+
+def stem_crop_seed(seed: int, stem: str) -> int:
+    """The seed of an image's crops: from the run's ``seed`` and the image's ``stem``, not its position
+    or its captions, so encoding one split or all images gives an image the same crops."""
     digest = hashlib.blake2b(f"{seed}:{stem}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)

@@ -5,8 +5,9 @@ runs the dVAE. Each training example is ``(text_ids [Tt], image_ids [Ti])``:
 
 - the caption is tokenised with BPE dropout (p = 0.1 in the paper, §2.2 fn 5), seeded from the
   sampler's per-sample seed so that a resumed run draws the same tokens as an uninterrupted one;
-- with tokens of K crops per image (``dalle encode --augment K``, the paper's Listing 2), the image is
-  one of them, drawn from the same seed (:class:`~dalle_zero.data.tokens.TokenDataset`);
+- with tokens of K views per image (``dalle encode --augment K``: the plain resize and K - 1 of the
+  paper's Listing 2 crops), the image is one of them, drawn from the same seed
+  (:class:`~dalle_zero.data.tokens.TokenDataset`); validation reads the plain one;
 - with probability ``null_caption_prob`` the caption is replaced by the empty caption (all pads).
   The paper does not do this; it lets the same model serve as the unconditional model of
   classifier-free guidance at sampling time (Ho & Salimans 2022). Set it to 0 for the paper's recipe.
@@ -312,6 +313,7 @@ class PriorTask(TrainTask):
     def evaluate(self, model: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
         if not self.val_indices or self.cfg.eval_samples == 0:
             return {}
+        # plain indices: every held-out image's plain view (grid 0), not a crop drawn at random
         val = torch.utils.data.Subset(self.tokens, self.val_indices)
         return evaluate_prior(
             model, val, self.tokenizer, max_samples=self.cfg.eval_samples, batch_size=self.cfg.eval_batch_size
