@@ -7,6 +7,9 @@ const SHOWN_PX = 160;  // images are shown at least this wide, upscaled by a who
 let info = null;
 let prime = null;  // {data, name} of the chosen prime image
 let blobUrls = [];  // of the enlarged downloads shown, revoked when replaced
+const touched = new Set();  // ids of the fields the user typed in: /health never overwrites them
+// the seed field's limit: the largest integer a JS number holds exactly (the API takes up to 2**63 - 1)
+const MAX_SEED = 9007199254740991;
 
 function setStatus(text, isError) {
   $("status").textContent = text;
@@ -108,14 +111,43 @@ async function loadInfo() {
   $("prime_rows").placeholder = String(info.priming.prime_rows_default);
   $("candidates").disabled = !info.reranker;
   if (!info.reranker) $("candidates").placeholder = "needs CLIP";
-  // the model folder's recommended settings (sampling.json): what the server uses for a field left out
+  // the model folder's recommended settings (sampling.json): what the server uses for a field left out;
+  // loadInfo runs again once a token is given, by then the user may have typed their own
   const rec = info.sampling || {};
-  if (rec.temperature !== undefined) $("temperature").value = rec.temperature;
-  if (rec.guidance_scale !== undefined) $("guidance_scale").value = rec.guidance_scale;
-  if (info.reranker && rec.candidates) $("candidates").placeholder = `${rec.candidates} (recommended)`;
+  for (const id of ["temperature", "guidance_scale"]) {
+    if (rec[id] !== undefined && rec[id] !== null && !touched.has(id)) $(id).value = rec[id];
+  }
+  showCandidates();
   showExamples(info.examples || []);
   if ($("status").className === "error") setStatus("", false);
 }
+
+// The candidates the server draws when the field is left empty: the folder's recommendation, at least
+// the images asked for, at most the server's limit (api.parse_generate_request).
+function showCandidates() {
+  if (!info || !info.reranker) return;
+  const asked = field("n");
+  const n = Number.isInteger(asked) && asked >= 1 ? asked : Math.min(4, info.limits.max_images);
+  const rec = info.sampling && info.sampling.candidates;
+  const used = Math.min(Math.max(n, rec || n), info.limits.max_candidates);
+  const why = used === rec ? "recommended" : used === n ? "= images" : "the server's limit";
+  $("candidates").placeholder = `${used} (${why})`;
+}
+
+$("n").addEventListener("input", showCandidates);
+
+for (const id of ["temperature", "guidance_scale"]) $(id).addEventListener("input", () => touched.add(id));
+
+// A browser number holds integers exactly only up to 2**53 - 1: a larger seed would be sent rounded.
+function checkSeed() {
+  $("seed").setCustomValidity("");
+  if ($("seed").validity.rangeOverflow) {
+    $("seed").setCustomValidity(`at most ${MAX_SEED} (2^53 - 1) from this page; ` +
+      "larger seeds (up to 2^63 - 1) through the API or dalle generate");
+  }
+}
+
+$("seed").addEventListener("input", checkSeed);
 
 function showExamples(examples) {
   $("examples").querySelectorAll(".example").forEach((b) => b.remove());
@@ -254,17 +286,23 @@ function shellQuote(s) {
   return "'" + s.replace(/'/g, "'\"'\"'") + "'";
 }
 
+const known = (v) => v !== null && v !== undefined;
+
+// a flag and its value, or nothing when the server echoed none (null: off): never "null" or "undefined"
+function option(flag, value) {
+  return known(value) ? [flag, shellQuote(value)] : [];
+}
+
 function command(res, primeName) {
-  const s = res.settings;
+  const s = res.settings || {};
   const words = ["dalle", "generate", "--model", shellQuote(info && info.model ? info.model : "MODEL")];
-  words.push("-n", s.n, "--seed", res.seed);
   // every setting is named, so the command draws the same images whatever the folder recommends
-  if (s.candidates !== null) words.push("--candidates", s.candidates);
-  words.push("--temperature", s.temperature);
-  if (s.top_k !== null) words.push("--top-k", s.top_k);
-  if (s.top_p !== null) words.push("--top-p", s.top_p);
-  words.push("--guidance-scale", s.guidance_scale, "--guidance-top-p", s.guidance_top_p);
-  if (s.primed) words.push("--prime-image", shellQuote(primeName || "PRIME_IMAGE"), "--prime-rows", s.prime_rows);
+  words.push(...option("-n", s.n), ...option("--seed", res.seed), ...option("--candidates", s.candidates),
+    ...option("--temperature", s.temperature), ...option("--top-k", s.top_k), ...option("--top-p", s.top_p),
+    ...option("--guidance-scale", s.guidance_scale), ...option("--guidance-top-p", s.guidance_top_p));
+  if (s.primed) {
+    words.push("--prime-image", shellQuote(primeName || "PRIME_IMAGE"), ...option("--prime-rows", s.prime_rows));
+  }
   if (info && info.int8) words.push("--int8");
   if (info && info.device && info.device !== "cpu") words.push("--device", shellQuote(info.device));
   words.push("--", shellQuote(res.caption));  // "--": a caption may begin with "-"
@@ -272,13 +310,22 @@ function command(res, primeName) {
 }
 
 function settingsText(res, primeName) {
-  const s = res.settings;
-  const off = (v) => (v === null ? "off" : v);
-  const parts = [`seed ${res.seed}`, `${s.n} image(s)`];
-  if (s.candidates !== null) parts.push(`best of ${s.candidates} candidates`);
-  parts.push(`temperature ${s.temperature}`, `top-k ${off(s.top_k)}`, `top-p ${off(s.top_p)}`,
-    `guidance ${s.guidance_scale}` + (s.guidance_scale !== 1 ? ` (within top-p ${s.guidance_top_p})` : ""));
-  if (s.primed) parts.push(`primed with ${primeName || "an image"}, ${s.prime_rows} of ${info.image_grid} rows`);
+  const s = res.settings || {};
+  const off = (v) => (known(v) ? v : "off");
+  const parts = [];
+  if (known(res.seed)) parts.push(`seed ${res.seed}`);
+  if (known(s.n)) parts.push(`${s.n} image(s)`);
+  if (known(s.candidates)) parts.push(`best of ${s.candidates} candidates`);
+  if (known(s.temperature)) parts.push(`temperature ${s.temperature}`);
+  parts.push(`top-k ${off(s.top_k)}`, `top-p ${off(s.top_p)}`);
+  if (known(s.guidance_scale)) {
+    const within = s.guidance_scale !== 1 && known(s.guidance_top_p) ? ` (within top-p ${s.guidance_top_p})` : "";
+    parts.push(`guidance ${s.guidance_scale}${within}`);
+  }
+  if (s.primed) {
+    parts.push(`primed with ${primeName || "an image"}` +
+      (known(s.prime_rows) ? `, ${s.prime_rows} of ${info.image_grid} rows` : ""));
+  }
   return parts.join(" \u00b7 ");
 }
 
@@ -317,7 +364,7 @@ function showSettings(res, primeName) {
 
 function download(href, name, text) {
   const a = document.createElement("a");
-  a.href = href;
+  if (href !== null) a.href = href;
   a.download = name;
   a.textContent = text;
   return a;
@@ -332,6 +379,7 @@ async function enlarged(img, scale) {
   ctx.imageSmoothingEnabled = false;  // nearest neighbour, as shown
   ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  if (!blob) throw new Error("the browser could not encode the canvas");
   const url = URL.createObjectURL(blob);
   blobUrls.push(url);
   return url;
@@ -357,10 +405,19 @@ function showResult(res, primeName) {
     raw.className = "raw";
     cap.append(label, raw);
     if (scale > 1) {
-      const big = download("#", `${stem}_${w * scale}px.png`, `PNG ${w * scale} px`);
+      // no href until the PNG is ready: an <a> without one is not a link, so an early click saves nothing
+      const big = download(null, `${stem}_${w * scale}px.png`, `PNG ${w * scale} px`);
       big.className = "enlarged";
       big.setAttribute("aria-disabled", "true");
-      enlarged(img, scale).then((url) => { big.href = url; big.removeAttribute("aria-disabled"); });
+      enlarged(img, scale).then((url) => {
+        big.href = url;
+        big.removeAttribute("aria-disabled");
+      }).catch((e) => {
+        const note = document.createElement("span");
+        note.className = "note enlarged-failed";
+        note.textContent = `PNG ${w * scale} px not available: ${e.message || e}`;
+        big.replaceWith(note);
+      });
       cap.append(big);
     }
     fig.append(img, cap);
@@ -377,7 +434,7 @@ function showResult(res, primeName) {
   again.type = "button";
   again.textContent = "reuse seed";
   again.id = "reuse-seed";
-  again.addEventListener("click", () => { $("seed").value = res.seed; });
+  again.addEventListener("click", () => { $("seed").value = res.seed; checkSeed(); });
   $("status").append(" ", again);
 }
 
