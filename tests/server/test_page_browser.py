@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "tiny-model"
 GRID = IMAGE_SIZE // 4
 TOKEN = "page-test-token-0123456789"
-SHOWN = 160  # px: the page shows images at least this wide (page.js SHOWN_PX)
+SHOWN = 160  # px: the page shows images at least this wide (page_results.js SHOWN_PX)
 NO_TEXT = "\x1b[31m\x07"  # a caption the browser accepts and the server refuses (nothing left to draw)
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,8 @@
 """The web page of ``dalle serve`` (``GET /``): one self-contained HTML document, no external assets,
 and its icon (``GET /favicon.ico``).
 
-The document is put together from ``page.html``, ``page.css`` and ``page.js`` beside this file. It
+The document is put together from ``page.html``, ``page.css``, ``page.js`` (the form) and
+``page_results.js`` (the results) beside this file, the two scripts joined into one. It
 reads ``GET /health`` to show the model and set the form's limits (candidates only with a reranker),
 sends the form to ``POST /generate`` with ``fetch()``, and shows:
 
@@ -52,7 +53,7 @@ def _csp_hash(text: str) -> str:
 @functools.cache
 def page_and_policy() -> tuple[bytes, str]:
     """The page (UTF-8) and the Content-Security-Policy that allows exactly its script and style."""
-    style, script = _asset("page.css"), _asset("page.js")
+    style, script = _asset("page.css"), _asset("page.js") + "\n" + _asset("page_results.js")
     html = _asset("page.html").replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
     policy = (
         "default-src 'none'; "
