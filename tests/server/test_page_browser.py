@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "tiny-model"
 GRID = IMAGE_SIZE // 4
 TOKEN = "page-test-token-0123456789"
-SHOWN = 160  # px: the page shows images at least this wide (page.js SHOWN_PX)
+SHOWN = 160  # px: the page shows images at least this wide (page_results.js SHOWN_PX)
 NO_TEXT = "\x1b[31m\x07"  # a caption the browser accepts and the server refuses (nothing left to draw)
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,12 @@ def test_every_submit_renews_the_status_even_one_the_browser_blocks(page):
     page.fill("#caption", "")
     page.click("#go")
     assert page.inner_text("#status").startswith("not sent: caption:")
-    assert submit(page, "a red square", n="1").startswith("1 image(s), seed ")
+    page.fill("#caption", "a red square")
+    page.fill("#seed", str(2**63 - 1))  # a JS number would round it, to one the API refuses
+    page.click("#go")
+    assert page.inner_text("#status").startswith(f"not sent: seed: at most {2**53 - 1} (2^53 - 1) from this page")
+    assert submit(page, "a red square", seed=str(2**53 - 1)).startswith(f"1 image(s), seed {2**53 - 1}, ")
+    assert f"--seed {2**53 - 1} " in page.inner_text("#command")
     assert page.get_attribute("#status", "class") == ""
 
 
@@ -218,15 +223,22 @@ def test_the_form_starts_from_the_models_recommended_settings_and_the_command_na
         folder
     )
     service = GenerationService(TextToImagePipeline.from_pretrained(folder), LIMITS, name=MODEL_NAME)
-    with running(service) as server:
+    with running(service, token=TOKEN) as server:  # the summary comes only once the token is given
         page = open_page(browser, server.url)
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('access token')")
+        page.fill("#temperature", "0.7")  # typed before the summary came: kept
+        page.fill("#token", TOKEN)
+        page.click("#use-token")
         wait_for_model(page)
-        assert page.input_value("#guidance_scale") == "2.5" and page.input_value("#temperature") == "0.9"
+        assert page.input_value("#guidance_scale") == "2.5" and page.input_value("#temperature") == "0.7"
+        # what the server will draw when the field is left empty: min(max(n, 3), max_candidates 6)
+        assert page.get_attribute("#candidates", "placeholder") == "4 (= images)"  # n starts at 4
+        page.fill("#n", "2")
         assert page.get_attribute("#candidates", "placeholder") == "3 (recommended)"
         submit(page, "a red star", n="1", seed="5")
         assert "best of 3 candidates" in page.inner_text("#settings-line")
         words = shlex.split(page.inner_text("#command"))
-        for flag, value in (("--candidates", "3"), ("--guidance-scale", "2.5"), ("--temperature", "0.9")):
+        for flag, value in (("--candidates", "3"), ("--guidance-scale", "2.5"), ("--temperature", "0.7")):
             assert words[words.index(flag) + 1] == value
         assert page.problems == []
         page.context.close()
@@ -262,8 +274,11 @@ def test_prime_rows_of_the_whole_grid_is_explained_before_sending_and_with_the_r
 
 def test_the_page_is_labelled_announces_its_status_and_has_an_icon(page, server):
     assert page.get_by_label("caption", exact=True).evaluate("el => el.id") == "caption"
-    assert page.get_attribute("#status", "aria-live") == "polite"
-    assert page.get_attribute("#status", "role") == "status"
+    for region in ("#status", "#warning"):  # the server's warnings are read out too
+        assert page.get_attribute(region, "aria-live") == "polite"
+        assert page.get_attribute(region, "role") == "status"
+    # rendered while empty: a live region that appears only with its text may not be read out
+    assert page.eval_on_selector("#warning", "el => el.textContent === '' && el.checkVisibility()")
     icon = page.request.get(server.url + page.get_attribute("link[rel=icon]", "href"))
     assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
     with Image.open(io.BytesIO(icon.body())) as im:
@@ -327,11 +342,41 @@ def test_all_text_meets_wcag_aa_contrast(browser, server, scheme):
     page.context.close()
 
 
+# holds the page's canvas.toBlob() calls (the enlarged PNGs) until the test releases them, or fails them
+# as a browser does for a canvas it cannot encode (the callback gets null)
+HOLD_BLOBS = """(() => {
+  const real = HTMLCanvasElement.prototype.toBlob;
+  const held = [];
+  HTMLCanvasElement.prototype.toBlob = function (...args) { held.push([this, args]); };
+  window.heldBlobs = () => held.length;
+  window.releaseBlobs = (fail) => {
+    for (const [canvas, [done, ...rest]] of held.splice(0)) fail ? done(null) : real.call(canvas, done, ...rest);
+    return true;
+  };
+})()"""
+
+
 def test_each_image_downloads_as_drawn_and_as_shown(page):
+    page.add_init_script(HOLD_BLOBS)
+    page.reload()
+    wait_for_model(page)
+    downloads = []
+    page.on("download", lambda d: downloads.append(d))
     submit(page, "a green heart", n="2", seed="3")
+    # not ready: no link to click (an early click on href="#" saved the page itself as a PNG)
+    assert page.eval_on_selector_all("#images a.enlarged", "as => as.map((a) => a.hasAttribute('href'))") == [
+        False,
+        False,
+    ]
+    assert page.get_attribute("#images a.enlarged", "aria-disabled") == "true"
+    page.click("#images a.enlarged")
+    page.wait_for_function("() => heldBlobs() === 2")
+    assert downloads == []
+    page.evaluate("() => releaseBlobs(false)")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#images a.enlarged')].every((a) => a.href.startsWith('blob:'))"
     )
+    assert page.get_attribute("#images a.enlarged", "aria-disabled") is None
     for link, size in (("a.raw", IMAGE_SIZE), ("a.enlarged", SHOWN)):
         with page.expect_download() as info:
             page.click(f"#images figure:nth-child(2) {link}")
@@ -343,6 +388,32 @@ def test_each_image_downloads_as_drawn_and_as_shown(page):
             assert info.value.suggested_filename == "dalle_3_2.png"
     assert info.value.suggested_filename == f"dalle_3_2_{SHOWN}px.png"
     assert pixels.tobytes() == raw.resize((SHOWN, SHOWN), Image.Resampling.NEAREST).tobytes()
+    submit(page, "a green heart", n="1", seed="4")
+    page.wait_for_function("() => heldBlobs() === 1")
+    page.evaluate("() => releaseBlobs(true)")  # the browser could not encode it: no link, and why
+    page.wait_for_selector("#images .enlarged-failed")
+    assert page.query_selector("#images a.enlarged") is None and page.query_selector("#images a.raw")
+    assert (
+        page.inner_text("#images .enlarged-failed")
+        == f"PNG {SHOWN} px not available: the browser could not encode the canvas"
+    )
+
+
+def test_the_command_names_no_null_or_undefined_whatever_the_server_echoes(page):
+    def echo_less(route):
+        body = route.fetch().json()
+        del body["settings"]["guidance_top_p"]  # undefined
+        body["settings"].update(temperature=None, candidates=None, guidance_scale=None)
+        route.fulfill(json=body)
+
+    page.route("**/generate", echo_less)
+    submit(page, "a grey cat", n="1", seed="6")
+    command, settings = page.inner_text("#command"), page.inner_text("#settings-line")
+    for text in (command, settings):
+        assert "null" not in text and "undefined" not in text
+    words = shlex.split(command)
+    assert words[words.index("--seed") + 1] == "6" and words[-2:] == ["--", "a grey cat"]
+    assert not {"--temperature", "--guidance-scale", "--guidance-top-p", "--candidates"} & set(words)
 
 
 # ---- a server with a token ----

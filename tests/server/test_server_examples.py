@@ -37,7 +37,7 @@ def test_the_page_shows_clickable_examples_and_warnings_without_inline_handlers(
     status, response, page = call(server, "GET", "/")
     text = page.decode("utf-8")
     assert status == 200
-    assert '<div id="examples" hidden>' in text and '<div id="warning">' in text
+    assert '<div id="examples" hidden>' in text and '<div id="warning" role="status" aria-live="polite">' in text
     assert "info.examples" in text and '$("caption").placeholder = "a caption, e.g. " + examples[0]' in text
     assert 'b.addEventListener("click", () => { $("caption").value = text;' in text
     assert "showWarnings(res.warnings)" in text

@@ -1,12 +1,14 @@
 "use strict";
-// The page of `dalle serve` (see page.py). Every submit gets a fresh status, also one the browser's
+// The page of `dalle serve` (see page.py): the form and the talk with the server; the results are in
+// page_results.js, joined after this file. Every submit gets a fresh status, also one the browser's
 // own form checks block; earlier results stay visible, dimmed and labelled, until new ones arrive.
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "dalle-zero-token";  // sessionStorage: this tab only, gone when it closes
-const SHOWN_PX = 160;  // images are shown at least this wide, upscaled by a whole factor
 let info = null;
 let prime = null;  // {data, name} of the chosen prime image
-let blobUrls = [];  // of the enlarged downloads shown, revoked when replaced
+const touched = new Set();  // ids of the fields the user typed in: /health never overwrites them
+// the seed field's limit: the largest integer a JS number holds exactly (the API takes up to 2**63 - 1)
+const MAX_SEED = 9007199254740991;
 
 function setStatus(text, isError) {
   $("status").textContent = text;
@@ -108,14 +110,43 @@ async function loadInfo() {
   $("prime_rows").placeholder = String(info.priming.prime_rows_default);
   $("candidates").disabled = !info.reranker;
   if (!info.reranker) $("candidates").placeholder = "needs CLIP";
-  // the model folder's recommended settings (sampling.json): what the server uses for a field left out
+  // the model folder's recommended settings (sampling.json): what the server uses for a field left out;
+  // loadInfo runs again once a token is given, by then the user may have typed their own
   const rec = info.sampling || {};
-  if (rec.temperature !== undefined) $("temperature").value = rec.temperature;
-  if (rec.guidance_scale !== undefined) $("guidance_scale").value = rec.guidance_scale;
-  if (info.reranker && rec.candidates) $("candidates").placeholder = `${rec.candidates} (recommended)`;
+  for (const id of ["temperature", "guidance_scale"]) {
+    if (rec[id] !== undefined && rec[id] !== null && !touched.has(id)) $(id).value = rec[id];
+  }
+  showCandidates();
   showExamples(info.examples || []);
   if ($("status").className === "error") setStatus("", false);
 }
+
+// The candidates the server draws when the field is left empty: the folder's recommendation, at least
+// the images asked for, at most the server's limit (api.parse_generate_request).
+function showCandidates() {
+  if (!info || !info.reranker) return;
+  const asked = field("n");
+  const n = Number.isInteger(asked) && asked >= 1 ? asked : Math.min(4, info.limits.max_images);
+  const rec = info.sampling && info.sampling.candidates;
+  const used = Math.min(Math.max(n, rec || n), info.limits.max_candidates);
+  const why = used === rec ? "recommended" : used === n ? "= images" : "the server's limit";
+  $("candidates").placeholder = `${used} (${why})`;
+}
+
+$("n").addEventListener("input", showCandidates);
+
+for (const id of ["temperature", "guidance_scale"]) $(id).addEventListener("input", () => touched.add(id));
+
+// A browser number holds integers exactly only up to 2**53 - 1: a larger seed would be sent rounded.
+function checkSeed() {
+  $("seed").setCustomValidity("");
+  if ($("seed").validity.rangeOverflow) {
+    $("seed").setCustomValidity(`at most ${MAX_SEED} (2^53 - 1) from this page; ` +
+      "larger seeds (up to 2^63 - 1) through the API or dalle generate");
+  }
+}
+
+$("seed").addEventListener("input", checkSeed);
 
 function showExamples(examples) {
   $("examples").querySelectorAll(".example").forEach((b) => b.remove());
@@ -244,142 +275,3 @@ $("form").addEventListener("submit", async (e) => {
     $("results").removeAttribute("aria-busy");
   }
 });
-
-// ---- results ----
-
-// POSIX shell quoting, as Python's shlex.quote: safe words bare, anything else in single quotes
-function shellQuote(s) {
-  s = String(s);
-  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s)) return s;
-  return "'" + s.replace(/'/g, "'\"'\"'") + "'";
-}
-
-function command(res, primeName) {
-  const s = res.settings;
-  const words = ["dalle", "generate", "--model", shellQuote(info && info.model ? info.model : "MODEL")];
-  words.push("-n", s.n, "--seed", res.seed);
-  // every setting is named, so the command draws the same images whatever the folder recommends
-  if (s.candidates !== null) words.push("--candidates", s.candidates);
-  words.push("--temperature", s.temperature);
-  if (s.top_k !== null) words.push("--top-k", s.top_k);
-  if (s.top_p !== null) words.push("--top-p", s.top_p);
-  words.push("--guidance-scale", s.guidance_scale, "--guidance-top-p", s.guidance_top_p);
-  if (s.primed) words.push("--prime-image", shellQuote(primeName || "PRIME_IMAGE"), "--prime-rows", s.prime_rows);
-  if (info && info.int8) words.push("--int8");
-  if (info && info.device && info.device !== "cpu") words.push("--device", shellQuote(info.device));
-  words.push("--", shellQuote(res.caption));  // "--": a caption may begin with "-"
-  return words.join(" ");
-}
-
-function settingsText(res, primeName) {
-  const s = res.settings;
-  const off = (v) => (v === null ? "off" : v);
-  const parts = [`seed ${res.seed}`, `${s.n} image(s)`];
-  if (s.candidates !== null) parts.push(`best of ${s.candidates} candidates`);
-  parts.push(`temperature ${s.temperature}`, `top-k ${off(s.top_k)}`, `top-p ${off(s.top_p)}`,
-    `guidance ${s.guidance_scale}` + (s.guidance_scale !== 1 ? ` (within top-p ${s.guidance_top_p})` : ""));
-  if (s.primed) parts.push(`primed with ${primeName || "an image"}, ${s.prime_rows} of ${info.image_grid} rows`);
-  return parts.join(" \u00b7 ");
-}
-
-function showSettings(res, primeName) {
-  const line = document.createElement("p");
-  line.id = "settings-line";
-  line.textContent = "settings: " + settingsText(res, primeName);
-  const cmd = document.createElement("div");
-  cmd.className = "command";
-  const code = document.createElement("code");
-  code.id = "command";
-  code.textContent = command(res, primeName);
-  const copy = document.createElement("button");
-  copy.type = "button";
-  copy.id = "copy";
-  copy.textContent = "copy";
-  const note = document.createElement("span");
-  note.className = "note";
-  note.id = "copy-note";
-  note.setAttribute("aria-live", "polite");
-  copy.addEventListener("click", async () => {
-    try {
-      await navigator.clipboard.writeText(code.textContent);
-      note.textContent = "copied";
-    } catch {
-      getSelection().selectAllChildren(code);
-      note.textContent = "selected: press Ctrl+C to copy";
-    }
-  });
-  const where = document.createElement("p");
-  where.className = "note";
-  where.textContent = "the same images from the command line (--model is the served folder; give its path)";
-  cmd.append(code, copy, note);
-  $("settings").replaceChildren(line, where, cmd);
-}
-
-function download(href, name, text) {
-  const a = document.createElement("a");
-  a.href = href;
-  a.download = name;
-  a.textContent = text;
-  return a;
-}
-
-async function enlarged(img, scale) {
-  await img.decode();
-  const canvas = document.createElement("canvas");
-  canvas.width = img.naturalWidth * scale;
-  canvas.height = img.naturalHeight * scale;
-  const ctx = canvas.getContext("2d");
-  ctx.imageSmoothingEnabled = false;  // nearest neighbour, as shown
-  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
-  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-  const url = URL.createObjectURL(blob);
-  blobUrls.push(url);
-  return url;
-}
-
-function showResult(res, primeName) {
-  blobUrls.forEach((u) => URL.revokeObjectURL(u));
-  blobUrls = [];
-  const [w, h] = res.image_size;
-  const scale = Math.max(1, Math.ceil(SHOWN_PX / w));
-  const figures = res.images.map((png, i) => {
-    const fig = document.createElement("figure");
-    const img = document.createElement("img");
-    img.src = "data:image/png;base64," + png;
-    img.alt = `${res.caption} (image ${i + 1} of ${res.images.length}, seed ${res.seed})`;
-    img.style.width = `${w * scale}px`;
-    img.style.height = `${h * scale}px`;
-    const cap = document.createElement("figcaption");
-    const label = document.createElement("div");
-    label.textContent = `#${i + 1}` + (res.scores ? `  score ${res.scores[i].toFixed(3)}` : "");
-    const stem = `dalle_${res.seed}_${i + 1}`;
-    const raw = download(img.src, `${stem}.png`, `PNG ${w} px`);
-    raw.className = "raw";
-    cap.append(label, raw);
-    if (scale > 1) {
-      const big = download("#", `${stem}_${w * scale}px.png`, `PNG ${w * scale} px`);
-      big.className = "enlarged";
-      big.setAttribute("aria-disabled", "true");
-      enlarged(img, scale).then((url) => { big.href = url; big.removeAttribute("aria-disabled"); });
-      cap.append(big);
-    }
-    fig.append(img, cap);
-    return fig;
-  });
-  $("images").replaceChildren(...figures);
-  $("results").classList.remove("stale");
-  $("results-note").textContent = "";
-  showSettings(res, primeName);
-  showWarnings(res.warnings);
-  setStatus(`${res.images.length} image(s), seed ${res.seed}, ${res.seconds.toFixed(2)} s` +
-    (res.queued_seconds > 0.05 ? ` (+${res.queued_seconds.toFixed(2)} s waiting)` : ""), false);
-  const again = document.createElement("button");
-  again.type = "button";
-  again.textContent = "reuse seed";
-  again.id = "reuse-seed";
-  again.addEventListener("click", () => { $("seed").value = res.seed; });
-  $("status").append(" ", again);
-}
-
-takeTokenFromFragment();
-loadInfo();

@@ -1,25 +1,30 @@
 """The web page of ``dalle serve`` (``GET /``): one self-contained HTML document, no external assets,
 and its icon (``GET /favicon.ico``).
 
-The document is put together from ``page.html``, ``page.css`` and ``page.js`` beside this file. It
+The document is put together from ``page.html``, ``page.css``, ``page.js`` (the form) and
+``page_results.js`` (the results) beside this file, the two scripts joined into one. It
 reads ``GET /health`` to show the model and set the form's limits (candidates only with a reranker),
 sends the form to ``POST /generate`` with ``fetch()``, and shows:
 
 - the images, upscaled by a whole factor with nearest neighbour (models may draw tiny images), each
   with its reranker score, an alt text naming caption, index and seed, and two downloads: the PNG
-  as drawn and as shown;
+  as drawn and as shown (a link only once the browser has encoded it);
 - the seed and settings used, and a ``dalle generate`` command (shell-quoted) that draws the same
   images;
 - a status line (an ``aria-live`` region) that every submit renews, also one the browser's own
   form checks block, and that says "server not reachable" when no answer comes;
 - earlier results dimmed and labelled as older while a request runs or after it failed;
-- the response's warnings, and a note before sending when ``prime rows`` leaves nothing to draw.
+- the response's warnings (a second live region), and a note before sending when ``prime rows``
+  leaves nothing to draw.
 
+The form starts from the model folder's recommended settings (``sampling`` of ``/health``) without
+overwriting what the user typed, shows the candidate count the server will use for the images asked
+for, and takes seeds up to 2**53 - 1, the largest integer a JavaScript number holds exactly.
 The model's example captions (``examples`` of ``/health``) are buttons that fill the caption box.
 For a server started with ``--token``, the page asks for the token (or takes it from the URL
 fragment ``#token=...``), keeps it in ``sessionStorage`` (this tab only) and sends it as
 ``Authorization: Bearer``. The script and the style sheet are allowed by their sha256 in the
-Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`), so no other inline code runs; handlers are
+Content-Security-Policy (:func:`page_and_policy`), so no other inline code runs; handlers are
 attached with ``addEventListener``, never as ``on...=`` attributes.
 """
 
@@ -48,7 +53,7 @@ def _csp_hash(text: str) -> str:
 @functools.cache
 def page_and_policy() -> tuple[bytes, str]:
     """The page (UTF-8) and the Content-Security-Policy that allows exactly its script and style."""
-    style, script = _asset("page.css"), _asset("page.js")
+    style, script = _asset("page.css"), _asset("page.js") + "\n" + _asset("page_results.js")
     html = _asset("page.html").replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
     policy = (
         "default-src 'none'; "
