@@ -1,0 +1,130 @@
+"""A demo run's prior trained again with changed settings, or sampled with other settings, read with
+the demo's evaluator: what a change does to the figures of the captions-and-concepts issue.
+
+Trains ``dalle train prior`` on the run's tokens with its ``train_config.json`` and the ``--set``
+changes for ``--steps`` updates (or takes ``--prior``, an existing prior model folder), puts it in a
+copy of the run's model folder, and reads, for ``--samples`` captions spread over each split, one
+image each (the best of ``--candidates`` by the run's reranker, guidance ``--guidance`` within the
+default nucleus):
+
+- concept top-5 for the plain name and for the canonical caption of training images;
+- held-out tone/style for name + attribute captions of unseen compositions;
+- bits per image with the right, a shuffled and the empty plain-name caption.
+
+Prints one JSON row and appends it to ``--results``.
+
+    python experiments/prior_variants.py --run demo --data DATA --name lr3e3 --steps 1412 --set lr=3e-3
+    python experiments/prior_variants.py --run demo --data DATA --name c16 --prior demo/runs/prior/best_model \\
+        --candidates 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dalle_zero.data.metadata import read_dataset_splits, read_metadata
+from dalle_zero.evaluation import metrics
+from dalle_zero.evaluation.caption_kinds import kind_captions
+from dalle_zero.evaluation.evaluate import (
+    EvalConfig,
+    caption_use_bits,
+    generate_for_captions,
+    load_real_images,
+    pick_evenly,
+)
+from dalle_zero.evaluation.readouts import asked_labels
+from dalle_zero.models.evaluator import EmojiEvaluator
+from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+
+READS = (("train", "name"), ("train", "canonical"), ("unseen_compositions", "name_attributes"))
+
+
+def changed_config(run: Path, changes: list[str], steps: int) -> dict:
+    """The run's prior train config with ``key=json`` changes (``lr=3e-3``, ``model.n_embd=128``)."""
+    cfg = json.loads((run / "runs" / "prior" / "train_config.json").read_text())
+    for change in changes:
+        key, value = change.split("=", 1)
+        *path, last = key.split(".")
+        target = cfg
+        for part in path:
+            target = target[part]
+        target[last] = json.loads(value)
+    cfg["loop"].update(steps=steps, eval_every=steps, checkpoint_every=steps)
+    return cfg
+
+
+def read(pipe: TextToImagePipeline, evaluator: EmojiEvaluator, data: Path, config: EvalConfig, samples: int) -> dict:
+    meta, splits = read_metadata(data), read_dataset_splits(data)
+    out: dict[str, float] = {}
+    for split, kind in READS:
+        rows = [meta[s] for s in pick_evenly(splits[split], samples)]
+        idx, caps = kind_captions(rows, kind)
+        rows = [rows[i] for i in idx]
+        images, _ = generate_for_captions(pipe, caps, config, generator=torch.Generator().manual_seed(config.seed))
+        acc, _ = metrics.label_top_k(evaluator, images, "concept", asked_labels(rows, "concept"), ks=(5,))
+        out[f"{split}/{kind}/concept_top5"] = round(acc[5], 3)
+        if split == "unseen_compositions":
+            right = total = 0.0
+            for head in ("tone", "style"):
+                a, n = metrics.attribute_accuracy(evaluator, images, head, asked_labels(rows, head, holdout_only=True))
+                right, total = right + a * n, total + n
+            out[f"{split}/{kind}/heldout_attribute"] = round(right / total, 3)
+        if kind == "name":
+            real = load_real_images(data, [r["stem"] for r in rows], pipe.dvae.config.image_size)
+            out.update({k: round(v, 1) for k, v in caption_use_bits(pipe, caps, real).items()})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a `dalle demo` output folder")
+    p.add_argument("--data", required=True, help="its dataset folder")
+    p.add_argument("--name", required=True, help="name of this variant (folder under --out)")
+    p.add_argument("--set", nargs="*", default=[], help="train config changes, key=json (model.x, loop.x, x)")
+    p.add_argument("--steps", type=int, default=0, help="updates to train (with --set)")
+    p.add_argument("--prior", help="read this prior model folder instead of training one")
+    p.add_argument("--samples", type=int, default=160)
+    p.add_argument("--candidates", type=int, default=6)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--out", default="prior_variants")
+    p.add_argument("--results", default="prior_variants.jsonl")
+    args = p.parse_args()
+    run, out = Path(args.run), Path(args.out) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    prior = Path(args.prior) if args.prior else out / "run" / "model"
+    if not args.prior:
+        cfg = changed_config(run, args.set, args.steps)
+        (out / "train_config.json").write_text(json.dumps(cfg, indent=1))
+        shutil.rmtree(out / "run", ignore_errors=True)
+        cmd = [sys.executable, "-m", "dalle_zero.cli.main", "train", "prior", "--no-progress",
+               "--config", str(out / "train_config.json"), "--tokens", cfg["tokens"], "--tokenizer", cfg["tokenizer"],
+               "--out", str(out / "run")]
+        subprocess.run(cmd, check=True)
+    train_seconds = time.time() - t0
+    model = out / "model"
+    shutil.rmtree(model, ignore_errors=True)
+    shutil.copytree(run / "model", model, ignore=shutil.ignore_patterns("transformer"))
+    shutil.copytree(prior, model / "transformer")
+    torch.set_num_threads(2)
+    pipe = TextToImagePipeline.from_pretrained(model)
+    evaluator = EmojiEvaluator.from_pretrained(run / "runs" / "evaluator" / "model").eval()
+    config = EvalConfig(candidates=args.candidates, guidance_scale=args.guidance, batch_size=128)
+    row = {"name": args.name, "set": args.set, "steps": args.steps, "prior": args.prior,
+           "candidates": args.candidates, "guidance_scale": args.guidance, "train_seconds": round(train_seconds, 1)}
+    row.update(read(pipe, evaluator, Path(args.data), config, args.samples))
+    print(json.dumps(row), flush=True)
+    with open(args.results, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
