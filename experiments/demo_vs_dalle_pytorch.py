@@ -311,7 +311,7 @@ def compare(args: argparse.Namespace) -> None:
         rows = [meta[x] for x in picks[split]]
         real = load_real_images(data, picks[split], size)
         fake_ours, scores_ours = generate_for_captions(pipeline, caps, eval_cfg, generator=gen)
-        pixels = pipeline._decode(theirs["codes"][split].view(-1, grid, grid))  # (N*c, 3, S, S)
+        pixels = pipeline.decode(theirs["codes"][split].view(-1, grid, grid))  # (N*c, 3, S, S)
         best, best_scores = [], []
         for i, caption in enumerate(caps):
             cand = pixels[i * c : (i + 1) * c]

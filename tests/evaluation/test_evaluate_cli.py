@@ -222,7 +222,7 @@ def test_the_evaluation_keeps_the_rerankers_best_of_the_candidates_drawn_for_eac
     tokens, pixels = sample_candidates(pipeline, captions, config, repeats=3, generator=draw)
     grid = pipeline.transformer.config.image_grid
     assert tokens.shape == (6, grid * grid) and pixels.shape == (6, 3, 32, 32)
-    torch.testing.assert_close(pixels, pipeline._decode(tokens.view(-1, grid, grid)))
+    torch.testing.assert_close(pixels, pipeline.decode(tokens.view(-1, grid, grid)))
     again, _ = sample_candidates(pipeline, captions, config, repeats=3, generator=torch.Generator().manual_seed(5))
     assert torch.equal(again, tokens)
     best, scores = generate_for_captions(pipeline, captions, config, generator=torch.Generator().manual_seed(5))

@@ -106,7 +106,7 @@ def sample_candidates(
             guidance_top_p=config.guidance_top_p,
         )  # (b, Ti)
         tokens.append(t.cpu())
-        images.append(pipeline._decode(t.view(-1, grid, grid)))  # (b, 3, S, S)
+        images.append(pipeline.decode(t.view(-1, grid, grid)))  # (b, 3, S, S)
         if progress is not None:
             progress.update(len(ids))
     return torch.cat(tokens), torch.cat(images)

@@ -339,7 +339,7 @@ class TextToImagePipeline:
                     )
                     grids.append(tokens.view(bsz, grid, grid))
                 grid_codes = torch.cat(grids)  # (m, h, w)
-                pixels = self._decode(grid_codes)  # (m, 3, H, W)
+                pixels = self.decode(grid_codes)  # (m, 3, H, W)
                 score = None
                 if self.clip is not None:
                     all_scores, order = rerank(self.clip, self.tokenizer, caption, pixels, top=n)
@@ -357,7 +357,9 @@ class TextToImagePipeline:
         return GenerationOutput(prompts=prompts, images=images, codes=codes, scores=scores, seed=int(seed))
 
     @torch.inference_mode()
-    def _decode(self, codes: Tensor, chunk: int = 64) -> Tensor:
+    def decode(self, codes: Tensor, chunk: int = 64) -> Tensor:
+        """Image-token grids ``long[N, h, w]`` (from the prior, or from ``self.dvae.encode``) -> images
+        ``float[N, 3, H, W]`` in [0, 1] on the CPU, decoded ``chunk`` at a time by the dVAE."""
         device = next(self.dvae.parameters()).device
         return torch.cat([self.dvae.decode(c.to(device)).cpu() for c in codes.split(chunk)])
 
