@@ -11,7 +11,8 @@ import torch
 from dalle_zero.cli.main import main
 from dalle_zero.pipelines.sampling_defaults import SAMPLING_NAME, SamplingDefaults
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-from dalle_zero.server.api import GenerationService, ServerLimits, parse_generate_request
+from dalle_zero.server.api import GenerationService
+from dalle_zero.server.generate_request import ServerLimits, parse_generate_request
 
 RECOMMENDED = SamplingDefaults(guidance_scale=3.0, guidance_top_p=0.9, temperature=0.8, candidates=6)
 

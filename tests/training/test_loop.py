@@ -179,7 +179,7 @@ class _UShapedValidation(ToyTask):
 
 
 def test_select_by_keeps_the_model_of_the_lowest_validation_figure(tmp_path):
-    from dalle_zero.training.loop import best_model
+    from dalle_zero.training.run_files import best_model
 
     run_toy(tmp_path / "run", steps=12, eval_every=3, select_by="loss", task=_UShapedValidation)
     found = best_model(tmp_path / "run")

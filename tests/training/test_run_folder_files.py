@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import last_validation_step
+from dalle_zero.training.run_files import last_validation_step
 from tests.factories.toy import ToyModel, run_toy, same_weights
 
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.pipelines.sampling_defaults import SamplingDefaults
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.tokenizers.bpe import BPETokenizer
-    from dalle_zero.training.loop import best_model
+    from dalle_zero.training.run_files import best_model
 
     given = {k: getattr(args, k) for k in ("temperature", "guidance_scale", "guidance_top_p", "candidates")}
     sampling = SamplingDefaults.from_dict(

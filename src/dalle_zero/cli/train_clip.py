@@ -79,7 +79,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.training.clip import CLIPTask, build_model
-    from dalle_zero.training.loop import last_validation_step, train
+    from dalle_zero.training.loop import train
+    from dalle_zero.training.run_files import last_validation_step
 
     config, tokenizer = resolve_config(args)
     model = build_model(config)

@@ -97,7 +97,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.training.dvae import DVAETask, build_datasets, build_model
-    from dalle_zero.training.loop import last_validation_step, train
+    from dalle_zero.training.loop import train
+    from dalle_zero.training.run_files import last_validation_step
 
     config = resolve_config(args)
     train_data, eval_data, note = build_datasets(config)

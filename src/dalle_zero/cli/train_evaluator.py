@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.data.metadata import read_dataset_split
     from dalle_zero.models.evaluator import EmojiEvaluator
     from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
-    from dalle_zero.training.loop import last_validation, train
+    from dalle_zero.training.loop import train
+    from dalle_zero.training.run_files import last_validation
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = EvaluatorTrainConfig.from_json_file(args.config) if args.config else EvaluatorTrainConfig()

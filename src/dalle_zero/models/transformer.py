@@ -1,6 +1,6 @@
 """The DALL-E prior: a decoder-only sparse transformer over one text+image token stream (paper §2.2, App. B.1).
 
-Stream (paper_spec §2; Ambiguity 2): the model reads
+Stream (paper §2.2, App. B.1; the paper leaves the BOS placement open): the model reads
 ``[BOS, text_0 .. text_{Tt-1}, image_0 .. image_{Ti-2}]`` (``Tt + Ti`` inputs) and position ``s``
 predicts token ``s + 1``: the ``Tt`` text tokens, then the ``Ti`` image tokens.
 
@@ -135,7 +135,7 @@ class DalleTransformer(PretrainedModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Sparse Transformer initialisation (paper_spec §3.2); zero output layers."""
+        """Sparse Transformer initialisation (paper App. B.1); zero output layers."""
         nn.init.normal_(self.bos, std=0.125 / math.sqrt(self.config.n_embd))
         self.text_embed.reset_parameters()
         self.image_embed.reset_parameters()

@@ -1,4 +1,4 @@
-"""Pre-LayerNorm transformer block of the Sparse Transformer kind (paper_spec §3.2; ST §5.2, §6).
+"""Pre-LayerNorm transformer block of the Sparse Transformer kind (paper App. B.1; Sparse Transformer §5.2, §6).
 
 ``H = H + attn(LN(H)); H = H + mlp(LN(H))`` — two residual branches ("resblocks") per layer, the MLP
 ``W2·GELU(W1·x + b1) + b2`` with hidden width ``mlp_ratio · d``. Dropout, if any, only on the

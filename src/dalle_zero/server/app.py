@@ -6,7 +6,7 @@ Endpoints (every answer but the page is JSON; errors are ``{"error": "...", "sta
 - ``GET /``: the web page (:mod:`dalle_zero.server.page`), self-contained, and ``GET /favicon.ico``;
 - ``GET /health`` (also ``/info``): the model summary (with its example captions), the server's
   limits and its queue;
-- ``POST /generate``: a JSON body as described in :func:`~dalle_zero.server.api.parse_generate_request`.
+- ``POST /generate``: a JSON body as described in :func:`~dalle_zero.server.generate_request.parse_generate_request`.
 
 Every request's head is checked before its body is read, in this order:
 
@@ -46,7 +46,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dalle_zero import __version__
-from dalle_zero.server.api import ApiError, ClientGone, GenerationService
+from dalle_zero.server.api import ClientGone, GenerationService
+from dalle_zero.server.generate_request import ApiError
 from dalle_zero.server.guards import (
     DeadlineReader,
     HostNames,

@@ -1,4 +1,4 @@
-"""The per-resblock gradient scales of fp16 training and their dynamics (paper App. D(1); paper_spec §3.6).
+"""The per-resblock gradient scales of fp16 training and their dynamics (paper App. D(1)).
 
 The model multiplies each resblock's backward gradient by its scale (``nn/grad_scale.py``), so the
 parameter gradients inside resblock ``k`` arrive multiplied by ``multipliers[k]``.

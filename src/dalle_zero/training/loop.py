@@ -7,7 +7,9 @@ with the paper's per-resblock gradient scales and skipped updates), gradient cli
 weights, metrics.jsonl and a progress bar, step checkpoints with exact ``resume``, a clean stop on
 Ctrl-C or SIGTERM (under torchrun all ranks stop after the same step, even when the signal reaches
 one of them), and DDP or FSDP when launched by torchrun. The usable model (EMA weights when EMA is
-on) is saved to ``run_dir/model``.
+on) is saved to ``run_dir/model``. The run folder's other files (``train_config.json``,
+``metrics.jsonl``, the best model by validation) are read and written by
+:mod:`~dalle_zero.training.run_files`.
 
 Under FSDP (``strategy="fsdp"`` with several processes) every rank holds shards of the weights, the
 gradients, the optimizer state and the EMA. Checkpoints and ``model/`` are the same files as
@@ -21,9 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass
@@ -34,11 +34,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int, json_type, parse_json
-from dalle_zero.io import PretrainedModel, atomic_write_text, clean_leftovers, load_state_dict_strict
+from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int
+from dalle_zero.io import PretrainedModel, load_state_dict_strict
 from dalle_zero.training import allocator, denormals, distributed, precision
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.ema import EMA
+from dalle_zero.training.run_files import keep_if_best, log_metrics, prepare_run_dir, truncate_metrics
 from dalle_zero.training.sampler import ResumableBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -181,46 +182,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> None:
-    """Create the run folder; refuse to overwrite an existing run unless resuming.
-
-    What interrupted writes left in it is dealt with first (:func:`~dalle_zero.io.clean_leftovers`): a
-    folder (``model/``, a step folder) left aside by a crash between two renames is put back, and
-    temporary and aside copies are removed, so a killed run leaves neither a missing folder nor a
-    pile of full-size copies."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(run_dir)
-    cfg_path = run_dir / "train_config.json"
-    has_steps = bool(ckpt.list_steps(run_dir))
-    if not resume and has_steps:
-        raise ValueError(
-            f"{run_dir} already holds a training run; pass --resume to continue it or choose a new --out"
-        )
-    if resume and cfg_path.is_file():
-        saved, new = json.loads(cfg_path.read_text()), json.loads(train_config.to_json())
-        before, after = _pop_schedule(saved), _pop_schedule(new)
-        if saved != new:
-            logger.warning("%s differs from the config of this run; resuming with the new one", cfg_path)
-        elif before != after:  # the same run made longer or shorter (`--steps` on resume, a demo's re-plan)
-            changed = {k: v for k, v in after.items() if before.get(k) != v}
-            logger.info("%s: resuming with loop %s instead of %s", cfg_path, changed,
-                        {k: before.get(k) for k in changed})
-    atomic_write_text(cfg_path, train_config.to_json())
-
-
-# loop fields that say how long a run is, how often it logs, evaluates and checkpoints, and how it spreads
-# over processes, not what it learns
-_SCHEDULE_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "strategy")
-
-
-def _pop_schedule(config: dict[str, Any]) -> dict[str, Any]:
-    """Remove the :data:`_SCHEDULE_FIELDS` from a train config's JSON ``loop`` and return them."""
-    loop = config.get("loop")
-    if not isinstance(loop, dict):
-        return {}
-    return {k: loop.pop(k) for k in _SCHEDULE_FIELDS if k in loop}
-
-
 def train(
     model: PretrainedModel,
     task: TrainTask,
@@ -267,7 +228,7 @@ def train(
             step = _restore_weights(saved, path, model, ema, task)
             logger.info("resumed from %s", path)
     if ctx.is_main:  # rows after the checkpoint (all of them without one) are logged again; a torn line goes
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        truncate_metrics(run_dir / "metrics.jsonl", step)
     if step >= loop.steps:
         logger.info("run already complete at step %d", step)
         return _save_model(model, ema, run_dir, ctx, None)  # nothing is sharded yet: rank 0 saves its own
@@ -354,7 +315,7 @@ def train(
                 now = time.perf_counter()
                 row = {k: distributed.all_reduce_mean(v / n_logged, ctx) for k, v in sums.items()}
                 row["samples_per_s"] = samples_since / max(now - t_log, 1e-9)
-                _log(run_dir, step, row, ctx)
+                log_metrics(run_dir, step, row, ctx)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 sums, n_logged, t_log, samples_since = {}, 0, now, 0
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
@@ -404,10 +365,6 @@ class _FullCopy:
         return self.model
 
 
-BEST_MODEL = "best_model"
-BEST_RECORD = "best.json"
-
-
 def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run_dir: Path,
               ctx: distributed.DistContext, full: _FullCopy | None, *, select_by: str | None = None) -> None:
     target: nn.Module | None = ema.model if ema is not None else model
@@ -428,100 +385,10 @@ def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run
     if full is not None:
         target.cpu()
     if row:
-        _log(run_dir, step, {f"val/{k}": v for k, v in row.items()}, ctx)
+        log_metrics(run_dir, step, {f"val/{k}": v for k, v in row.items()}, ctx)
         logger.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     if select_by is not None:
-        _keep_if_best(target, row, select_by, step, run_dir)
-
-
-def best_model(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """``(best_model folder, its record)`` of a run trained with ``select_by``, or None."""
-    run_dir = Path(run_dir)
-    path = run_dir / BEST_RECORD
-    if not path.is_file() or not (run_dir / BEST_MODEL).is_dir():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return (run_dir / BEST_MODEL, record) if isinstance(record, dict) else None
-
-
-def _keep_if_best(model: nn.Module, row: dict[str, float], name: str, step: int, run_dir: Path) -> None:
-    """Save ``model`` to ``best_model/`` if validation figure ``name`` is the lowest so far."""
-    if name not in row:
-        raise ValueError(f"LoopConfig.select_by is {name!r} but the evaluation reports only {sorted(row)}")
-    value = float(row[name])
-    previous = best_model(run_dir)
-    if previous is not None and previous[1].get("step", 0) < step and not value < previous[1].get("value", math.inf):
-        return
-    model.save_pretrained(run_dir / BEST_MODEL)  # type: ignore[operator]
-    atomic_write_text(run_dir / BEST_RECORD, json.dumps({"step": step, "figure": name, "value": value}) + "\n")
-
-
-def _log(run_dir: Path, step: int, row: dict[str, float], ctx: distributed.DistContext) -> None:
-    if not ctx.is_main:
-        return
-    clean = {k: (v if math.isfinite(v) else None) for k, v in row.items()}
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
-
-
-def last_validation(run_dir: str | Path) -> dict[str, float]:
-    """The ``val/`` metrics of the last evaluated step in ``run_dir/metrics.jsonl``, prefix removed."""
-    return last_validation_step(run_dir)[1]
-
-
-def last_validation_step(run_dir: str | Path) -> tuple[int | None, dict[str, float]]:
-    """(step, metrics) of the last evaluated step, as :func:`last_validation`; (None, {}) if none."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None, {}
-    for _, row in reversed(read_metrics(path)):
-        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
-        if vals:
-            return row.get("step"), vals
-    return None, {}
-
-
-def read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(line, row)`` for every row of ``metrics.jsonl`` at ``path``.
-
-    A torn or zero-filled last line (the process died while appending it, or the file system
-    zero-filled its tail after a crash) is left out with a warning naming the file; any other line that
-    is not a JSON object with an integer ``step`` is a ValueError naming the file, the line and the field.
-    """
-    raw_lines = path.read_bytes().split(b"\n")
-    numbered = [(i + 1, raw) for i, raw in enumerate(raw_lines) if raw.strip()]  # NUL bytes are not blank
-    rows = []
-    for k, (lineno, raw) in enumerate(numbered):
-        last = k == len(numbered) - 1
-        try:
-            line = raw.decode("utf-8")
-            row = parse_json(line, source=f"{path}: line {lineno}")
-        except (UnicodeDecodeError, ValueError) as e:
-            if last:
-                logger.warning("%s: line %d is torn (the run stopped while writing it); leaving it out", path, lineno)
-                break
-            if isinstance(e, UnicodeDecodeError):
-                raise ValueError(f"{path}: line {lineno}: not UTF-8 text") from None
-            raise
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {json_type(row)}")
-        step = row.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise ValueError(f"{path}: line {lineno}: field 'step' must be an integer, got {json_type(step)}")
-        rows.append((line, row))
-    return rows
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a
-    torn last line (:func:`read_metrics`)."""
-    if not path.is_file():
-        return
-    keep = [line for line, row in read_metrics(path) if row["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+        keep_if_best(target, row, select_by, step, run_dir)
 
 
 def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,

@@ -40,8 +40,8 @@ def autocast_speedup(dtype: torch.dtype = torch.bfloat16, repeats: int = 3) -> f
     autocast than in fp32 on this CPU right now (best of ``repeats`` each; below 1: slower).
 
     CPUs with bf16 (AVX512-BF16, AMX) or fp16 (AVX512-FP16, AMX-FP16) instructions gain from it; on one
-    without (an AVX2-only AMD EPYC of the Zen 3 family, 2026-12-02) this read 0.048 for bf16, a
-    1024x256 by 256x1024 product ran 89 times slower under bf16, and a demo prior step took 15 s.
+    without, autocast emulates the narrow type and runs many times slower than fp32
+    (docs/history.md, "bf16 only where it is faster").
     """
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 256, generator=g)
