@@ -43,7 +43,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path):
 
 def test_resuming_a_longer_run_is_no_warning_but_other_settings_are(tmp_path, caplog):
     run_toy(tmp_path, steps=6, stop_after=3)
-    with caplog.at_level("INFO", logger="dalle_zero.training.loop"):
+    with caplog.at_level("INFO", logger="dalle_zero.training.run_files"):
         run_toy(tmp_path, steps=9, resume=True, checkpoint_every=3, stop_after=2)  # more steps, other intervals
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert any("resuming with loop {'steps': 9, 'checkpoint_every': 3}" in r.getMessage() for r in caplog.records)
