@@ -4,25 +4,24 @@ A stage describes *what* to train as a :class:`TrainTask` (data, loss, optimizer
 evaluation); :func:`train` does the rest the same way for all of them: deterministic resumable
 batches, gradient accumulation, bf16 or fp16 autocast (:mod:`~dalle_zero.training.precision`; fp16
 with the paper's per-resblock gradient scales and skipped updates), gradient clipping, EMA of
-weights, metrics.jsonl and a progress bar, step checkpoints with exact ``resume``, a clean stop on
-Ctrl-C or SIGTERM (under torchrun all ranks stop after the same step, even when the signal reaches
-one of them), and DDP or FSDP when launched by torchrun. The usable model (EMA weights when EMA is
-on) is saved to ``run_dir/model``. The run folder's other files (``train_config.json``,
-``metrics.jsonl``, the best model by validation) are read and written by
-:mod:`~dalle_zero.training.run_files`.
+weights, metrics.jsonl and a progress bar, step checkpoints with exact ``resume``
+(:mod:`~dalle_zero.training.loop_checkpoint`), a clean stop on Ctrl-C or SIGTERM (under torchrun all
+ranks stop after the same step, even when the signal reaches one of them), and DDP or FSDP when
+launched by torchrun. The usable model (EMA weights when EMA is on) is saved to ``run_dir/model``.
+The run folder's other files (``train_config.json``, ``metrics.jsonl``, the best model by
+validation) are read and written by :mod:`~dalle_zero.training.run_files`.
 
 Under FSDP (``strategy="fsdp"`` with several processes) every rank holds shards of the weights, the
 gradients, the optimizer state and the EMA. Checkpoints and ``model/`` are the same files as
 under DDP: the shards are gathered to rank 0's CPU and written there, so a run resumes under either
-strategy. Rank 0 keeps one full copy of the model on its CPU, into which the gathered weights are
-loaded to save ``model/`` and to evaluate (moved to its device for the evaluation). With a single
-process ``"fsdp"`` is the plain single-process loop.
+strategy. Rank 0 keeps one full copy of the model on its CPU (:mod:`~dalle_zero.training.full_copy`),
+into which the gathered weights are loaded to save ``model/`` and to evaluate (moved to its device for
+the evaluation). With a single process ``"fsdp"`` is the plain single-process loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import signal
 import time
@@ -35,10 +34,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int
-from dalle_zero.io import PretrainedModel, load_state_dict_strict
+from dalle_zero.io import PretrainedModel
 from dalle_zero.training import allocator, denormals, distributed, precision
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training.ema import EMA
+from dalle_zero.training.full_copy import FullCopy
+from dalle_zero.training.loop_checkpoint import restore_state, restore_weights, save_loop_checkpoint
 from dalle_zero.training.run_files import keep_if_best, log_metrics, prepare_run_dir, truncate_metrics
 from dalle_zero.training.sampler import ResumableBatchSampler
 
@@ -209,7 +210,7 @@ def train(
     torch.manual_seed(loop.seed + ctx.rank)
     if ctx.device.type == "cpu":
         prepare_cpu_process()  # no page faults on every step's large activations; no denormals
-    full = _FullCopy(model, ctx) if sharded else None
+    full = FullCopy(model, ctx) if sharded else None
     if not sharded:
         model.to(ctx.device)  # (FSDP moves each unit to the device as it shards it)
     if loop.activation_checkpointing:
@@ -225,7 +226,7 @@ def train(
             logger.info("no checkpoint in %s: starting from scratch", run_dir)
         else:
             saved = ckpt.load_checkpoint(path)
-            step = _restore_weights(saved, path, model, ema, task)
+            step = restore_weights(saved, path, model, ema, task)
             logger.info("resumed from %s", path)
     if ctx.is_main:  # rows after the checkpoint (all of them without one) are logged again; a torn line goes
         truncate_metrics(run_dir / "metrics.jsonl", step)
@@ -248,7 +249,7 @@ def train(
         )
     optimizer = task.make_optimizer(model)  # over the shards under FSDP
     if saved is not None:
-        _restore_state(saved, model, optimizer, ctx, sharded=sharded)
+        restore_state(saved, model, optimizer, ctx, sharded=sharded)
         mixed.load_state_dict(saved.state.get("precision"))  # fp16: the gradient scales
         distributed.load_powersgd_state(loss_module, saved.state.get("powersgd"), ctx)  # PowerSGD error buffers
 
@@ -321,8 +322,9 @@ def train(
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
                 _evaluate(task, model, ema, step, run_dir, ctx, full, select_by=loop.select_by)
             if step % loop.checkpoint_every == 0 or last:
-                _save_checkpoint(run_dir, step, model, ema, optimizer, task, loop, ctx, full, mixed=mixed.state_dict(),
-                                 powersgd=distributed.gather_powersgd_state(loss_module, ctx))
+                save_loop_checkpoint(run_dir, step, model, ema, optimizer, task, ctx, full,
+                                     keep=loop.keep_checkpoints, mixed=mixed.state_dict(),
+                                     powersgd=distributed.gather_powersgd_state(loss_module, ctx))
                 _save_model(model, ema, run_dir, ctx, full)
             if full is not None:
                 full.release()  # the gathered weights are not kept between steps
@@ -336,37 +338,8 @@ def train(
     return run_dir / "model"
 
 
-class _FullCopy:
-    """Rank 0's full, unsharded copy of the model on its CPU (FSDP runs only): the gathered shards of
-    the live model or of its EMA are loaded into it, to evaluate and to save ``model/``.
-
-    A module's shards are gathered once until :meth:`release` (the loop releases after every step),
-    however many of evaluation, checkpoint and ``model/`` need them at that step."""
-
-    def __init__(self, model: nn.Module, ctx: distributed.DistContext) -> None:
-        self.model = copy.deepcopy(model).cpu() if ctx.is_main else None
-        self._gathered: dict[int, dict[str, torch.Tensor]] = {}  # id(module) -> its full state dict
-
-    def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """``module``'s full state dict on rank 0's CPU ({} elsewhere); every rank calls it."""
-        if id(module) not in self._gathered:
-            self._gathered[id(module)] = distributed.full_state_dict(module)
-        return self._gathered[id(module)]
-
-    def release(self) -> None:
-        """Drop the weights gathered since the last release (rank 0's CPU memory)."""
-        self._gathered = {}
-
-    def of(self, module: nn.Module) -> nn.Module | None:
-        """The copy holding ``module``'s gathered weights on rank 0, None elsewhere; every rank calls it."""
-        weights = self.weights(module)
-        if self.model is not None:
-            self.model.load_state_dict(weights)
-        return self.model
-
-
 def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run_dir: Path,
-              ctx: distributed.DistContext, full: _FullCopy | None, *, select_by: str | None = None) -> None:
+              ctx: distributed.DistContext, full: FullCopy | None, *, select_by: str | None = None) -> None:
     target: nn.Module | None = ema.model if ema is not None else model
     if full is not None:
         target = full.of(target)
@@ -391,65 +364,8 @@ def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run
         keep_if_best(target, row, select_by, step, run_dir)
 
 
-def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: EMA | None,
-                     optimizer: torch.optim.Optimizer, task: TrainTask, loop: LoopConfig,
-                     ctx: distributed.DistContext, full: _FullCopy | None, *, mixed: Any = None,
-                     powersgd: Any = None) -> None:
-    if full is not None:  # sharded: every rank sends its shards, rank 0 writes one process's files
-        weights = full.weights(model)
-        ema_weights = full.weights(ema.model) if ema is not None else None
-        optimizer_state = distributed.full_optimizer_state_dict(model, optimizer)
-    else:
-        weights, optimizer_state = model.state_dict(), optimizer.state_dict()
-        ema_weights = ema.state_dict() if ema is not None else None
-    rng = distributed.gather_to_main(ckpt.rng_state(), ctx)  # each rank's streams (dropout draws differ)
-    if not ctx.is_main:
-        return
-    assert rng is not None
-    state = {
-        "optimizer": optimizer_state,
-        "rng": rng[0],
-        "task": task.state_dict(),
-        "ema_updates": ema.num_updates if ema is not None else 0,
-    }
-    if ctx.enabled:
-        state["rng_ranks"] = rng
-    if powersgd is not None:  # every rank's PowerSGD error buffers
-        state["powersgd"] = powersgd
-    if mixed is not None:  # fp16: the gradient scales and counters
-        state["precision"] = mixed
-    ckpt.save_checkpoint(run_dir, step, model=weights, ema=ema_weights, state=state, keep=loop.keep_checkpoints)
-
-
-def _restore_weights(c: ckpt.Checkpoint, path: Path, model: nn.Module, ema: EMA | None, task: TrainTask) -> int:
-    """Load a checkpoint's weights, EMA and task state (before anything is sharded); return its step."""
-    load_state_dict_strict(model, c.model, source=str(path / "model.safetensors"))
-    if ema is not None:
-        if c.ema is None:
-            raise ValueError(f"{path}: checkpoint has no EMA weights but this run uses EMA")
-        ema.load_state_dict(c.ema, int(c.state["ema_updates"]))
-    task.load_state_dict(c.state.get("task", {}))
-    return c.step
-
-
-def _restore_state(c: ckpt.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   ctx: distributed.DistContext, *, sharded: bool) -> None:
-    """Load a checkpoint's optimizer state (into the shards under FSDP) and random number streams."""
-    if sharded:
-        distributed.load_full_optimizer_state_dict(model, optimizer, c.state["optimizer"])
-    else:
-        optimizer.load_state_dict(c.state["optimizer"])
-    ranks = c.state.get("rng_ranks")
-    if ranks is not None and len(ranks) == ctx.world_size:  # every rank continues its own streams
-        ckpt.set_rng_state(ranks[ctx.rank])
-    elif ctx.rank == 0:
-        ckpt.set_rng_state(c.state["rng"])
-    else:  # another world size (or an older checkpoint): the other ranks reseed, apart from rank 0's stream
-        torch.manual_seed(c.step * 7919 + ctx.rank)
-
-
 def _save_model(model: PretrainedModel, ema: EMA | None, run_dir: Path, ctx: distributed.DistContext,
-                full: _FullCopy | None) -> Path:
+                full: FullCopy | None) -> Path:
     out = run_dir / "model"
     target: nn.Module | None = ema.model if ema is not None else model
     if full is not None:
