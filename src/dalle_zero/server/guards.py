@@ -2,7 +2,8 @@
 server by (``Host``, ``Origin``), the bearer token, one deadline for a whole request, and the socket
 checks around it (has the client hung up? close without resetting an answer).
 
-Used by :mod:`dalle_zero.server.app`; nothing here knows about models.
+Used by :mod:`dalle_zero.server.app` and :mod:`dalle_zero.server.handler`; nothing here knows about
+models.
 """
 
 from __future__ import annotations
