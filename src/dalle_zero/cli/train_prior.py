@@ -84,7 +84,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Any]:
     """(PriorTrainConfig, BPETokenizer) from the config file / saved run config and the options."""
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.tokenizers.bpe import BPETokenizer
-    from dalle_zero.training.prior import PriorTrainConfig, data_model_fields
+    from dalle_zero.training.prior import PriorTrainConfig
+    from dalle_zero.training.prior_data import data_model_fields
 
     out = Path(args.out)
     saved = out / "train_config.json"

@@ -359,5 +359,6 @@ class TokenDataset(Dataset):
 
 def crop_seed(sample_seed: int) -> int:
     """The seed of the crop draw: a stream of ``sample_seed`` apart from the caption line's (the seed
-    itself) and the prior's null-caption and BPE-dropout coins (:class:`~dalle_zero.training.prior.PriorDataset`)."""
+    itself) and the prior's null-caption and BPE-dropout coins
+    (:class:`~dalle_zero.training.prior_data.PriorDataset`)."""
     return (sample_seed * 0x9E3779B97F4A7C15 + 2) % 2**63

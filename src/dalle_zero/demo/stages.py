@@ -49,8 +49,9 @@ from dalle_zero.training.dvae import build_model as build_dvae
 from dalle_zero.training.encode import encode_folder
 from dalle_zero.training.evaluator import EvaluatorTask, EvaluatorTrainConfig, build_train_config
 from dalle_zero.training.loop import TrainTask
-from dalle_zero.training.prior import PriorTask, PriorTrainConfig, data_model_fields
+from dalle_zero.training.prior import PriorTask, PriorTrainConfig
 from dalle_zero.training.prior import build_model as build_prior
+from dalle_zero.training.prior_data import data_model_fields
 from dalle_zero.training.run_files import best_model, last_validation
 
 logger = logging.getLogger(__name__)

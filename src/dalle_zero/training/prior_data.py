@@ -1,0 +1,158 @@
+"""The prior's training data: token shards as ``(text_ids, image_ids)`` pairs, and their checks.
+
+The image side comes from the token shards written once by ``dalle encode`` (their grid, code vocabulary
+and splits); the text side is the caption tokenised with BPE dropout, or the empty caption with
+probability ``null_caption_prob`` (see :mod:`~dalle_zero.training.prior` for why). An item is a pure
+function of its key, so a resumed run draws the same tokens as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from dalle_zero.data.tokens import read_token_index
+from dalle_zero.models.transformer import TransformerConfig
+from dalle_zero.tokenizers.bpe import BPETokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def check_compatible(
+    model: TransformerConfig,
+    tokenizer: BPETokenizer,
+    image_grid: int,
+    image_vocab_size: int,
+    *,
+    tokens: str = "token shards",
+    tokenizer_name: str = "tokenizer",
+) -> None:
+    """Raise a ValueError naming both values if the model cannot read this tokenizer's or shards' ids."""
+    problems = []
+    if model.text_vocab_size != tokenizer.vocab_size:
+        problems.append(
+            f"text_vocab_size {model.text_vocab_size} in the transformer config but {tokenizer.vocab_size} "
+            f"in {tokenizer_name}"
+        )
+    if model.text_seq_len != tokenizer.text_seq_len:
+        problems.append(
+            f"text_seq_len {model.text_seq_len} in the transformer config but {tokenizer.text_seq_len} "
+            f"in {tokenizer_name}"
+        )
+    if model.image_grid != image_grid:
+        problems.append(
+            f"image_grid {model.image_grid} in the transformer config but {image_grid} in {tokens}"
+        )
+    if model.image_vocab_size != image_vocab_size:
+        problems.append(
+            f"image_vocab_size {model.image_vocab_size} in the transformer config "
+            f"but {image_vocab_size} in {tokens}"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def data_model_fields(tokens_dir: str, tokenizer: BPETokenizer, tokenizer_dir: str) -> dict[str, tuple[int, str]]:
+    """The model fields the data decides, ``{field: (value, where it comes from)}``: the image side from the
+    token shards' ``index.json``, the text side from the tokenizer."""
+    index = read_token_index(tokens_dir)
+    h, w = index["grid"]
+    if h != w:
+        raise ValueError(f"{tokens_dir}: token grid is {h}x{w}; the transformer needs a square grid")
+    shards, tok_src = f"token shards {tokens_dir}", f"tokenizer {tokenizer_dir}"
+    return {
+        "image_grid": (int(h), shards),
+        "image_vocab_size": (int(index["image_vocab_size"]), shards),
+        "text_vocab_size": (tokenizer.vocab_size, tok_src),
+        "text_seq_len": (tokenizer.text_seq_len, tok_src),
+    }
+
+
+def with_dropout(tokenizer: BPETokenizer, p: float) -> BPETokenizer:
+    """The same tokenizer with BPE dropout probability ``p`` for ``encode(..., dropout=True)``."""
+    if tokenizer.config.dropout_p == p:
+        return tokenizer
+    return BPETokenizer(tokenizer._tok, dataclasses.replace(tokenizer.config, dropout_p=p))
+
+
+class PriorDataset(Dataset):
+    """Token-shard items as training pairs: ``{"text": LongTensor[Tt], "image": LongTensor[Ti]}``.
+
+    ``indices`` selects items of ``tokens`` (default: all). Keys are ``(index, sample_seed)`` from the
+    loop's sampler (a plain index means seed 0). The seed decides both the null-caption coin and the
+    BPE-dropout choices, so an item is a pure function of its key.
+    """
+
+    def __init__(
+        self,
+        tokens: Dataset,
+        tokenizer: BPETokenizer,
+        *,
+        bpe_dropout: float,
+        null_caption_prob: float,
+        indices: list[int] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.indices = list(range(len(tokens))) if indices is None else list(indices)
+        self.tokenizer = with_dropout(tokenizer, bpe_dropout)
+        self.dropout = bpe_dropout > 0.0
+        self.null_caption_prob = null_caption_prob
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        # the token folder uses the seed to pick one of several caption lines; draw our own coins
+        # (null caption, BPE dropout) from a different stream of the same seed
+        item = self.tokens[(self.indices[index], seed)]
+        g = torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + 1) % 2**63)
+        caption = item["caption"]
+        if self.null_caption_prob > 0.0 and float(torch.rand((), generator=g)) < self.null_caption_prob:
+            caption = ""
+        text = self.tokenizer.encode(caption, dropout=self.dropout, generator=g)[0]  # (Tt,)
+        return {"text": text, "image": item["image_codes"].long()}
+
+
+def split_indices(
+    tokens: Any, train_split: str | None, val_split: str | None, *, source: str
+) -> tuple[list[int], list[int]]:
+    """Item indices of the training and validation splits recorded in the token folder's index.
+
+    A folder without splits trains on everything (no validation); a folder with splits must hold
+    ``train_split``; a missing ``val_split`` just means no validation.
+    """
+    splits = tokens.index.get("splits") or {}
+    everything = list(range(len(tokens)))
+    if not splits:
+        if train_split is not None:
+            logger.warning(
+                "%s records no splits: training on all %d items, no validation", source, len(tokens)
+            )
+        return everything, []
+    position = {stem: i for i, stem in enumerate(tokens.stems)}
+
+    def pick(name: str) -> list[int]:
+        return sorted(position[s] for s in splits[name] if s in position)
+
+    if train_split is None:
+        train = everything
+    elif train_split not in splits:
+        raise ValueError(f"{source}: token folder has no split {train_split!r}; it has {sorted(splits)}")
+    else:
+        train = pick(train_split)
+    val = pick(val_split) if val_split is not None and val_split in splits else []
+    if val_split is not None and val_split not in splits:
+        logger.warning("%s has no split %r: no validation", source, val_split)
+    if not train:
+        raise ValueError(f"{source}: split {train_split!r} holds no items")
+    return train, val
+
+
+def token_shape(tokens: Any) -> tuple[int, int]:
+    """(image_grid, image_vocab_size) recorded by the token shards."""
+    return int(tokens.image_grid), int(tokens.image_vocab_size)
