@@ -25,6 +25,7 @@ _EXPORTS = {
     "generate_image_tokens": "dalle_zero.sampling.generate",
     "TextToImagePipeline": "dalle_zero.pipelines.text_to_image",
     "GenerationOutput": "dalle_zero.pipelines.text_to_image",
+    "BatchOutput": "dalle_zero.pipelines.text_to_image",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

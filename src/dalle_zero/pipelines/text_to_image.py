@@ -14,7 +14,9 @@
 
 Images are returned as float tensors ``[n, 3, H, W]`` in [0, 1] per caption (H, W: the dVAE's
 ``image_size``); :func:`to_pil` converts them. Randomness comes from one ``torch.Generator`` seeded with
-``seed``: the same seed, settings and ``batch_size`` give the same images.
+``seed``: the same seed, settings and ``batch_size`` give the same images. For many captions at once
+(an evaluation, a benchmark), :meth:`~TextToImagePipeline.generate_batch` shares sampling batches
+between captions and draws from a generator the caller passes.
 
 A pipeline saves as one folder (docs/sampling.md; read by :mod:`dalle_zero.pipelines.folder`):
 ``pipeline.json`` naming the components, and the sub-folders ``tokenizer/``, ``dvae/``, ``transformer/``
@@ -25,16 +27,13 @@ refused with both values in the message.
 A model only draws what its training captions taught it, and nothing in a free-text box says what
 that is. So a pipeline may carry ``examples`` (captions that show its caption language, saved as
 ``examples.json``, a JSON list of strings), and :meth:`~TextToImagePipeline.caption_warning` flags a
-caption most of whose words the training captions never contained (the tokenizer's word list,
-:meth:`~dalle_zero.tokenizers.bpe.BPETokenizer.unknown_words`).
+caption most of whose words the training captions never contained (:mod:`~dalle_zero.pipelines.captions`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from dalle_zero.io import FORMAT_VERSION, atomic_directory
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.transformer import DalleTransformer
+from dalle_zero.pipelines.captions import caption_warning, check_caption, encode_captions
 from dalle_zero.pipelines.folder import (
     EXAMPLES_NAME,
     PIPELINE_NAME,
@@ -54,6 +54,7 @@ from dalle_zero.pipelines.folder import (
     read_pipeline_json,
     resolve_component_dir,
 )
+from dalle_zero.pipelines.outputs import BatchOutput, GenerationOutput, to_pil
 from dalle_zero.pipelines.sampling_defaults import (
     SAMPLING_NAME,
     SamplingDefaults,
@@ -62,44 +63,11 @@ from dalle_zero.pipelines.sampling_defaults import (
 )
 from dalle_zero.sampling.generate import generate_image_tokens
 from dalle_zero.sampling.rerank import rerank
-from dalle_zero.tokenizers.bpe import BPETokenizer, caption_words
+from dalle_zero.tokenizers.bpe import BPETokenizer
 
-__all__ = ["EXAMPLES_NAME", "PIPELINE_NAME", "GenerationOutput", "TextToImagePipeline", "check_components",
-           "read_examples", "read_pipeline_json", "resolve_component_dir", "to_pil"]  # folder names kept here too
-
-logger = logging.getLogger(__name__)
-
-MAX_WORDS_NAMED = 10  # a caption warning names at most this many unseen words
-
-
-@dataclass(frozen=True)
-class GenerationOutput:
-    """What :class:`TextToImagePipeline` returns; one entry per caption, in input order.
-
-    - ``images[i]``: FloatTensor[n, 3, H, W] in [0, 1] (best first when reranked);
-    - ``codes[i]``: LongTensor[n, h, w], the dVAE codes of those images;
-    - ``scores[i]``: FloatTensor[n] reranker cosine similarities (descending), or None without CLIP;
-    - ``seed``: the seed actually used (drawn from torch's global generator when none was given).
-    """
-
-    prompts: list[str]
-    images: list[Tensor]
-    codes: list[Tensor]
-    scores: list[Tensor | None]
-    seed: int
-
-    def pil_images(self) -> list[list[Any]]:
-        """The images as PIL images, per caption."""
-        return [to_pil(batch) for batch in self.images]
-
-
-def to_pil(images: Tensor) -> list[Any]:
-    """FloatTensor[N, 3, H, W] in [0, 1] -> N RGB ``PIL.Image.Image``."""
-    from PIL import Image
-
-    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a, mode="RGB") for a in arr]
-
+__all__ = ["EXAMPLES_NAME", "PIPELINE_NAME", "BatchOutput", "GenerationOutput", "TextToImagePipeline",
+           "check_components", "read_examples", "read_pipeline_json", "resolve_component_dir",
+           "to_pil"]  # folder names and outputs kept importable from here too
 
 def check_components(
     tokenizer: BPETokenizer, dvae: DiscreteVAE, transformer: DalleTransformer, clip: DalleCLIP | None = None
@@ -119,15 +87,6 @@ def check_components(
     for a_name, a, b_name, b in pairs:
         if a != b:
             raise ValueError(f"components do not match: {a_name} is {a} but {b_name} is {b}")
-
-
-def _no_text_message(caption: str) -> str:
-    if not caption.strip():
-        return f"caption {caption!r} is empty: give some text to draw"
-    return (
-        f"caption {caption[:60]!r} has no text to draw: normalisation drops all of its characters "
-        "(control or formatting characters); give some words"
-    )
 
 
 class TextToImagePipeline:
@@ -180,12 +139,9 @@ class TextToImagePipeline:
     # ---- captions and priming ----
 
     def check_caption(self, caption: str) -> None:
-        """Raise ValueError (one line) if ``caption`` leaves no text to condition on: blank, or made only
-        of characters the normalisation drops (:func:`~dalle_zero.tokenizers.bpe.normalize_caption`)."""
-        if not isinstance(caption, str):
-            raise ValueError(f"a caption must be a string, got {type(caption).__name__}")
-        if not self.tokenizer.tokenize([caption])[0]:
-            raise ValueError(_no_text_message(caption))
+        """Raise ValueError (one line) if ``caption`` leaves no text to condition on
+        (:func:`~dalle_zero.pipelines.captions.check_caption`)."""
+        check_caption(self.tokenizer, caption)
 
     def unknown_words(self, caption: str) -> list[str]:
         """Words of ``caption`` that no training caption of the tokenizer contained, each once, in order.
@@ -195,40 +151,13 @@ class TextToImagePipeline:
         return self.tokenizer.unknown_words(caption)
 
     def caption_warning(self, caption: str) -> str | None:
-        """One line if more than half of the words of ``caption`` never appeared in training, else None.
-
-        The prior has never seen those words (byte-level BPE encodes them anyway), so the images
-        follow the few words it knows, or none. None as well without the tokenizer's word list.
-        """
-        unknown = self.unknown_words(caption)
-        if not unknown:
-            return None
-        words, unseen = caption_words(caption), set(unknown)
-        n_unknown = sum(w in unseen for w in words)  # with repeats: "zebra zebra" counts twice
-        if 2 * n_unknown <= len(words):
-            return None
-        named = ", ".join(f'"{w}"' for w in unknown[:MAX_WORDS_NAMED])
-        if len(unknown) > MAX_WORDS_NAMED:
-            named += f" and {len(unknown) - MAX_WORDS_NAMED} more"
-        return (
-            f"most words of this caption never appeared in training: {named}; "
-            "the model draws only what its captions taught it"
-        )
+        """One line if more than half of the words of ``caption`` never appeared in training, else None
+        (:func:`~dalle_zero.pipelines.captions.caption_warning`)."""
+        return caption_warning(self.tokenizer, caption)
 
     def encode_captions(self, prompts: list[str]) -> Tensor:
         """Captions -> LongTensor[B, Tt]; captions without text are refused, over-long ones truncated with a warning."""
-        lengths = [len(ids) for ids in self.tokenizer.tokenize(prompts)]
-        for prompt, n in zip(prompts, lengths):
-            if n == 0:
-                raise ValueError(_no_text_message(prompt))
-            if n > self.tokenizer.text_seq_len:
-                logger.warning(
-                    "caption %r has %d tokens; only the first %d (text_seq_len) are used",
-                    prompt[:60],
-                    n,
-                    self.tokenizer.text_seq_len,
-                )
-        return self.tokenizer.encode(prompts)
+        return encode_captions(self.tokenizer, prompts)
 
     def prime_tokens(self, prime_image: str | Path | Tensor | Any, prime_rows: int | None) -> Tensor:
         """The first ``prime_rows`` rows of the dVAE codes of ``prime_image`` -> LongTensor[1, prime_rows · grid].
@@ -285,25 +214,15 @@ class TextToImagePipeline:
 
         ``candidates``, ``temperature``, ``guidance_scale`` and ``guidance_top_p`` left as None take the
         folder's recommended settings (``self.sampling``); ``guidance_top_p=1`` is plain guidance.
+        One caption is sampled at a time; :meth:`generate_batch` shares batches between captions.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a caption string or a non-empty list of strings")
-        for name, value in (("n", n), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if candidates is None:
-            candidates = self.candidates_for(n)
-        temperature = self.sampling.temperature if temperature is None else temperature
-        guidance_scale = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
-        guidance_top_p = self.sampling.guidance_top_p if guidance_top_p is None else guidance_top_p
-        m = candidates
-        if isinstance(m, bool) or not isinstance(m, int) or m < n:
-            raise ValueError(f"candidates must be an integer >= n ({n}), got {candidates!r}")
-        if m > n and self.clip is None:
-            raise ValueError(f"candidates={m} > n={n} needs a CLIP reranker, and this pipeline has none")
+        m = self._check_counts(n, candidates, batch_size)
         if prime_image is None and prime_rows is not None:
             raise ValueError("prime_rows needs a prime_image")
+        settings = self._settings(temperature, top_k, top_p, guidance_scale, guidance_top_p)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         generator = torch.Generator().manual_seed(int(seed))
@@ -318,36 +237,17 @@ class TextToImagePipeline:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n_batches * n_tokens, unit="token", desc="sampling", dynamic_ncols=True)
+        on_token = (lambda done, total: bar.update(1)) if bar is not None else False
 
         images, codes, scores = [], [], []
         try:
             for i, caption in enumerate(prompts):
-                grids = []
-                for start in range(0, m, batch_size):
-                    bsz = min(batch_size, m - start)
-                    tokens = generate_image_tokens(
-                        self.transformer,
-                        text_ids[i : i + 1].expand(bsz, -1),
-                        generator=generator,
-                        temperature=temperature,
-                        top_k=top_k,
-                        top_p=top_p,
-                        guidance_scale=guidance_scale,
-                        guidance_top_p=guidance_top_p,
-                        prime_tokens=None if prime is None else prime.expand(bsz, -1),
-                        progress=(lambda done, total: bar.update(1)) if bar is not None else False,
-                    )
-                    grids.append(tokens.view(bsz, grid, grid))
-                grid_codes = torch.cat(grids)  # (m, h, w)
+                rows = text_ids[i : i + 1].expand(m, -1)
+                grid_codes = torch.cat(list(self._sample(rows, batch_size, generator, settings, prime, on_token)))
                 pixels = self.decode(grid_codes)  # (m, 3, H, W)
                 score = None
                 if self.clip is not None:
-                    all_scores, order = rerank(self.clip, self.tokenizer, caption, pixels, top=n)
-                    pixels, grid_codes, score = (
-                        pixels[order],
-                        grid_codes[order.to(grid_codes.device)],
-                        all_scores[order],
-                    )
+                    pixels, grid_codes, score = self._best_of(caption, pixels, grid_codes, n)
                 images.append(pixels)
                 codes.append(grid_codes.cpu())
                 scores.append(score)
@@ -355,6 +255,108 @@ class TextToImagePipeline:
             if bar is not None:
                 bar.close()
         return GenerationOutput(prompts=prompts, images=images, codes=codes, scores=scores, seed=int(seed))
+
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        captions: Sequence[str],
+        n: int = 1,
+        *,
+        candidates: int | None = None,
+        generator: torch.Generator,
+        batch_size: int = 8,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        guidance_top_p: float | None = None,
+        progress: Callable[[int], Any] | None = None,
+    ) -> BatchOutput:
+        """``n`` images for each of many captions, the candidates of all captions sharing sampling batches.
+
+        What an evaluation or a benchmark draws: with few candidates per caption, one caption at a time
+        (as a call does) leaves most of each batch empty. ``candidates`` samples are drawn per caption
+        (None: as a call draws, ``self.sampling``); the ``candidates · len(captions)`` sequences, the
+        samples of one caption adjacent, are sampled ``batch_size`` at a time and each batch decoded.
+        With ``candidates > n`` the CLIP reranker keeps the best ``n`` of each caption, best first, and
+        ``scores`` holds their scores; with ``candidates == n`` every sample is kept, in the order drawn,
+        and ``scores`` is None.
+
+        All randomness comes from ``generator``, which the call advances: the same generator state,
+        captions, settings and ``batch_size`` give the same images, and lists drawn in turn from one
+        generator continue one stream. Sampling settings left as None take the folder's
+        (``self.sampling``), as in a call. ``progress`` is called with the number of sequences each
+        sampling batch drew (e.g. a tqdm bar's ``update``). Over-long captions are cut to ``text_seq_len``
+        tokens with one line at INFO level for them all, not a warning each.
+        """
+        captions = list(captions)
+        if not captions or not all(isinstance(c, str) for c in captions):
+            raise ValueError("captions must be a non-empty list of strings")
+        m = self._check_counts(n, candidates, batch_size)
+        settings = self._settings(temperature, top_k, top_p, guidance_scale, guidance_top_p)
+        rows = encode_captions(self.tokenizer, captions, warn=False).repeat_interleave(m, dim=0)  # (N·m, Tt)
+        codes, pixels = [], []
+        for batch_codes in self._sample(rows, batch_size, generator, settings):
+            codes.append(batch_codes.cpu())
+            pixels.append(self.decode(batch_codes))  # decoded batch by batch, as the batches are drawn
+            if progress is not None:
+                progress(len(batch_codes))
+        all_codes, all_pixels = torch.cat(codes), torch.cat(pixels)  # (N·m, h, w), (N·m, 3, H, W)
+        if m == n:
+            return BatchOutput(images=all_pixels.unflatten(0, (len(captions), m)),
+                               codes=all_codes.unflatten(0, (len(captions), m)), scores=None)
+        best = [
+            self._best_of(caption, all_pixels[i * m : (i + 1) * m], all_codes[i * m : (i + 1) * m], n)
+            for i, caption in enumerate(captions)
+        ]
+        return BatchOutput(*(torch.stack(part) for part in zip(*best)))
+
+    def _check_counts(self, n: int, candidates: int | None, batch_size: int) -> int:
+        """Check the counts of a call; return the number of candidates to draw per caption."""
+        for name, value in (("n", n), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        m = self.candidates_for(n) if candidates is None else candidates
+        if isinstance(m, bool) or not isinstance(m, int) or m < n:
+            raise ValueError(f"candidates must be an integer >= n ({n}), got {candidates!r}")
+        if m > n and self.clip is None:
+            raise ValueError(f"candidates={m} > n={n} needs a CLIP reranker, and this pipeline has none")
+        return m
+
+    def _settings(self, temperature: float | None, top_k: int | None, top_p: float | None,
+                  guidance_scale: float | None, guidance_top_p: float | None) -> dict[str, Any]:
+        """The sampling keywords of :func:`generate_image_tokens`, the folder's where a call left None."""
+        s = self.sampling
+        return {
+            "temperature": s.temperature if temperature is None else temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "guidance_scale": s.guidance_scale if guidance_scale is None else guidance_scale,
+            "guidance_top_p": s.guidance_top_p if guidance_top_p is None else guidance_top_p,
+        }
+
+    def _sample(self, rows: Tensor, batch_size: int, generator: torch.Generator, settings: dict[str, Any],
+                prime: Tensor | None = None, on_token: Any = False) -> Iterator[Tensor]:
+        """Image-token grids ``long[b, h, w]`` for the caption rows ``long[R, Tt]``, ``batch_size`` rows
+        at a time, in order; ``prime``: ``long[1, n_prime]`` tokens every row starts with."""
+        grid = self.transformer.config.image_grid
+        for lo in range(0, len(rows), batch_size):
+            ids = rows[lo : lo + batch_size].to(self.device)
+            tokens = generate_image_tokens(
+                self.transformer,
+                ids,
+                generator=generator,
+                prime_tokens=None if prime is None else prime.expand(len(ids), -1),
+                progress=on_token,
+                **settings,
+            )
+            yield tokens.view(len(ids), grid, grid)
+
+    def _best_of(self, caption: str, pixels: Tensor, codes: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The reranker's best ``n`` of one caption's candidates, best first: images, codes, scores."""
+        assert self.clip is not None
+        scores, order = rerank(self.clip, self.tokenizer, caption, pixels, top=n)
+        return pixels[order], codes[order.to(codes.device)], scores[order]
 
     @torch.inference_mode()
     def decode(self, codes: Tensor, chunk: int = 64) -> Tensor:
