@@ -39,7 +39,7 @@ def main() -> None:
 
     from dalle_zero.data.images import to_float_images
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
-    from dalle_zero.evaluation.evaluate import EvalConfig, pick_evenly, sample_candidates
+    from dalle_zero.evaluation.evaluate import EvalConfig, pick_evenly, sampling_options
     from dalle_zero.evaluation.readouts import asked_labels
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
@@ -84,7 +84,9 @@ def main() -> None:
         pixels, tokens = saved["pixels"].float() / 255, saved["tokens"]
     else:
         with tqdm(total=len(repeated), desc="sampling candidates", unit="img", dynamic_ncols=True) as bar:
-            tokens, pixels = sample_candidates(pipeline, captions, config, repeats=m, generator=generator, progress=bar)
+            out = pipeline.generate_batch(captions, m, candidates=m, generator=generator, progress=bar.update,
+                                          **sampling_options(config))
+            tokens, pixels = out.codes.flatten(2).flatten(0, 1), out.images.flatten(0, 1)
         as_uint8 = (pixels * 255).round().to(torch.uint8)
         pixels = as_uint8.float() / 255  # as a PNG or the cache holds them, whether cached or not
         if cache is not None:

@@ -24,7 +24,7 @@ from dalle_zero.evaluation.evaluate import (
     kind_captions,
     load_real_images,
     pick_evenly,
-    sample_candidates,
+    sampling_options,
 )
 from dalle_zero.models.evaluator import EmojiEvaluator
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
@@ -54,7 +54,8 @@ def main() -> None:
         for scale, top_p in SETTINGS:
             cfg = EvalConfig(guidance_scale=scale, guidance_top_p=top_p, batch_size=100)
             g = torch.Generator().manual_seed(args.seed)
-            tokens, images = sample_candidates(pipe, caps, cfg, generator=g)
+            out = pipe.generate_batch(caps, candidates=1, generator=g, **sampling_options(cfg))
+            tokens, images = out.codes.flatten(1), out.images[:, 0]
             row = {"kind": kind, "guidance_scale": scale, "guidance_top_p": top_p, "n": len(caps),
                    "token_agreement": float((tokens == codes[idx]).float().mean())}
             if evaluator is not None:

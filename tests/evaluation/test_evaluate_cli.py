@@ -18,7 +18,7 @@ from dalle_zero.evaluation.evaluate import (
     evaluate_model,
     generate_for_captions,
     pick_evenly,
-    sample_candidates,
+    sampling_options,
 )
 from dalle_zero.evaluation.figures import figure_rows
 from dalle_zero.evaluation.inception import sha256_file
@@ -218,17 +218,16 @@ def test_the_evaluation_keeps_the_rerankers_best_of_the_candidates_drawn_for_eac
     pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
     captions = ["a red apple, noto style", "a blue car, twemoji style"]
     config = EvalConfig(candidates=3, batch_size=4)  # a sampling batch holds candidates of both captions
-    draw = torch.Generator().manual_seed(5)
-    tokens, pixels = sample_candidates(pipeline, captions, config, repeats=3, generator=draw)
+    drawn = pipeline.generate_batch(
+        captions, 3, candidates=3, generator=torch.Generator().manual_seed(5), **sampling_options(config)
+    )  # every candidate, in the order drawn
     grid = pipeline.transformer.config.image_grid
-    assert tokens.shape == (6, grid * grid) and pixels.shape == (6, 3, 32, 32)
-    torch.testing.assert_close(pixels, pipeline.decode(tokens.view(-1, grid, grid)))
-    again, _ = sample_candidates(pipeline, captions, config, repeats=3, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(again, tokens)
+    assert drawn.codes.shape == (2, 3, grid, grid) and drawn.images.shape == (2, 3, 3, 32, 32)
+    torch.testing.assert_close(drawn.images.flatten(0, 1), pipeline.decode(drawn.codes.flatten(0, 1)))
     best, scores = generate_for_captions(pipeline, captions, config, generator=torch.Generator().manual_seed(5))
     for i, caption in enumerate(captions):
-        s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, pixels[3 * i : 3 * i + 3])
-        torch.testing.assert_close(best[i], pixels[3 * i + int(order[0])])
+        s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, drawn.images[i])
+        torch.testing.assert_close(best[i], drawn.images[i, int(order[0])])
         assert scores[i] == s.max()
 
 

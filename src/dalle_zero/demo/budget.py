@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dalle_zero.evaluation.evaluate import sample_candidates
+from dalle_zero.evaluation.evaluate import sampling_options
 from dalle_zero.training.loop import LoopConfig, TrainTask, prepare_cpu_process
 
 
@@ -65,18 +65,20 @@ def measure_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str], *
     """Images per second that the evaluation draws with ``pipeline`` at ``config`` (an ``EvalConfig``).
 
     One untimed warm-up batch of 8, then one timed batch of ``images`` (default ``config.batch_size``)
-    through :func:`~dalle_zero.evaluation.evaluate.sample_candidates`: sampling with the key/value
-    cache and guidance, then decoding. The cost does not depend on the weights, so an untrained
-    model of the same shapes times it before any stage has trained. Torch's global RNG is untouched.
+    through :meth:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline.generate_batch` (one sample a
+    caption): sampling with the key/value cache and guidance, then decoding. The cost does not depend
+    on the weights, so an untrained model of the same shapes times it before any stage has trained.
+    Torch's global RNG is untouched.
     """
     n = config.batch_size if images is None else images
     if n < 1 or not captions:
         raise ValueError(f"need captions and images >= 1, got {len(captions)} captions and images={n}")
     picks = [captions[i % len(captions)] for i in range(n)]
     generator = torch.Generator().manual_seed(0)
-    sample_candidates(pipeline, picks[:8], config, generator=generator)
+    options = sampling_options(config)
+    pipeline.generate_batch(picks[:8], candidates=1, generator=generator, **options)
     t0 = time.perf_counter()
-    sample_candidates(pipeline, picks, config, generator=generator)
+    pipeline.generate_batch(picks, candidates=1, generator=generator, **options)
     return n / max(time.perf_counter() - t0, 1e-9)
 
 

@@ -1,5 +1,6 @@
 """The images an evaluation scores: captions picked evenly from a split, their real images, and
-samples drawn from a pipeline in shared batches (the reranker's best when there are candidates).
+samples drawn from a pipeline in shared batches (the reranker's best when there are candidates),
+through the pipeline's public batched sampling.
 
 ``config`` is an :class:`~dalle_zero.evaluation.evaluate.EvalConfig` (its sampling settings and batch).
 """
@@ -15,8 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dalle_zero.data.images import load_image
-from dalle_zero.sampling.generate import generate_image_tokens
-from dalle_zero.sampling.rerank import rerank
+from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
 if TYPE_CHECKING:  # the config lives with the driver that reads all of it
     from dalle_zero.evaluation.evaluate import EvalConfig
@@ -44,9 +44,21 @@ def load_real_images(data_dir: Path, stems: Sequence[str], size: int) -> Tensor:
     return x.clamp(0, 1)
 
 
-@torch.no_grad()
+def sampling_options(config: EvalConfig) -> dict[str, Any]:
+    """The keywords of :meth:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline.generate_batch`
+    that ``config`` sets: its sampling batch and settings (no nucleus for guidance is ``1``)."""
+    return {
+        "batch_size": config.batch_size,
+        "temperature": config.temperature,
+        "top_k": config.top_k,
+        "top_p": config.top_p,
+        "guidance_scale": config.guidance_scale,
+        "guidance_top_p": 1.0 if config.guidance_top_p is None else config.guidance_top_p,
+    }
+
+
 def generate_for_captions(
-    pipeline: Any,
+    pipeline: TextToImagePipeline,
     captions: Sequence[str],
     config: EvalConfig,
     *,
@@ -55,58 +67,24 @@ def generate_for_captions(
 ) -> tuple[Tensor, Tensor | None]:
     """One image per caption: ``float[N, 3, S, S]`` and reranker scores ``float[N]`` (or None).
 
-    With ``config.candidates`` > 1, :func:`sample_candidates` draws that many per caption and the
-    pipeline's CLIP keeps the best of each caption.
+    With ``config.candidates`` > 1 the pipeline draws that many per caption and its CLIP keeps the
+    best of each (:meth:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline.generate_batch`, the
+    candidates of several captions in one sampling batch); ``progress`` (a tqdm bar) is advanced by
+    the images drawn.
     """
     m = config.candidates
     if m > 1 and pipeline.clip is None:
         raise ValueError(f"candidates={m} needs a CLIP reranker in the model folder, and it has none")
-    _, pixels = sample_candidates(pipeline, captions, config, repeats=m, generator=generator, progress=progress)
-    if m == 1:
-        return pixels, None
-    best, scores = [], []
-    for i, caption in enumerate(captions):
-        cand = pixels[i * m : (i + 1) * m]
-        s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, cand, top=1)
-        best.append(cand[order[0]])
-        scores.append(s[order[0]])
-    return torch.stack(best), torch.stack(scores)
-
-
-@torch.no_grad()
-def sample_candidates(
-    pipeline: Any,
-    captions: Sequence[str],
-    config: EvalConfig,
-    *,
-    repeats: int = 1,
-    generator: torch.Generator,
-    progress: Any = None,
-) -> tuple[Tensor, Tensor]:
-    """``repeats`` samples per caption, no reranking: image tokens ``long[N*repeats, Ti]`` and their
-    images ``float[N*repeats, 3, S, S]``, the samples of a caption adjacent.
-
-    Different captions share a sampling batch of ``config.batch_size`` (much faster than one caption
-    at a time); ``progress`` (a tqdm bar) is advanced by the images drawn.
-    """
-    text = pipeline.tokenizer.encode(list(captions)).repeat_interleave(repeats, dim=0)  # (N*repeats, Tt)
-    grid = pipeline.transformer.config.image_grid
-    device = pipeline.device
-    tokens, images = [], []
-    for lo in range(0, len(text), config.batch_size):
-        ids = text[lo : lo + config.batch_size].to(device)
-        t = generate_image_tokens(
-            pipeline.transformer,
-            ids,
-            generator=generator,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            guidance_scale=config.guidance_scale,
-            guidance_top_p=config.guidance_top_p,
-        )  # (b, Ti)
-        tokens.append(t.cpu())
-        images.append(pipeline.decode(t.view(-1, grid, grid)))  # (b, 3, S, S)
-        if progress is not None:
-            progress.update(len(ids))
-    return torch.cat(tokens), torch.cat(images)
+    out = pipeline.generate_batch(
+        captions,
+        candidates=m,
+        generator=generator,
+        progress=None if progress is None else progress.update,
+        **sampling_options(config),
+    )
+    if out.scores is None:
+        return out.images[:, 0], None
+    # the reranker's picks in the standard (contiguous) layout, as the evaluation has always scored them: the
+    # evaluator's convolutions round differently on the decoder's channels-last layout, and the figures
+    # of a seed stay the same to the last bit
+    return out.images[:, 0].contiguous(), out.scores[:, 0]
