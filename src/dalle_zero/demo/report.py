@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE, KIND_TITLES, SPLIT_TITLES, dvae_rows, figure_table_html
-from dalle_zero.evaluation.report import FigureRow, GridItem, HtmlReport, plot_curves, read_metrics
+from dalle_zero.evaluation.report import FigureRow, GridItem, HtmlReport, plot_curves
+from dalle_zero.metrics_file import read_metrics
 
 # metrics.jsonl columns worth plotting per stage (those a run did not log are left out)
 CURVES = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from dalle_zero.io import atomic_write_text
+from dalle_zero.metrics_file import read_metrics
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -228,21 +228,6 @@ def save_image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` (blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
 
 
 def plot_curves(

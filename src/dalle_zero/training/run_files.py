@@ -3,8 +3,8 @@ best model kept by validation (``best_model/`` with ``best.json``).
 
 - :func:`prepare_run_dir` creates the folder, refuses to overwrite a run unless resuming, and
   repairs what an interrupted write left behind;
-- :func:`log_metrics` appends one row to ``metrics.jsonl``; :func:`read_metrics` reads it back,
-  leaving out a torn last line; :func:`truncate_metrics` cuts it back to a resumed checkpoint;
+- :func:`log_metrics` appends one row to ``metrics.jsonl`` (read back by :mod:`dalle_zero.metrics_file`,
+  which leaves out a torn last line); :func:`truncate_metrics` cuts it back to a resumed checkpoint;
   :func:`last_validation` and :func:`last_validation_step` find the latest validation figures;
 - :func:`keep_if_best` saves the model whenever a validation figure is the lowest so far, and
   :func:`best_model` finds it.
@@ -21,8 +21,9 @@ from typing import Any
 
 from torch import nn
 
-from dalle_zero.config import Config, json_type, parse_json
+from dalle_zero.config import Config
 from dalle_zero.io import atomic_write_text, clean_leftovers
+from dalle_zero.metrics_file import read_metric_lines, read_metrics
 from dalle_zero.training import checkpoint as ckpt
 from dalle_zero.training import distributed
 
@@ -115,48 +116,17 @@ def last_validation_step(run_dir: str | Path) -> tuple[int | None, dict[str, flo
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return None, {}
-    for _, row in reversed(read_metrics(path)):
+    for row in reversed(read_metrics(path)):
         vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
         if vals:
             return row.get("step"), vals
     return None, {}
 
 
-def read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(line, row)`` for every row of ``metrics.jsonl`` at ``path``.
-
-    A torn or zero-filled last line (the process died while appending it, or the file system
-    zero-filled its tail after a crash) is left out with a warning naming the file; any other line that
-    is not a JSON object with an integer ``step`` is a ValueError naming the file, the line and the field.
-    """
-    raw_lines = path.read_bytes().split(b"\n")
-    numbered = [(i + 1, raw) for i, raw in enumerate(raw_lines) if raw.strip()]  # NUL bytes are not blank
-    rows = []
-    for k, (lineno, raw) in enumerate(numbered):
-        last = k == len(numbered) - 1
-        try:
-            line = raw.decode("utf-8")
-            row = parse_json(line, source=f"{path}: line {lineno}")
-        except (UnicodeDecodeError, ValueError) as e:
-            if last:
-                logger.warning("%s: line %d is torn (the run stopped while writing it); leaving it out", path, lineno)
-                break
-            if isinstance(e, UnicodeDecodeError):
-                raise ValueError(f"{path}: line {lineno}: not UTF-8 text") from None
-            raise
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {json_type(row)}")
-        step = row.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise ValueError(f"{path}: line {lineno}: field 'step' must be an integer, got {json_type(step)}")
-        rows.append((line, row))
-    return rows
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a
-    torn last line (:func:`read_metrics`)."""
+    torn last line (:func:`~dalle_zero.metrics_file.read_metric_lines`)."""
     if not path.is_file():
         return
-    keep = [line for line, row in read_metrics(path) if row["step"] <= step]
+    keep = [line for line, row in read_metric_lines(path) if row["step"] <= step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
