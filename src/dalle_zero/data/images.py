@@ -56,6 +56,22 @@ def load_square_image(path: str | Path, size: int) -> torch.Tensor:
         raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
+def image_pixels(image: str | Path | Image.Image | torch.Tensor, size: int, *, name: str = "image") -> torch.Tensor:
+    """An image path (:func:`load_square_image`), a PIL image (:func:`square_pixels`), or a tensor
+    ``float[3, H, W]`` / ``[1, 3, H, W]`` in [0, 1] (resized bilinearly) -> ``float[1, 3, size, size]``.
+    ``name``: what the caller calls the image, for the error message."""
+    if isinstance(image, (str, Path)):
+        return load_square_image(image, size)
+    if not isinstance(image, torch.Tensor):
+        return square_pixels(image, size)
+    pixels = image.unsqueeze(0) if image.dim() == 3 else image
+    if pixels.dim() != 4 or pixels.shape[:2] != (1, 3) or not pixels.is_floating_point():
+        raise ValueError(f"{name} tensor must be float [3, H, W] in [0, 1], got {tuple(image.shape)}")
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    return pixels
+
+
 def to_float_images(imgs: torch.Tensor) -> torch.Tensor:
     """uint8 in 0..255 -> float in [0, 1]; float stays float (float32). ``[N, 3, H, W]``."""
     if not isinstance(imgs, torch.Tensor) or imgs.dim() != 4 or imgs.shape[1] != 3:

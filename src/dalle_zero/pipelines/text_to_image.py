@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dalle_zero.data.images import load_square_image, square_pixels
+from dalle_zero.data.images import image_pixels
 from dalle_zero.io import FORMAT_VERSION, atomic_directory
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
@@ -173,20 +173,7 @@ class TextToImagePipeline:
             raise ValueError(
                 f"prime_rows must be an integer in [0, {grid}] (the token grid is {grid}), got {prime_rows!r}"
             )
-        if isinstance(prime_image, (str, Path)):
-            pixels = load_square_image(prime_image, size)
-        elif isinstance(prime_image, Tensor):
-            pixels = prime_image.unsqueeze(0) if prime_image.dim() == 3 else prime_image
-            if pixels.dim() != 4 or pixels.shape[:2] != (1, 3) or not pixels.is_floating_point():
-                raise ValueError(
-                    f"prime_image tensor must be float [3, H, W] in [0, 1], got {tuple(prime_image.shape)}"
-                )
-            if pixels.shape[-2:] != (size, size):
-                pixels = torch.nn.functional.interpolate(
-                    pixels.float(), size=(size, size), mode="bilinear", antialias=True
-                ).clamp(0, 1)
-        else:
-            pixels = square_pixels(prime_image, size)
+        pixels = image_pixels(prime_image, size, name="prime_image")  # (1, 3, size, size)
         dvae_device = next(self.dvae.parameters()).device
         codes = self.dvae.encode(pixels.to(dvae_device))  # (1, grid, grid)
         return codes[:, :prime_rows].reshape(1, -1)
