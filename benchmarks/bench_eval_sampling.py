@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Images per second of the evaluation's sampling path, by batch size and number format.
 
-    python benchmarks/bench_eval_sampling.py --model MODEL [--batch 64 --batch 128 ...] [--repeats 3]
+    python benchmarks/bench_eval_sampling.py --model MODEL [--batch 64 --batch 128 ...] [--candidates 6] [--repeats 3]
 
 For a model folder (a demo's ``model/``), times what ``dalle eval`` and the demo's reserve probe run
 (:func:`dalle_zero.demo.budget.measure_sampling_rate`: cached sampling with classifier-free guidance,
-then the dVAE decode) at each ``--batch``, in fp32, under bf16 autocast and with int8 weight-only
+then the dVAE decode; ``--candidates`` samples per caption, as the evaluation draws them) at each
+``--batch``, in fp32, under bf16 autocast and with int8 weight-only
 transformer blocks (``--int8``). Prints one JSON row per setting: the best and the median images per
 second of ``--repeats`` timings, side by side in one run. With ``--profile``, also the seconds of one
 batch of image tokens (the first ``--batch``) with and without guidance, and the share of CPU time of
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="pipeline folder (`dalle assemble`, or a demo's model/)")
     ap.add_argument("--batch", type=int, action="append", default=[], help="sampling batch (repeatable)")
     ap.add_argument("--guidance-scale", type=float, default=3.0)
+    ap.add_argument("--candidates", type=int, default=1, help="samples per caption (the demo's evaluation: 6)")
+    ap.add_argument("--formats", default="fp32,bf16 autocast,int8", help="comma-separated subset")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also profile one batch of image tokens")
@@ -44,7 +47,7 @@ def main() -> None:
     ]
 
     def timed(pipeline: TextToImagePipeline, batch: int, fmt: str) -> None:
-        config = EvalConfig(batch_size=batch, guidance_scale=args.guidance_scale)
+        config = EvalConfig(batch_size=batch, guidance_scale=args.guidance_scale, candidates=args.candidates)
         rates = []
         for _ in range(args.repeats):
             if fmt == "bf16 autocast":
@@ -53,18 +56,20 @@ def main() -> None:
             else:
                 rates.append(measure_sampling_rate(pipeline, config, captions))
         emit("eval_sampling", "images_per_second", round(max(rates), 2), "img/s", batch=batch, format=fmt,
-             median=round(statistics.median(rates), 2), repeats=args.repeats, guidance_scale=args.guidance_scale)
+             median=round(statistics.median(rates), 2), repeats=args.repeats, guidance_scale=args.guidance_scale,
+             candidates=args.candidates)
 
     pipeline = TextToImagePipeline.from_pretrained(args.model)
     if args.profile:
         profile(pipeline, captions, batches[0], args.guidance_scale)
-    for batch in batches:
-        timed(pipeline, batch, "fp32")
-    for batch in batches:
-        timed(pipeline, batch, "bf16 autocast")
-    pipeline.quantize_int8()
-    for batch in batches:
-        timed(pipeline, batch, "int8")
+    formats = args.formats.split(",")
+    for fmt in ("fp32", "bf16 autocast"):
+        for batch in batches if fmt in formats else []:
+            timed(pipeline, batch, fmt)
+    if "int8" in formats:
+        pipeline.quantize_int8()
+        for batch in batches:
+            timed(pipeline, batch, "int8")
 
 
 @torch.no_grad()

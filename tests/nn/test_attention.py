@@ -86,7 +86,8 @@ def test_row_cache_is_a_ring_of_one_row_plus_one_after_the_text():
     assert cache.k.shape[2] == 3 + 5 + 1
     keys = torch.arange(pattern.length, dtype=torch.float32).view(1, 1, -1, 1).expand(1, 1, -1, 4)
     cache.write(0, keys[:, :, :12], keys[:, :, :12])  # text + image positions 0..8: the ring keeps 3..8
-    got, _ = cache.decode_keys(11)
+    got, _, visible = cache.decode_keys(11)
+    assert visible is None  # the ring holds exactly the window
     assert sorted(got[0, 0, :, 0].tolist()) == [0, 1, 2, *range(6, 12)]
     with pytest.raises(ValueError, match="ring"):
         cache.prefix(12)
@@ -97,3 +98,32 @@ def test_cache_rejects_writes_past_its_end():
     cache = LayerCache(pattern, 1, 1, 4, 4)
     with pytest.raises(ValueError, match="cache holds 4"):
         cache.write(3, torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))
+
+
+@pytest.mark.parametrize("kind", ["column", "conv"])
+def test_a_decode_step_reads_its_window_as_a_view_of_the_cache_with_a_mask(kind):
+    pattern = AttentionPattern(kind, 3, 5, 3)
+    cache = LayerCache(pattern, 2, 2, 4, pattern.length)
+    keys, values, visible = cache.decode_keys(3 + 12)  # image token 12: row 2, column 2
+    assert keys.data_ptr() == cache.k.data_ptr() and values.data_ptr() == cache.v.data_ptr()  # no copy
+    read = visible[0].nonzero().flatten().tolist()
+    slots = torch.arange(pattern.length) if cache.slots is None else cache.slots
+    stream_of_slot = {int(s): p for p, s in enumerate(slots.tolist())}
+    want = [p for p in range(3 + 12 + 1) if pattern.allowed(torch.tensor(15), torch.tensor(p))]
+    assert sorted(stream_of_slot[s] for s in read) == want and len(want) < 3 + 12 + 1
+
+
+@pytest.mark.parametrize("kind", ["column", "conv"])
+def test_a_long_cache_gathers_a_short_window_and_agrees_with_the_full_pass(kind):
+    pattern = AttentionPattern(kind, 2, 10, 3)  # late in the image the slice is far longer than the window
+    attn = make_attention()
+    length = pattern.length
+    x = torch.randn(2, length, 16, generator=torch.Generator().manual_seed(3))
+    cache = LayerCache(pattern, 2, 2, 8, length)
+    with torch.no_grad():
+        full = attn(x, pattern.dense(length))
+        steps = [attn.forward_cached(x[:, :3], cache, 0)]
+        steps += [attn.forward_cached(x[:, s : s + 1], cache, s) for s in range(3, length)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    gathered = [cache.decode_keys(p)[2] is None for p in range(2 + 1, length)]  # no mask: gathered
+    assert any(gathered) and not all(gathered)  # both ways were taken

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dalle_zero.sampling.generate import generate_image_tokens
+from dalle_zero.sampling.generate import generate_image_tokens, prefill_shared
 from tests.factories.pipelines import tiny_transformer
 
 TEXT_VOCAB = 40
@@ -167,3 +167,20 @@ def test_a_guidance_nucleus_outside_0_1_is_refused(p):
     model, text = _model(), _text()
     with pytest.raises(ValueError, match="top_p"):
         _gen(model, text, guidance_scale=2.0, guidance_top_p=p)
+
+
+def test_streams_that_start_alike_are_prefilled_once_and_sample_as_if_apart():
+    model = _model(("row", "column", "row", "conv"))
+    distinct = _text(3)
+    text = distinct[[0, 1, 0, 2, 0, 1]]  # a caption's candidates are repeated rows
+    cache, raw = prefill_shared(model, text, None)
+    assert cache.batch_size == 6 and cache.length == TEXT_LEN + 1
+    plain = model.allocate_cache(6)
+    torch.testing.assert_close(raw, model.prefill(text, plain), rtol=1e-5, atol=1e-6)
+    for shared, own in zip(cache.layers, plain.layers):
+        torch.testing.assert_close(shared.k, own.k, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(cache.layers[0].k[0], cache.layers[0].k[1])  # rows stay rows of their own text
+    # each repeated row then draws its own tokens, and the draw does not depend on the sharing
+    tokens = _gen(model, text, seed=3, guidance_scale=2.0)
+    assert not torch.equal(tokens[0], tokens[2])
+    assert torch.equal(tokens, _gen(model, text, seed=3, guidance_scale=2.0, use_cache=False))

@@ -65,21 +65,23 @@ def measure_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str], *
     """Images per second that the evaluation draws with ``pipeline`` at ``config`` (an ``EvalConfig``).
 
     One untimed warm-up batch of 8, then one timed batch of ``images`` (default ``config.batch_size``)
-    through :meth:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline.generate_batch` (one sample a
-    caption): sampling with the key/value cache and guidance, then decoding. The cost does not depend
-    on the weights, so an untrained model of the same shapes times it before any stage has trained.
-    Torch's global RNG is untouched.
+    through :meth:`~dalle_zero.pipelines.text_to_image.TextToImagePipeline.generate_batch`: sampling
+    with the key/value cache and guidance, then decoding. As in the evaluation, ``config.candidates``
+    samples are drawn per caption (their text is computed once per caption); reranking, a small part,
+    is left out. The cost does not depend on the weights, so an untrained model of the same shapes
+    times it before any stage has trained. Torch's global RNG is untouched.
     """
     n = config.batch_size if images is None else images
     if n < 1 or not captions:
         raise ValueError(f"need captions and images >= 1, got {len(captions)} captions and images={n}")
-    picks = [captions[i % len(captions)] for i in range(n)]
+    m = min(n, max(1, int(getattr(config, "candidates", 1))))
+    picks = [captions[i % len(captions)] for i in range(max(1, n // m))]
     generator = torch.Generator().manual_seed(0)
     options = sampling_options(config)
-    pipeline.generate_batch(picks[:8], candidates=1, generator=generator, **options)
+    pipeline.generate_batch(picks[: max(1, 8 // m)], n=m, candidates=m, generator=generator, **options)
     t0 = time.perf_counter()
-    pipeline.generate_batch(picks, candidates=1, generator=generator, **options)
-    return n / max(time.perf_counter() - t0, 1e-9)
+    pipeline.generate_batch(picks, n=m, candidates=m, generator=generator, **options)
+    return len(picks) * m / max(time.perf_counter() - t0, 1e-9)
 
 
 def best_sampling_rate(

@@ -11,13 +11,17 @@ Kernels, all derived from one :class:`~dalle_zero.nn.masks.AttentionPattern`:
   unfused unless compiled).
 
 Incremental decoding uses :class:`LayerCache`, a pre-allocated key/value buffer per layer. A new image
-token in a row, column or conv layer reads only the text keys plus its window of image keys
-(:func:`~dalle_zero.nn.masks.image_key_window`), so the time per token stays flat along the image;
-in a full layer it reads every earlier key. Row layers keep the text and a ring of the last
-``grid_size + 1`` image keys, so a step reads one contiguous slice (and the cache is short); column
-layers store their image keys in column-major order so the window (earlier tokens of the same column)
-is one contiguous slice, like the paper's transposed column attention; a conv window is gathered
-with an index tensor.
+token in a row, column or conv layer attends to the text keys plus its window of image keys
+(:func:`~dalle_zero.nn.masks.image_key_window`); in a full layer, to every earlier key. Row layers
+keep the text and a ring of the last ``grid_size + 1`` image keys, so a step reads exactly one
+contiguous slice (and the cache is short); column layers store their image keys in column-major
+order, like the paper's transposed column attention, so the window ends a short slice. Every window
+is read as a slice of the cache from its start with a boolean mask over the keys outside the window:
+a view, where gathering the window's keys with an index copies them at every step, which costs more
+than reading the masked keys at these lengths (BENCHMARKS.md, "Sampling").
+
+Rows of a batch that start from the same text (a caption's candidates, guidance's empty caption)
+need its keys only once: :meth:`KVCache.select_rows` copies prefilled rows to the rows that share them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ FLEX_KERNELS = ("flex", "flex_compiled")
 # "sdpa": banded sparse layers where that pays (BandedLayout.worthwhile), else dense masks
 SDPA_KERNELS = ("sdpa", "sdpa_dense", "sdpa_banded")
 KERNELS = (*SDPA_KERNELS, *FLEX_KERNELS)
+# a decode step reads its window as a masked slice of the cache while the slice is at most this many
+# times the window's keys; beyond that it gathers them (BENCHMARKS.md, "Sampling")
+SLICE_OVER_GATHER = 4
 
 
 @functools.cache
@@ -120,8 +127,8 @@ class LayerCache:
         shape = (batch_size, n_head, n_slots, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._window = pattern.window.to(device)
         self._written = 0  # stream positions [0, _written) have been written
+        self._visible: Tensor | None = None  # built on the first decode step (see decode_keys)
 
     def write(self, start: int, k: Tensor, v: Tensor) -> None:
         """Store k, v: Tensor[B, nh, n, hs] of stream positions start..start+n-1."""
@@ -158,26 +165,44 @@ class LayerCache:
         idx = self.slots[:end]
         return self.k.index_select(2, idx), self.v.index_select(2, idx)
 
-    def decode_keys(self, pos: int) -> tuple[Tensor, Tensor]:
-        """Every key/value an image query at stream position ``pos`` attends to: text + its image window
-        (order irrelevant), Tensor[B, nh, keys, hs] each."""
-        t, g = self.pattern.text_len, self.pattern.grid_size
-        p = pos - t
-        if self.ring:  # text + ring: one slice
-            end = t + min(p + 1, self.ring)
-            return self.k[:, :, :end], self.v[:, :, :end]
+    def decode_keys(self, pos: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What an image query at stream position ``pos`` attends to: keys and values Tensor[B, nh, n, hs]
+        (views of the cache, in slot order) and a BoolTensor[1, n] of the ones it may read (None: all)."""
+        t = self.pattern.text_len
+        if self.ring:  # text + ring: exactly the window, one slice
+            end = t + min(pos - t + 1, self.ring)
+            return self.k[:, :, :end], self.v[:, :, :end], None
         if self.pattern.kind == "full":
-            return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1]
-        if self.pattern.kind == "row":  # raster-order cache (ring=False): contiguous window
-            lo, hi = t + max(0, p - g), pos + 1
-        elif self.slots is not None:  # column layer: contiguous in column-major slots
-            lo = t + (p % g) * g
-            hi = lo + p // g + 1
-        else:  # conv (or raster-order column): gather
-            idx = torch.cat([torch.arange(t, device=self.k.device), pos - self._window[self._window <= p]])
-            return self.k.index_select(2, idx), self.v.index_select(2, idx)
-        keys = torch.cat([self.k[:, :, :t], self.k[:, :, lo:hi]], dim=2)  # small copies (text + window)
-        return keys, torch.cat([self.v[:, :, :t], self.v[:, :, lo:hi]], dim=2)
+            return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1], None
+        if self._visible is None:
+            self._visible, self._slice_end = self._visibility()
+        end = int(self._slice_end[pos])
+        if end:
+            return self.k[:, :, :end], self.v[:, :, :end], self._visible[pos : pos + 1, :end]
+        idx = self._visible[pos].nonzero().flatten()  # a long cache, a short window: gather it
+        return self.k.index_select(2, idx), self.v.index_select(2, idx), None
+
+    def _visibility(self) -> tuple[Tensor, Tensor]:
+        """``visible[pos, slot]``: may a query at ``pos`` read ``slot``; and, per ``pos``, the end of the
+        shortest slice of slots holding all it reads, or 0 where that slice is more than
+        ``SLICE_OVER_GATHER`` times the window and gathering the window costs less."""
+        n_slots, device = self.k.shape[2], self.k.device
+        slot_pos = torch.arange(n_slots, device=device)
+        if self.slots is not None:  # slot -> stream position; slots of positions past max_len: never read
+            slot_pos = torch.full((n_slots,), self.max_len, dtype=torch.long, device=device)
+            slot_pos.scatter_(0, self.slots, torch.arange(len(self.slots), device=device))
+        pos = torch.arange(self.max_len, device=device)
+        visible = self.pattern.allowed(pos[:, None], slot_pos[None, :])
+        ends = torch.where(visible, torch.arange(1, n_slots + 1, device=device), 0).amax(dim=1)
+        ends = torch.where(ends <= SLICE_OVER_GATHER * visible.sum(dim=1), ends, 0)
+        return visible, ends
+
+    def select_rows(self, index: Tensor) -> LayerCache:
+        """A cache whose row ``i`` is a copy of this one's row ``index[i]`` (the same positions filled)."""
+        out = object.__new__(LayerCache)
+        out.__dict__.update(self.__dict__)
+        out.k, out.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        return out
 
 
 class SelfAttention(nn.Module):
@@ -224,8 +249,8 @@ class SelfAttention(nn.Module):
         cache.write(start, k, v)
         n, pattern = x.shape[1], cache.pattern
         if n == 1 and start >= pattern.text_len:  # one image query: text + its window of image keys
-            keys, values = cache.decode_keys(start)
-            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
+            keys, values, visible = cache.decode_keys(start)
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible)
         else:
             keys, values = (k, v) if start == 0 else cache.prefix(start + n)  # prefill: the keys just made
             mask = None
@@ -250,3 +275,9 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.layers[0].max_len
+
+    def select_rows(self, index: Tensor) -> KVCache:
+        """A cache of ``len(index)`` streams, stream ``i`` a copy of this one's stream ``index[i]``."""
+        out = KVCache([layer.select_rows(index) for layer in self.layers])
+        out.length = self.length
+        return out

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dalle_zero.models.transformer import DalleTransformer
+from dalle_zero.nn.attention import KVCache
 from dalle_zero.nn.embeddings import PAD_ID
 from dalle_zero.sampling.filters import check_temperature, check_top_k, check_top_p, filter_logits, top_p_filter
 
@@ -111,6 +112,20 @@ def _progress(progress: bool | ProgressCallback, total: int) -> tuple[ProgressCa
     return (lambda done, _total: bar.update(1)), bar.close
 
 
+def prefill_shared(model: DalleTransformer, text: Tensor, prime: Tensor | None) -> tuple[KVCache, Tensor]:
+    """A filled cache and the first logits for streams starting with ``text`` (+ ``prime``), each distinct
+    start computed once: a caption's candidates and guidance's empty-caption rows share theirs."""
+    start = text if prime is None else torch.cat([text, prime], dim=1)
+    unique, rows = torch.unique(start, dim=0, return_inverse=True)
+    if len(unique) == len(start):
+        cache = model.allocate_cache(len(start))
+        return cache, model.prefill(text, cache, image_ids=prime)
+    t = text.shape[1]
+    cache = model.allocate_cache(len(unique))
+    raw = model.prefill(unique[:, :t], cache, image_ids=None if prime is None else unique[:, t:])
+    return cache.select_rows(rows), raw.index_select(0, rows)
+
+
 @torch.inference_mode()
 def generate_image_tokens(
     model: DalleTransformer,
@@ -180,8 +195,7 @@ def generate_image_tokens(
     try:
         with _eval_mode(model):
             if use_cache:
-                cache = model.allocate_cache(text.shape[0])
-                raw = model.prefill(text, cache, image_ids=prime if n_prime else None)  # (B', Vi)
+                cache, raw = prefill_shared(model, text, prime if n_prime else None)  # raw: (B', Vi)
             for j in range(n_prime, ti):
                 if not use_cache:
                     # image_logits[:, j] predicts token j from tokens < j; the input at j is never read
