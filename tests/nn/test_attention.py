@@ -103,9 +103,10 @@ def test_cache_rejects_writes_past_its_end():
 @pytest.mark.parametrize("kind", ["column", "conv"])
 def test_a_decode_step_reads_its_window_as_a_view_of_the_cache_with_a_mask(kind):
     pattern = AttentionPattern(kind, 3, 5, 3)
-    cache = LayerCache(pattern, 2, 2, 4, pattern.length)
+    cache = LayerCache(pattern, 32, 2, 4, pattern.length)  # 64 (stream, head) rows
     keys, values, visible = cache.decode_keys(3 + 12)  # image token 12: row 2, column 2
     assert keys.data_ptr() == cache.k.data_ptr() and values.data_ptr() == cache.v.data_ptr()  # no copy
+    assert LayerCache(pattern, 1, 2, 4, pattern.length).decode_keys(3 + 12)[2] is None  # one stream: gathered
     read = visible[0].nonzero().flatten().tolist()
     slots = torch.arange(pattern.length) if cache.slots is None else cache.slots
     stream_of_slot = {int(s): p for p, s in enumerate(slots.tolist())}
@@ -118,8 +119,8 @@ def test_a_long_cache_gathers_a_short_window_and_agrees_with_the_full_pass(kind)
     pattern = AttentionPattern(kind, 2, 10, 3)  # late in the image the slice is far longer than the window
     attn = make_attention()
     length = pattern.length
-    x = torch.randn(2, length, 16, generator=torch.Generator().manual_seed(3))
-    cache = LayerCache(pattern, 2, 2, 8, length)
+    x = torch.randn(32, length, 16, generator=torch.Generator().manual_seed(3))
+    cache = LayerCache(pattern, 32, 2, 8, length)  # enough rows for the slice to be worth it
     with torch.no_grad():
         full = attn(x, pattern.dense(length))
         steps = [attn.forward_cached(x[:, :3], cache, 0)]

@@ -45,6 +45,8 @@ KERNELS = (*SDPA_KERNELS, *FLEX_KERNELS)
 # a decode step reads its window as a masked slice of the cache while the slice is at most this many
 # times the window's keys; beyond that it gathers them (BENCHMARKS.md, "Sampling")
 SLICE_OVER_GATHER = 4
+# ... and while the batch holds at least this many (stream, head) rows: below that, a gather copies little
+SLICE_MIN_ROWS = 64
 
 
 @functools.cache
@@ -127,6 +129,7 @@ class LayerCache:
         shape = (batch_size, n_head, n_slots, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._window = pattern.window.to(device)
         self._written = 0  # stream positions [0, _written) have been written
         self._visible: Tensor | None = None  # built on the first decode step (see decode_keys)
 
@@ -167,20 +170,32 @@ class LayerCache:
 
     def decode_keys(self, pos: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """What an image query at stream position ``pos`` attends to: keys and values Tensor[B, nh, n, hs]
-        (views of the cache, in slot order) and a BoolTensor[1, n] of the ones it may read (None: all)."""
+        (views of the cache where that pays, in slot order) and a BoolTensor[1, n] of the ones it may read
+        (None: all)."""
         t = self.pattern.text_len
         if self.ring:  # text + ring: exactly the window, one slice
             end = t + min(pos - t + 1, self.ring)
             return self.k[:, :, :end], self.v[:, :, :end], None
         if self.pattern.kind == "full":
             return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1], None
-        if self._visible is None:
-            self._visible, self._slice_end = self._visibility()
-        end = int(self._slice_end[pos])
-        if end:
-            return self.k[:, :, :end], self.v[:, :, :end], self._visible[pos : pos + 1, :end]
-        idx = self._visible[pos].nonzero().flatten()  # a long cache, a short window: gather it
-        return self.k.index_select(2, idx), self.v.index_select(2, idx), None
+        if self.k.shape[0] * self.k.shape[1] >= SLICE_MIN_ROWS:
+            if self._visible is None:
+                self._visible, self._slice_end = self._visibility()
+            end = int(self._slice_end[pos])
+            if end:
+                return self.k[:, :, :end], self.v[:, :, :end], self._visible[pos : pos + 1, :end]
+        # few rows, or a long cache and a short window: copy exactly the window
+        p, g = pos - t, self.pattern.grid_size
+        if self.pattern.kind == "row":  # raster-order cache (ring=False): contiguous window
+            lo, hi = t + max(0, p - g), pos + 1
+        elif self.slots is not None:  # column layer: contiguous in column-major slots
+            lo = t + (p % g) * g
+            hi = lo + p // g + 1
+        else:  # conv (or raster-order column): gather
+            idx = torch.cat([torch.arange(t, device=self.k.device), pos - self._window[self._window <= p]])
+            return self.k.index_select(2, idx), self.v.index_select(2, idx), None
+        keys = torch.cat([self.k[:, :, :t], self.k[:, :, lo:hi]], dim=2)  # small copies (text + window)
+        return keys, torch.cat([self.v[:, :, :t], self.v[:, :, lo:hi]], dim=2), None
 
     def _visibility(self) -> tuple[Tensor, Tensor]:
         """``visible[pos, slot]``: may a query at ``pos`` read ``slot``; and, per ``pos``, the end of the
