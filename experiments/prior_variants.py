@@ -16,6 +16,12 @@ Prints one JSON row and appends it to ``--results``.
     python experiments/prior_variants.py --run demo --data DATA --name lr3e3 --steps 1412 --set lr=3e-3
     python experiments/prior_variants.py --run demo --data DATA --name c16 --prior demo/runs/prior/best_model \\
         --candidates 16
+    python experiments/prior_variants.py --run demo --data DATA --name canon --steps 1249 --canonical-only
+    python experiments/prior_variants.py --run demo --data DATA --name clip60 --prior demo/runs/prior/best_model \\
+        --clip demo60/model/clip
+
+``--canonical-only`` trains on a copy of the run's tokens that keeps only each image's first caption
+(the canonical one); ``--clip`` reranks with another CLIP folder (same tokenizer) than the run's.
 """
 
 from __future__ import annotations
@@ -61,6 +67,17 @@ def changed_config(run: Path, changes: list[str], steps: int) -> dict:
     return cfg
 
 
+def canonical_tokens(tokens: Path, out: Path) -> Path:
+    """A copy of the token folder ``tokens`` whose shards keep only each image's first caption."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(tokens, out)
+    for shard in sorted(out.glob("shard_*.json")):
+        meta = json.loads(shard.read_text())
+        meta["captions"] = [lines[:1] for lines in meta["captions"]]
+        shard.write_text(json.dumps(meta) + "\n")
+    return out
+
+
 def read(pipe: TextToImagePipeline, evaluator: EmojiEvaluator, data: Path, config: EvalConfig, samples: int) -> dict:
     meta, splits = read_metadata(data), read_dataset_splits(data)
     out: dict[str, float] = {}
@@ -91,6 +108,8 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="train config changes, key=json (model.x, loop.x, x)")
     p.add_argument("--steps", type=int, default=0, help="updates to train (with --set)")
     p.add_argument("--prior", help="read this prior model folder instead of training one")
+    p.add_argument("--canonical-only", action="store_true", help="train on each image's canonical caption only")
+    p.add_argument("--clip", help="rerank with this CLIP folder instead of the run's")
     p.add_argument("--samples", type=int, default=160)
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--guidance", type=float, default=3.0)
@@ -103,6 +122,8 @@ def main() -> None:
     prior = Path(args.prior) if args.prior else out / "run" / "model"
     if not args.prior:
         cfg = changed_config(run, args.set, args.steps)
+        if args.canonical_only:
+            cfg["tokens"] = str(canonical_tokens(Path(cfg["tokens"]), out / "tokens").resolve())
         (out / "train_config.json").write_text(json.dumps(cfg, indent=1))
         shutil.rmtree(out / "run", ignore_errors=True)
         cmd = [sys.executable, "-m", "dalle_zero.cli.main", "train", "prior", "--no-progress",
@@ -114,11 +135,15 @@ def main() -> None:
     shutil.rmtree(model, ignore_errors=True)
     shutil.copytree(run / "model", model, ignore=shutil.ignore_patterns("transformer"))
     shutil.copytree(prior, model / "transformer")
+    if args.clip:
+        shutil.rmtree(model / "clip", ignore_errors=True)
+        shutil.copytree(args.clip, model / "clip")
     torch.set_num_threads(2)
     pipe = TextToImagePipeline.from_pretrained(model)
     evaluator = EmojiEvaluator.from_pretrained(run / "runs" / "evaluator" / "model").eval()
     config = EvalConfig(candidates=args.candidates, guidance_scale=args.guidance, batch_size=128)
-    row = {"name": args.name, "set": args.set, "steps": args.steps, "prior": args.prior,
+    row = {"name": args.name, "set": args.set, "steps": args.steps, "prior": args.prior, "clip": args.clip,
+           "canonical_only": args.canonical_only,
            "candidates": args.candidates, "guidance_scale": args.guidance, "train_seconds": round(train_seconds, 1)}
     row.update(read(pipe, evaluator, Path(args.data), config, args.samples))
     print(json.dumps(row), flush=True)
