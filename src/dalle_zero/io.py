@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from dalle_zero.config import Config, check_format_version, json_type, read_json_file
 
@@ -205,15 +211,10 @@ def _fsync_tree(path: Path) -> None:
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Save tensors with safetensors (contiguous copies, so tied or strided tensors save too)."""
-    from safetensors.torch import save_file
-
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(path))
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -225,8 +226,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def read_weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:
     """``{tensor name: shape}`` of a safetensors file, from its header only (nothing is loaded)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -250,10 +249,6 @@ def meta_state_shapes(
 
     A ValueError of the constructor (a bad config) propagates. A model that cannot be built on the meta
     device gives ``{}``: nothing is checked before the strict load then."""
-    from torch.nn.modules.module import (
-        register_module_buffer_registration_hook,
-        register_module_parameter_registration_hook,
-    )
 
     me = threading.get_ident()
     count = [0, 0]

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
     import torch
 
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.evaluation.evaluate import SPLITS, EvalConfig, evaluate_model, json_ready
     from dalle_zero.evaluation.figures import write_eval_report
     from dalle_zero.evaluation.inception import TorchScriptInception, check_inception_file

@@ -25,6 +25,8 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
 from dalle_zero.cli.options import add_sampling_arguments, check_output_folder, load_pipeline, sampling_settings
 
 HELP = "generate images from captions with a model folder (from `dalle assemble`)"
@@ -74,6 +76,7 @@ def slugify(text: str, max_len: int = 40) -> str:
 
 def make_grid(images: list, scale: int, pad: int = 2) -> object:
     """PIL images of one size -> one PIL grid image (about square), each cell upscaled ``scale``× (nearest)."""
+    # imported here, not at the top: `dalle --help` imports every command module
     from PIL import Image
 
     w, h = images[0].size
@@ -106,6 +109,7 @@ def check_grid_size(n: int, image_size: int, scale: int) -> None:
 
 def print_examples(args: argparse.Namespace) -> int:
     """``--examples``: the example captions of ``--model``, one per line (the models are not loaded)."""
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.pipelines.folder import EXAMPLES_NAME, read_examples, read_pipeline_json
 
     if args.captions:
@@ -126,8 +130,7 @@ def print_examples(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.io import atomic_write_text
     from dalle_zero.pipelines.text_to_image import to_pil
 

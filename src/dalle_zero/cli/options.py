@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dalle_zero.pipelines.sampling_defaults import resolve
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
 
@@ -61,8 +63,6 @@ def sampling_settings(args: argparse.Namespace, defaults: Any = None) -> dict[st
 
 def parse_device(name: str, flag: str = "--device") -> Any:
     """``name`` as a ``torch.device``, or a ValueError naming ``flag`` if torch does not know it."""
-    import torch
-
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
@@ -75,8 +75,6 @@ def parse_device(name: str, flag: str = "--device") -> Any:
 def check_device(name: str, flag: str = "--device") -> Any:
     """``name`` as a ``torch.device`` that this machine has, or a ValueError naming ``flag`` (an unknown
     device, CUDA on a build or machine without it, a GPU index past the last GPU)."""
-    import torch
-
     device = parse_device(name, flag)
     if device.type == "cpu":
         return device
@@ -113,6 +111,7 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
 
 def load_pipeline(args: argparse.Namespace) -> Any:
     """The ``--model`` folder as a pipeline on ``--device`` (int8 with ``--int8``); user errors in one line."""
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
     model_dir = Path(args.model)

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
     import torch
 
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.server import GenerationService, ServerLimits, make_server
     from dalle_zero.server.guards import check_host_name, check_token
 

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `dalle --help` imports every command module
     import torch
 
+    # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.images import load_image
     from dalle_zero.data.metadata import read_dataset_split
     from dalle_zero.models.evaluator import EmojiEvaluator

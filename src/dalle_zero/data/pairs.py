@@ -11,6 +11,7 @@ of what was skipped are the same for all, so every trainer can use any of them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 from collections import Counter
@@ -205,7 +206,6 @@ class ImageTextPairs(Dataset):
 
     def with_transform(self, transform: Transform | None) -> ImageTextPairs:
         """The same pairs (the index built once) seen through another ``transform``."""
-        import copy
 
         view = copy.copy(self)
         view.transform = transform

@@ -15,8 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from tqdm.auto import tqdm
+
+from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.pairs import read_splits
 from dalle_zero.data.webdataset import SHARD_SUFFIX
+from dalle_zero.errors import DataError
+from dalle_zero.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +94,6 @@ def write_shards(
     shards with stems replaced by keys, so the shards split as the folder does. ``out`` must be new or
     empty; it appears only when complete.
     """
-    from tqdm.auto import tqdm
-
-    from dalle_zero.data.folder import ImageTextFolder
-    from dalle_zero.errors import DataError
-    from dalle_zero.io import atomic_directory
-
     if per_shard < 1:
         raise ValueError(f"write_shards: per_shard must be >= 1, got {per_shard}")
     data, out = Path(data), Path(out)

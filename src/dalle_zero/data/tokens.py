@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from dalle_zero.config import json_type, read_json_file
@@ -90,8 +92,6 @@ def write_token_shards(
     ``index.json``, as is ``metadata`` (more top-level keys, e.g. the source folder and what it
     skipped); ``extra_files`` maps file names to text written beside the shards.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / INDEX_NAME).is_file():
         raise DataError(f"{out_dir} is not empty and is not a token folder; choose a new folder")
@@ -279,9 +279,6 @@ class TokenDataset(Dataset):
     """
 
     def __init__(self, folder: str | Path, split: str | None = None) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         self.folder = Path(folder)
         self.index = read_token_index(self.folder)
         h, w = self.index["grid"]

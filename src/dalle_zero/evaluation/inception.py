@@ -28,6 +28,7 @@ says the user trusts it as it is), see :func:`check_inception_file`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import re
 import warnings
@@ -174,7 +175,6 @@ def _argument_names(net: nn.Module) -> tuple[str, ...]:
     schema = getattr(getattr(net, "forward", None), "schema", None)
     if schema is not None:
         return tuple(a.name for a in schema.arguments)
-    import inspect
 
     try:
         return tuple(inspect.signature(net.forward).parameters)

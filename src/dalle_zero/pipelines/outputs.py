@@ -38,7 +38,7 @@ class GenerationOutput:
 
 def to_pil(images: Tensor) -> list[Any]:
     """FloatTensor[N, 3, H, W] in [0, 1] -> N RGB ``PIL.Image.Image``."""
-    from PIL import Image
+    from PIL import Image  # only when images leave as PIL: `import dalle_zero` does not load Pillow
 
     arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a, mode="RGB") for a in arr]

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from dalle_zero.data.images import image_pixels
 from dalle_zero.io import FORMAT_VERSION, atomic_directory
@@ -221,8 +222,6 @@ class TextToImagePipeline:
         n_batches = sum(-(-m // batch_size) for _ in prompts)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=n_batches * n_tokens, unit="token", desc="sampling", dynamic_ncols=True)
         on_token = (lambda done, total: bar.update(1)) if bar is not None else False
 

@@ -67,7 +67,7 @@ def page_and_policy() -> tuple[bytes, str]:
 @functools.cache
 def favicon_ico() -> bytes:
     """A 16 and 32 px icon (ICO) drawn from :data:`_ICON_CODES`."""
-    from PIL import Image
+    from PIL import Image  # only for the icon, drawn once a server starts: the page module stays light
 
     grid = Image.new("RGB", (4, 4))
     grid.putdata([_ICON_COLOURS[c] for row in _ICON_CODES for c in row])

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm.auto import tqdm
 
 from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int
 from dalle_zero.io import PretrainedModel
@@ -376,7 +377,5 @@ def _save_model(model: PretrainedModel, ema: EMA | None, run_dir: Path, ctx: dis
 
 
 def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
                 desc="train")
