@@ -78,6 +78,7 @@ def main() -> None:
     if ctx.is_main:
         numel = {"total": model.num_parameters(), "block_matrices": matrices}
         Path(args.out).write_text(json.dumps({"bytes": per_step, "numel": numel}))
+    dist.barrier()  # no rank leaves while another may still talk to it: gloo aborts a process that does
     distributed.teardown(ctx)
 
 
