@@ -74,7 +74,7 @@ def measure_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str], *
     n = config.batch_size if images is None else images
     if n < 1 or not captions:
         raise ValueError(f"need captions and images >= 1, got {len(captions)} captions and images={n}")
-    m = min(n, max(1, int(getattr(config, "candidates", 1))))
+    m = min(n, config.candidates)
     picks = [captions[i % len(captions)] for i in range(max(1, n // m))]
     generator = torch.Generator().manual_seed(0)
     options = sampling_options(config)

@@ -15,10 +15,12 @@ token in a row, column or conv layer attends to the text keys plus its window of
 (:func:`~dalle_zero.nn.masks.image_key_window`); in a full layer, to every earlier key. Row layers
 keep the text and a ring of the last ``grid_size + 1`` image keys, so a step reads exactly one
 contiguous slice (and the cache is short); column layers store their image keys in column-major
-order, like the paper's transposed column attention, so the window ends a short slice. Every window
-is read as a slice of the cache from its start with a boolean mask over the keys outside the window:
-a view, where gathering the window's keys with an index copies them at every step, which costs more
-than reading the masked keys at these lengths (BENCHMARKS.md, "Sampling").
+order, like the paper's transposed column attention, so the window ends a short slice. In a batch of
+at least ``SLICE_MIN_ROWS`` (stream, head) rows a window is read as a slice of the cache from its
+start with a boolean mask over the keys outside it: a view, where gathering the window's keys copies
+them at every step, which costs more than reading the masked keys at these lengths (BENCHMARKS.md,
+"Sampling"). A smaller batch, or a slice over ``SLICE_OVER_GATHER`` times the window, copies out
+exactly the window.
 
 Rows of a batch that start from the same text (a caption's candidates, guidance's empty caption)
 need its keys only once: :meth:`KVCache.select_rows` copies prefilled rows to the rows that share them.
@@ -131,7 +133,7 @@ class LayerCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self._window = pattern.window.to(device)
         self._written = 0  # stream positions [0, _written) have been written
-        self._visible: Tensor | None = None  # built on the first decode step (see decode_keys)
+        self._slices: tuple[Tensor, list[int]] | None = None  # built on the first sliced step (_visibility)
 
     def write(self, start: int, k: Tensor, v: Tensor) -> None:
         """Store k, v: Tensor[B, nh, n, hs] of stream positions start..start+n-1."""
@@ -179,11 +181,12 @@ class LayerCache:
         if self.pattern.kind == "full":
             return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1], None
         if self.k.shape[0] * self.k.shape[1] >= SLICE_MIN_ROWS:
-            if self._visible is None:
-                self._visible, self._slice_end = self._visibility()
-            end = int(self._slice_end[pos])
+            if self._slices is None:
+                self._slices = self._visibility()
+            visible, ends = self._slices
+            end = ends[pos]
             if end:
-                return self.k[:, :, :end], self.v[:, :, :end], self._visible[pos : pos + 1, :end]
+                return self.k[:, :, :end], self.v[:, :, :end], visible[pos : pos + 1, :end]
         # few rows, or a long cache and a short window: copy exactly the window
         p, g = pos - t, self.pattern.grid_size
         if self.pattern.kind == "row":  # raster-order cache (ring=False): contiguous window
@@ -197,7 +200,7 @@ class LayerCache:
         keys = torch.cat([self.k[:, :, :t], self.k[:, :, lo:hi]], dim=2)  # small copies (text + window)
         return keys, torch.cat([self.v[:, :, :t], self.v[:, :, lo:hi]], dim=2), None
 
-    def _visibility(self) -> tuple[Tensor, Tensor]:
+    def _visibility(self) -> tuple[Tensor, list[int]]:
         """``visible[pos, slot]``: may a query at ``pos`` read ``slot``; and, per ``pos``, the end of the
         shortest slice of slots holding all it reads, or 0 where that slice is more than
         ``SLICE_OVER_GATHER`` times the window and gathering the window costs less."""
@@ -210,7 +213,7 @@ class LayerCache:
         visible = self.pattern.allowed(pos[:, None], slot_pos[None, :])
         ends = torch.where(visible, torch.arange(1, n_slots + 1, device=device), 0).amax(dim=1)
         ends = torch.where(ends <= SLICE_OVER_GATHER * visible.sum(dim=1), ends, 0)
-        return visible, ends
+        return visible, ends.tolist()  # read once per step and layer: a Python int, not a tensor index
 
     def select_rows(self, index: Tensor) -> LayerCache:
         """A cache whose row ``i`` is a copy of this one's row ``index[i]`` (the same positions filled)."""
