@@ -43,6 +43,8 @@ from dalle_zero.server.generate_request import (
 )
 
 BATCH_SIZE = 8  # the pipeline's (and `dalle generate`'s) default, so seeds give the same images
+
+
 class ClientGone(Exception):
     """The client hung up while its request waited for its turn; there is nobody to answer."""
 
