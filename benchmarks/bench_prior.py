@@ -40,6 +40,7 @@ import common  # noqa: E402
 
 ROOT = common.ROOT
 
+DEMO = dict(n_layer=4, text_seq_len=32, image_grid=8, mlp_ratio=4, conv_kernel_size=5, warmup=3, reps=20)
 # (d, layers, heads, text_seq_len, image_grid, batch, warmup, reps) as in bench_dalle_pytorch.py
 CONFIGS = {
     "dalle_full": dict(
@@ -48,8 +49,11 @@ CONFIGS = {
     "large32": dict(
         n_embd=512, n_layer=8, n_head=8, text_seq_len=64, image_grid=32, batch=4, warmup=1, reps=2
     ),
-    # the `dalle demo` prior's sizes and batch (ours only: the reference harness has no such section)
-    "demo": dict(n_embd=256, n_layer=4, n_head=8, text_seq_len=32, image_grid=8, batch=24, warmup=3, reps=20),
+    # the `dalle demo` prior (configs/demo.json), and two it was chosen against: d 256 at batch 24 (the
+    # preset before) and d 96 (ours only: the reference harness has no such sections)
+    "demo": dict(DEMO, n_embd=128, n_head=4, batch=48),
+    "demo_d96": dict(DEMO, n_embd=96, n_head=3, batch=48),
+    "demo_d256": dict(DEMO, n_embd=256, n_head=8, batch=24),
 }
 REFERENCE_SECTIONS = ("dalle_full", "large32")
 VARIANTS = ("fp32-full", "bf16-full", "fp32-paper", "bf16-paper")

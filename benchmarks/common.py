@@ -187,8 +187,9 @@ def reference_transformer_config(dims: dict[str, int], pattern: str) -> Any:
     """Our TransformerConfig equal in size to a DALLE-pytorch section of bench_dalle_pytorch.py.
 
     ``dims`` holds n_layer, n_head, n_embd, text_seq_len and image_grid. Their feed-forward is GEGLU
-    with mult 4 (12·d² weights), so ours uses ``mlp_ratio=6`` (also 12·d²). ``pattern`` is "full" or
-    "paper" (row, column, ..., conv last).
+    with mult 4 (12·d² weights), so ours uses ``mlp_ratio=6`` (also 12·d²) unless ``dims`` gives
+    ``mlp_ratio`` (and ``conv_kernel_size``), as the sections of our own presets do. ``pattern`` is
+    "full" or "paper" (row, column, ..., conv last).
     """
     from dalle_zero.models.transformer import TransformerConfig
 
@@ -200,6 +201,7 @@ def reference_transformer_config(dims: dict[str, int], pattern: str) -> Any:
         text_seq_len=dims["text_seq_len"],
         image_vocab_size=IMAGE_VOCAB,
         image_grid=dims["image_grid"],
-        mlp_ratio=6,
+        mlp_ratio=dims.get("mlp_ratio", 6),
+        conv_kernel_size=dims.get("conv_kernel_size", 11),
         attn_pattern=("full",) * dims["n_layer"] if pattern == "full" else None,
     )

@@ -21,7 +21,13 @@ Prints one JSON row and appends it to ``--results``.
         --clip demo60/model/clip
 
 ``--canonical-only`` trains on a copy of the run's tokens that keeps only each image's first caption
-(the canonical one); ``--clip`` reranks with another CLIP folder (same tokenizer) than the run's.
+(the canonical one); ``--clip`` reranks with another CLIP folder (same tokenizer) than the run's;
+``--dvae`` takes another dVAE run trained on the same dataset: the data is encoded with it, the prior
+trains on those tokens with its image vocabulary, and it replaces the run's dVAE in the model read.
+
+    dalle train dvae --data DATA --out dvae128 --config dvae128.json  # the run's dVAE config, vocab_size 128
+    python experiments/prior_variants.py --run demo --data DATA --name v128 --steps 1936 --dvae dvae128 \\
+        --set model.n_embd=128 model.n_head=4 loop.batch_size=48 lr=1.4e-3
 """
 
 from __future__ import annotations
@@ -78,6 +84,15 @@ def canonical_tokens(tokens: Path, out: Path) -> Path:
     return out
 
 
+def encoded_tokens(dvae: Path, data: Path, out: Path) -> Path:
+    """The dataset ``data`` encoded by the dVAE run ``dvae`` into the token folder ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "dalle_zero.cli.main", "encode", "--no-progress",
+           "--dvae", str(dvae), "--data", str(data), "--out", str(out)]
+    subprocess.run(cmd, check=True)
+    return out
+
+
 def read(pipe: TextToImagePipeline, evaluator: EmojiEvaluator, data: Path, config: EvalConfig, samples: int) -> dict:
     meta, splits = read_metadata(data), read_dataset_splits(data)
     out: dict[str, float] = {}
@@ -110,6 +125,7 @@ def main() -> None:
     p.add_argument("--prior", help="read this prior model folder instead of training one")
     p.add_argument("--canonical-only", action="store_true", help="train on each image's canonical caption only")
     p.add_argument("--clip", help="rerank with this CLIP folder instead of the run's")
+    p.add_argument("--dvae", help="a dVAE run folder trained on --data, in place of the run's dVAE")
     p.add_argument("--samples", type=int, default=160)
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--guidance", type=float, default=3.0)
@@ -122,6 +138,10 @@ def main() -> None:
     prior = Path(args.prior) if args.prior else out / "run" / "model"
     if not args.prior:
         cfg = changed_config(run, args.set, args.steps)
+        if args.dvae:
+            cfg["tokens"] = str(encoded_tokens(Path(args.dvae), Path(args.data), out / "dvae_tokens").resolve())
+            dvae_model = json.loads((Path(args.dvae) / "model" / "config.json").read_text())
+            cfg["model"]["image_vocab_size"] = dvae_model["vocab_size"]
         if args.canonical_only:
             cfg["tokens"] = str(canonical_tokens(Path(cfg["tokens"]), out / "tokens").resolve())
         (out / "train_config.json").write_text(json.dumps(cfg, indent=1))
@@ -135,6 +155,9 @@ def main() -> None:
     shutil.rmtree(model, ignore_errors=True)
     shutil.copytree(run / "model", model, ignore=shutil.ignore_patterns("transformer"))
     shutil.copytree(prior, model / "transformer")
+    if args.dvae:
+        shutil.rmtree(model / "dvae")
+        shutil.copytree(Path(args.dvae) / "model", model / "dvae")
     if args.clip:
         shutil.rmtree(model / "clip", ignore_errors=True)
         shutil.copytree(args.clip, model / "clip")
@@ -143,7 +166,7 @@ def main() -> None:
     evaluator = EmojiEvaluator.from_pretrained(run / "runs" / "evaluator" / "model").eval()
     config = EvalConfig(candidates=args.candidates, guidance_scale=args.guidance, batch_size=128)
     row = {"name": args.name, "set": args.set, "steps": args.steps, "prior": args.prior, "clip": args.clip,
-           "canonical_only": args.canonical_only,
+           "dvae": args.dvae, "canonical_only": args.canonical_only,
            "candidates": args.candidates, "guidance_scale": args.guidance, "train_seconds": round(train_seconds, 1)}
     row.update(read(pipe, evaluator, Path(args.data), config, args.samples))
     print(json.dumps(row), flush=True)
