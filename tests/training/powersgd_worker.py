@@ -12,6 +12,7 @@ communication hook is registered. Rank 0 writes ``{"bytes": [per step], "numel":
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def main() -> None:
     if ctx.is_main:
         numel = {"total": model.num_parameters(), "block_matrices": matrices}
         Path(args.out).write_text(json.dumps({"bytes": per_step, "numel": numel}))
+    # DDP's reducer holds gloo work objects; left to interpreter shutdown, after the group is destroyed,
+    # freeing them can abort the process ("terminate called without an active exception")
+    del ddp
+    gc.collect()
     dist.barrier()  # no rank leaves while another may still talk to it: gloo aborts a process that does
     distributed.teardown(ctx)
 
