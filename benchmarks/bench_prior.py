@@ -66,7 +66,7 @@ TEXT_VOCAB, IMAGE_VOCAB = common.TEXT_VOCAB, common.IMAGE_VOCAB
 
 
 def model_config(section: str, pattern: str):  # -> TransformerConfig
-    return common.reference_transformer_config(CONFIGS[section], pattern)
+    return common.section_transformer_config(CONFIGS[section], pattern)
 
 
 def model_flops_per_step(model, batch: int) -> float:

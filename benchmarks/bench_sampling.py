@@ -62,7 +62,7 @@ def build(section: str, pattern: str):  # -> (DalleTransformer, DiscreteVAE)
 
     c = CONFIGS[section]
     torch.manual_seed(0)
-    config = common.reference_transformer_config(c, pattern)
+    config = common.section_transformer_config(c, pattern)
     model = DalleTransformer(config).eval()
     with torch.no_grad():  # fresh heads are zero (uniform samples); random weights look like a real model
         model.image_head.weight.normal_(0, 0.02)

@@ -183,13 +183,14 @@ def python_for(venv: str | None) -> str:
 TEXT_VOCAB, IMAGE_VOCAB = 1000, 512
 
 
-def reference_transformer_config(dims: dict[str, int], pattern: str) -> Any:
-    """Our TransformerConfig equal in size to a DALLE-pytorch section of bench_dalle_pytorch.py.
+def section_transformer_config(dims: dict[str, int], pattern: str) -> Any:
+    """Our TransformerConfig for a benchmark section's ``dims``.
 
-    ``dims`` holds n_layer, n_head, n_embd, text_seq_len and image_grid. Their feed-forward is GEGLU
-    with mult 4 (12·d² weights), so ours uses ``mlp_ratio=6`` (also 12·d²) unless ``dims`` gives
-    ``mlp_ratio`` (and ``conv_kernel_size``), as the sections of our own presets do. ``pattern`` is
-    "full" or "paper" (row, column, ..., conv last).
+    ``dims`` holds n_layer, n_head, n_embd, text_seq_len and image_grid. The sections shared with
+    bench_dalle_pytorch.py must match DALLE-pytorch in size: its feed-forward is GEGLU with mult 4
+    (12·d² weights), so ours uses ``mlp_ratio=6`` (also 12·d²) unless ``dims`` gives ``mlp_ratio``
+    (and ``conv_kernel_size``), as the sections of our own presets do. ``pattern`` is "full" or
+    "paper" (row, column, ..., conv last).
     """
     from dalle_zero.models.transformer import TransformerConfig
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -105,3 +106,21 @@ def test_dalle_assemble_stores_the_recommendation_and_refuses_candidates_without
     assert main(["assemble", *parts, "--out", str(tmp_path / "m2"), "--candidates", "8"]) == 2
     assert "--candidates above 1 needs a reranker" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists()
+
+
+def test_dalle_assemble_refuses_guidance_for_a_prior_run_that_never_saw_the_empty_caption(
+    pipeline_with_clip, tmp_path, capsys
+):
+    s = tmp_path / "src"
+    pipeline_with_clip.save_pretrained(s)
+    parts = ["--tokenizer", str(s), "--dvae", str(s)]
+    for prob, code in ((0.0, 2), (0.1, 0)):
+        run = tmp_path / f"run{prob}"
+        shutil.copytree(s / "transformer", run / "model")
+        (run / "train_config.json").write_text(json.dumps({"null_caption_prob": prob}))
+        out = tmp_path / f"m{prob}"
+        assert main(["assemble", *parts, "--prior", str(run), "--out", str(out), "--guidance-scale", "3"]) == code
+        assert out.exists() == (code == 0)
+    assert "trained with null_caption_prob 0" in capsys.readouterr().err
+    # without guidance the same run assembles: its unconditional model is never asked for
+    assert main(["assemble", *parts, "--prior", str(tmp_path / "run0.0"), "--out", str(tmp_path / "m")]) == 0

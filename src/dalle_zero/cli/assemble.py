@@ -6,7 +6,9 @@ components are checked against each other (text vocabulary and length, image voc
 before anything is written; the result loads with ``TextToImagePipeline.from_pretrained`` and runs
 with ``dalle generate --model``. A prior run trained with ``select_by`` contributes its
 ``best_model/`` (the lowest validation figure) unless ``--last`` asks for the last model. ``--examples``
-stores example captions in the folder (``dalle generate --examples`` prints them).
+stores example captions in the folder (``dalle generate --examples`` prints them). A guidance scale
+is refused for a prior run trained without the empty caption (``null_caption_prob`` 0); a model
+folder keeps no training settings, so there it cannot be checked.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from dalle_zero.pipelines.sampling_defaults import SamplingDefaults
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
     from dalle_zero.tokenizers.bpe import BPETokenizer
-    from dalle_zero.training.run_files import best_model
+    from dalle_zero.training.run_files import best_model, trained_setting
 
     given = {k: getattr(args, k) for k in ("temperature", "guidance_scale", "guidance_top_p", "candidates")}
     sampling = SamplingDefaults.from_dict(
@@ -55,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
     )  # checked before anything is loaded
     if sampling.candidates is not None and sampling.candidates > 1 and not args.clip:
         raise ValueError("--candidates above 1 needs a reranker: give --clip too")
+    guided = sampling.guidance_scale is not None and sampling.guidance_scale != 1.0
+    if guided and trained_setting(args.prior, "null_caption_prob") == 0:
+        # guidance compares the caption's prediction with the empty caption's, which this prior never saw
+        raise ValueError(
+            f"--guidance-scale {sampling.guidance_scale:g}: the prior run {args.prior} was trained with "
+            "null_caption_prob 0, so it has no model of the empty caption to guide against; train it with "
+            "null_caption_prob above 0 (0.1 by default) or leave guidance at 1"
+        )
     tokenizer = BPETokenizer.from_pretrained(resolve_component_dir(args.tokenizer, "tokenizer"))
     dvae = DiscreteVAE.from_pretrained(resolve_component_dir(args.dvae, "dvae"))
     best = None if args.last else best_model(args.prior)

@@ -7,7 +7,8 @@ best model kept by validation (``best_model/`` with ``best.json``).
   which leaves out a torn last line); :func:`truncate_metrics` cuts it back to a resumed checkpoint;
   :func:`last_validation` and :func:`last_validation_step` find the latest validation figures;
 - :func:`keep_if_best` saves the model whenever a validation figure is the lowest so far, and
-  :func:`best_model` finds it.
+  :func:`best_model` finds it;
+- :func:`trained_setting` reads one setting a run was trained with.
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ def best_model(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
     except json.JSONDecodeError:
         return None
     return (run_dir / BEST_MODEL, record) if isinstance(record, dict) else None
+
+
+def trained_setting(run_dir: str | Path, key: str) -> Any | None:
+    """The value of ``key`` in the run's ``train_config.json``; None when ``run_dir`` is not a run
+    folder (a model folder keeps no training settings) or the file does not record it."""
+    path = Path(run_dir) / "train_config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return saved.get(key) if isinstance(saved, dict) else None
 
 
 def keep_if_best(model: nn.Module, row: dict[str, float], name: str, step: int, run_dir: Path) -> None:
