@@ -40,29 +40,34 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
     out = Path("demo")  # relative, as `dalle demo` is run by default (`--out demo`)
     logs: list[str] = []
 
-    # 1. the prior trains 1 step (a tenth of its probe's plan), plans again from the rate it trained at,
-    # and is interrupted 2 steps later, as a killed run would be (the loop checkpoints and returns)
+    # 1. the prior trains 1 step (a tenth of its probe's plan), plans again from the rate it trained at
+    # (and once more at half of the new plan, when that is past step 1), and is interrupted one step
+    # into its last stretch, as a killed run would be (the loop checkpoints and returns)
     real_train = loop_module.train
     prior_calls: list[int | None] = []
 
     def stop_the_prior_early(*args, **kwargs):
         if Path(args[3]).name == "prior":
             prior_calls.append(kwargs.get("stop_after"))
-            if len(prior_calls) == 2:
-                kwargs["stop_after"] = 2
+            if kwargs.get("stop_after") is None:
+                kwargs["stop_after"] = 1
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(loop_module, "train", stop_the_prior_early)
-    with pytest.raises(DemoInterrupted, match="prior stopped at step 3 of"):
+    with pytest.raises(DemoInterrupted, match="prior stopped at step"):
         run_demo(out, config, data=emoji, progress=False, log=logs.append)
     before_prior = list(STAGES)[: list(STAGES).index("prior")]
     assert all((out / "stages" / f"{s}.json").is_file() for s in before_prior)
     assert not (out / "stages" / "prior.json").exists()
     plan = json.loads((out / "stages" / "prior.plan.json").read_text())
-    planned = plan["steps"]
-    assert prior_calls == [1, None] and plan["replanned"]["at"] == 1
-    assert 4 <= plan["replanned"]["probe_steps"] <= 10 and 4 <= planned <= 10  # clamped by the tiny preset
-    assert any("planned again at step 1" in line for line in logs)
+    planned, replans = plan["steps"], plan["replanned"]
+    assert prior_calls[0] == 1 and prior_calls[-1] is None and len(prior_calls) == len(replans) + 1
+    assert replans[0]["at"] == 1 and [r["at"] for r in replans] == sorted({r["at"] for r in replans})
+    assert 4 <= replans[0]["steps_before"] <= 10 and 4 <= planned <= 10  # clamped by the tiny preset
+    new_counts = [r["steps_before"] for r in replans[1:]] + [planned]  # each plan is replaced by the next
+    assert [line.strip().split(" (")[0] for line in logs if "planned again" in line] == [
+        f"{n} steps planned again at step {r['at']}" for n, r in zip(new_counts, replans, strict=True)
+    ]
 
     # 2. run again: finished stages are skipped, the prior resumes from its checkpoint with the plan made
     # before the interruption (no probe, no second re-plan) and the demo ends
@@ -71,6 +76,7 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
     report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
     skipped = [line for line in logs if line.endswith("skipped")]
     assert len(skipped) == len(before_prior)
+    assert not any("planned" in line for line in logs)  # the plan made before the interruption holds
     prior_rows = [json.loads(x) for x in (out / "runs" / "prior" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in prior_rows) == planned
     assert json.loads((out / "stages" / "prior.json").read_text())["steps"] == planned
@@ -171,16 +177,24 @@ def test_a_replan_gives_the_seconds_left_to_the_rate_the_stage_trained_at():
     config = load_demo_config("demo")
     spec = StageSpec(min_steps=20, max_steps=5_000)
     plan = {"steps": 300, "rate": 3.0, "seconds": 120.0, "source": "time budget"}
-    # 30 steps took 10 s of training (4 s on top for the probe): 3 steps/s, 106 s left
-    again = replan(plan, 30, 10.0, 14.0, config, spec)
+    # at step 30, training at 3 steps/s, 14 s gone (the probe too): 106 s left
+    again = replan(plan, 30, 3.0, 14.0, config, spec)
     assert again["steps"] == 30 + math.floor(config.replan_safety * 106.0 * 3.0)
     assert config.replan_safety > config.safety  # the stage's own rate is a surer guide than the probe
-    assert again["replanned"] == {"at": 30, "rate": 3.0, "probe_steps": 300}
+    assert again["replanned"] == [{"at": 30, "rate": 3.0, "steps_before": 300}]
     assert {k: again[k] for k in ("rate", "seconds", "source")} == {k: plan[k] for k in ("rate", "seconds", "source")}
-    assert replan(plan, 30, 0.1, 5.0, config, spec)["steps"] == 5_000  # clamped by the stage's max_steps
-    assert replan(plan, 10, 10.0, 130.0, config, spec)["steps"] == 20  # over budget: no more than min_steps
-    with pytest.raises(ValueError, match="replan_at must be <= 0.9"):
-        config.replace(replan_at=1.0)
+    # half-way the machine runs faster: the second plan gives the 60 s left to the new rate, and both
+    # re-plans stay on record
+    twice = replan(again, 160, 4.0, 60.0, config, spec)
+    assert twice["steps"] == 160 + math.floor(config.replan_safety * 60.0 * 4.0)
+    assert [r["at"] for r in twice["replanned"]] == [30, 160]
+    assert twice["replanned"][1]["steps_before"] == again["steps"]
+    assert replan(plan, 30, 300.0, 5.0, config, spec)["steps"] == 5_000  # clamped by the stage's max_steps
+    assert replan(plan, 10, 1.0, 130.0, config, spec)["steps"] == 20  # over budget: no more than min_steps
+    for bad in ((1.0,), (0.5, 0.1), (0.1, 0.1), (0.0,), 0.1, ("half",)):
+        with pytest.raises(ValueError, match="replan_at must be increasing shares"):
+            config.replace(replan_at=bad)
+    assert config.replace(replan_at=()).replan_at == ()  # keep the probe's plan
     with pytest.raises(ValueError, match="replan_safety must be <= 1"):
         config.replace(replan_safety=1.5)
 

@@ -60,10 +60,11 @@ class DemoConfig(Config):
     reserve_seconds: float = 40.0
     calibration_steps: int = 4  # timed optimizer steps per stage (after one warm-up step)
     safety: float = 0.85  # planned steps = safety · seconds · measured rate (checkpoints, evaluation)
-    # After this share of its planned steps a time-budgeted stage plans again from the rate it really
-    # trained at (a short probe misjudges it by up to a third); 0: keep the probe's plan. That rate is
-    # the stage's own, so the steps left take ``replan_safety`` of the seconds left, not ``safety``.
-    replan_at: float = 0.1
+    # At these shares of its planned steps a time-budgeted stage plans again from the rate it really
+    # trained at since the last plan: a short probe misjudges it by up to a third, and a shared
+    # machine's pace drifts within a stage; () keeps the probe's plan. That rate is the stage's own, so
+    # the steps left take ``replan_safety`` of the seconds left, not ``safety``.
+    replan_at: tuple[float, ...] = (0.1, 0.5)
     replan_safety: float = 0.95
     dataset: EmojiDatasetConfig = field(default_factory=lambda: EmojiDatasetConfig(styles=("google", "twitter")))
     vocab_size: int = 1024  # BPE tokens asked for (the captions may support fewer)
@@ -88,7 +89,12 @@ class DemoConfig(Config):
         check_float(self, "reserve_seconds", min_value=0.0)
         check_int(self, "calibration_steps", min_value=1)
         check_float(self, "safety", min_value=0.0, max_value=1.0, strict_min=True)
-        check_float(self, "replan_at", min_value=0.0, max_value=0.9)
+        shares = self.replan_at
+        numbers = isinstance(shares, tuple) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 < x <= 0.9 for x in shares
+        )
+        if not numbers or list(shares) != sorted(set(shares)):
+            raise ValueError(f"DemoConfig.replan_at must be increasing shares of the steps in (0, 0.9], got {shares!r}")
         check_float(self, "replan_safety", min_value=0.0, max_value=1.0, strict_min=True)
         check_int(self, "vocab_size", min_value=258)
         check_int(self, "text_seq_len", min_value=1)

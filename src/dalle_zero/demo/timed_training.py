@@ -5,8 +5,8 @@
 1. builds the stage's train config from the demo preset (data paths and vocabularies filled in),
 2. fixes the step count: the spec's ``steps``, or its share of the time left times the steps per
    second measured now (:mod:`dalle_zero.demo.budget`), saved to ``stages/<name>.plan.json``; a
-   time-budgeted stage plans once more after ``replan_at`` of those steps, from the rate it really
-   trained at (:func:`replan`), and that plan is kept for good,
+   time-budgeted stage plans again at each of the ``replan_at`` shares of its steps, from the rate it
+   really trained at since the last plan (:func:`replan`), and the last plan is kept for good,
 3. trains with the shared loop, resuming from the run's last checkpoint when run again,
 4. raises :class:`~dalle_zero.demo.context.DemoInterrupted` if the loop stopped early (Ctrl-C), so
    the stage is not marked done.
@@ -105,14 +105,22 @@ def train_stage(
         if reached < (steps if stop_at is None else stop_at):
             raise DemoInterrupted(f"stage {name} stopped at step {reached} of {steps}")
 
-    replan_step = math.ceil(ctx.config.replan_at * steps)
-    if planned_now and 0 < replan_step < steps:
+    # Only the run that planned plans again: a resumed stage keeps the plan it was stopped with.
+    mark_step, mark_time = 0, t0
+    for share in ctx.config.replan_at if planned_now else ():
+        replan_step = math.ceil(share * steps)  # a share of the plan in force
+        if not mark_step < replan_step < steps:
+            continue
         run(steps, stop_at=replan_step)
-        plan = replan(plan, replan_step, time.perf_counter() - t0, time.perf_counter() - t_stage, ctx.config, spec)
+        now = time.perf_counter()
+        # the rate since the last plan: the first segment pays the loop's set-up, later ones see the
+        # machine's pace as it is now (a shared machine's drifts by a fifth within a stage)
+        rate = (replan_step - mark_step) / max(now - mark_time, 1e-9)
+        plan = replan(plan, replan_step, rate, now - t_stage, ctx.config, spec)
         atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
         steps = int(plan["steps"])
-        rate = plan["replanned"]["rate"]
         ctx.log(f"  {steps} steps planned again at step {replan_step} ({rate:.2f} steps/s trained)")
+        mark_step, mark_time = replan_step, now
     run(steps)
     return {"steps": steps, "train_seconds": time.perf_counter() - t0, **{k: plan[k] for k in ("rate", "seconds")}}
 
@@ -178,21 +186,22 @@ def probe_pipeline(ctx: DemoContext) -> Any:
 
 
 def replan(
-    plan: dict[str, Any], reached: int, train_seconds: float, stage_seconds: float, config: DemoConfig, spec: StageSpec
+    plan: dict[str, Any], reached: int, rate: float, stage_seconds: float, config: DemoConfig, spec: StageSpec
 ) -> dict[str, Any]:
     """``plan`` with its step count set again from the rate the stage really trained at.
 
-    ``reached`` steps took ``train_seconds`` of training (data loading, a checkpoint and the loop's own
-    set-up included); ``stage_seconds`` have gone since the stage started (the probe too), out of the
-    plan's ``seconds``. The steps still to go are ``replan_safety`` times the seconds left at that rate; the
-    previous figures are kept under ``replanned``.
+    The stage has reached step ``reached``, lately at ``rate`` steps per second (data loading,
+    checkpoints and the loop's own set-up included); ``stage_seconds`` have gone since it started (the
+    probe too), out of the plan's ``seconds``. The steps still to go are ``replan_safety`` times the
+    seconds left at that rate. Each re-plan is appended to ``replanned``: where, at what rate, and the
+    step count it replaced.
     """
-    rate = reached / max(train_seconds, 1e-9)
     steps = reached + budget.plan_steps(
         plan["seconds"] - stage_seconds, rate, safety=config.replan_safety,
         min_steps=max(1, spec.min_steps - reached), max_steps=spec.max_steps - reached,
     )  # the spec's step bounds hold for the whole stage
-    return {**plan, "steps": steps, "replanned": {"at": reached, "rate": rate, "probe_steps": plan["steps"]}}
+    record = {"at": reached, "rate": rate, "steps_before": plan["steps"]}
+    return {**plan, "steps": steps, "replanned": [*plan.get("replanned", []), record]}
 
 
 def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> tuple[str | None, float | None]:
