@@ -14,6 +14,7 @@ from dalle_zero.data.splits import SPLIT_NAMES
 from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
 from dalle_zero.demo.budget import plan_steps, stage_seconds
 from dalle_zero.demo.config import TRAIN_STAGES, StageSpec
+from dalle_zero.demo.context import with_loop
 from dalle_zero.demo.runner import STAGES
 from dalle_zero.demo.timed_training import replan
 from dalle_zero.training import loop as loop_module
@@ -355,3 +356,13 @@ def test_bf16_speedup_is_a_positive_ratio():
 
     speedup = bf16_speedup(repeats=1)
     assert math.isfinite(speedup) and speedup > 0
+
+
+def test_a_stage_that_keeps_its_best_model_is_evaluated_often_enough_to_find_it():
+    prior = load_demo_config("demo").stage("prior").config
+    assert prior["loop"]["select_by"] == "loss"
+    short, long = with_loop(prior, 1_920)["loop"], with_loop(prior, 25_070)["loop"]
+    assert (short["checkpoint_every"], short["eval_every"]) == (240, 240)  # every checkpoint
+    assert (long["checkpoint_every"], long["eval_every"]) == (3_134, prior["loop"]["eval_every"])
+    dvae = load_demo_config("demo").stage("dvae").config
+    assert with_loop(dvae, 3_000)["loop"]["eval_every"] == 0  # no selection: evaluated once, at the end

@@ -72,13 +72,18 @@ def load_tokenizer(ctx: DemoContext) -> BPETokenizer:
 
 
 def with_loop(fields: dict[str, Any], steps: int) -> dict[str, Any]:
-    """Stage config fields with ``loop.steps`` set, checkpoints ~8 times and evaluation only at the end."""
+    """Stage config fields with ``loop.steps`` set, checkpoints ~8 times and evaluation only at the end.
+
+    A stage that keeps its best model (``loop.select_by``) is evaluated at every checkpoint, and at
+    least every ``loop.eval_every`` steps when its preset sets that: over a long budget the prior's
+    validation loss is lowest for a few thousand steps, and eight evaluations can miss them.
+    """
     loop = dict(fields.get("loop") or {})
     loop["steps"] = steps
     loop.setdefault("checkpoint_every", budget.every(steps, 8))
     loop.setdefault("log_every", budget.every(steps, 100))
-    # evaluation only at the end, unless the stage keeps its best model: then at every checkpoint
-    loop["eval_every"] = loop["checkpoint_every"] if loop.get("select_by") else 0
+    every = loop["checkpoint_every"]
+    loop["eval_every"] = min(every, loop.get("eval_every") or every) if loop.get("select_by") else 0
     return {**fields, "loop": loop}
 
 
