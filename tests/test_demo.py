@@ -77,7 +77,7 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
     report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
     skipped = [line for line in logs if line.endswith("skipped")]
     assert len(skipped) == len(before_prior)
-    assert not any("planned" in line for line in logs)  # the plan made before the interruption holds
+    assert not any("planned again" in line for line in logs)  # the plan made before the interruption holds
     prior_rows = [json.loads(x) for x in (out / "runs" / "prior" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in prior_rows) == planned
     assert json.loads((out / "stages" / "prior.json").read_text())["steps"] == planned
