@@ -44,6 +44,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this context initialised the process group, so it tears it down
 
     @property
     def is_main(self) -> bool:
@@ -62,13 +63,14 @@ def setup(device: str | None = None) -> DistContext:
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns = world_size > 1 and not dist.is_initialized()
+    if owns:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend)
         logger.info("process group: rank %d of %d (%s)", rank, world_size, backend)
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
 def check_powersgd(kind: str, rank: int, shards: int) -> None:
@@ -323,6 +325,19 @@ def all_reduce_mean(value: float, ctx: DistContext) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / ctx.world_size
+
+
+def finish(ctx: DistContext) -> None:
+    """End a run: every rank waits for the others, then the group :func:`setup` made is destroyed.
+
+    Call it once the run's DDP/FSDP wrappers are freed. Left to interpreter shutdown, gloo's work
+    objects can be destroyed after their group, which aborts the process ("terminate called without
+    an active exception") and makes torchrun report a finished run as failed."""
+    if not ctx.enabled:
+        return
+    barrier(ctx)
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def teardown(ctx: DistContext) -> None:

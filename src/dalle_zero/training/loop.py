@@ -22,6 +22,7 @@ the evaluation). With a single process ``"fsdp"`` is the plain single-process lo
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -333,7 +334,10 @@ def train(
                 break
     bar.close()
     mixed.close()
-    distributed.barrier(ctx)
+    if ctx.enabled:  # the wrappers hold the group's work objects (in reference cycles): free them first
+        del loss_module, optimizer
+        gc.collect()
+    distributed.finish(ctx)
     if stopping and ctx.is_main:
         print(f"stopped at step {step}; continue with --resume (checkpoint in {run_dir})")
     return run_dir / "model"
