@@ -83,8 +83,7 @@ def main() -> None:
     # freeing them can abort the process ("terminate called without an active exception")
     del ddp
     gc.collect()
-    dist.barrier()  # no rank leaves while another may still talk to it: gloo aborts a process that does
-    distributed.teardown(ctx)
+    distributed.finish(ctx)  # no rank leaves while another may still talk to it, then the group goes
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 BEST_MODEL = "best_model"
 BEST_RECORD = "best.json"
+TRAIN_CONFIG = "train_config.json"
 
 
 def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> None:
@@ -43,7 +44,7 @@ def prepare_run_dir(run_dir: Path, train_config: Config, *, resume: bool) -> Non
     pile of full-size copies."""
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(run_dir)
-    cfg_path = run_dir / "train_config.json"
+    cfg_path = run_dir / TRAIN_CONFIG
     has_steps = bool(ckpt.list_steps(run_dir))
     if not resume and has_steps:
         raise ValueError(
@@ -90,7 +91,7 @@ def best_model(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
 def trained_setting(run_dir: str | Path, key: str) -> Any | None:
     """The value of ``key`` in the run's ``train_config.json``; None when ``run_dir`` is not a run
     folder (a model folder keeps no training settings) or the file does not record it."""
-    path = Path(run_dir) / "train_config.json"
+    path = Path(run_dir) / TRAIN_CONFIG
     if not path.is_file():
         return None
     try:
