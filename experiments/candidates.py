@@ -39,8 +39,9 @@ def main() -> None:
 
     from dalle_zero.data.images import to_float_images
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
-    from dalle_zero.evaluation.evaluate import EvalConfig, pick_evenly, sampling_options
+    from dalle_zero.evaluation.evaluate import EvalConfig
     from dalle_zero.evaluation.readouts import asked_labels
+    from dalle_zero.evaluation.samples import pick_evenly, sampling_options
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.evaluator import EmojiEvaluator

@@ -198,14 +198,9 @@ def compare(args: argparse.Namespace) -> None:
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
     from dalle_zero.data.tokens import TokenDataset
     from dalle_zero.demo import DemoConfig
-    from dalle_zero.evaluation.evaluate import (
-        SplitSamples,
-        generate_for_captions,
-        json_ready,
-        load_real_images,
-        pick_evenly,
-        split_figures,
-    )
+    from dalle_zero.evaluation.evaluate import json_ready, split_figures
+    from dalle_zero.evaluation.readouts import SplitSamples
+    from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.evaluator import EmojiEvaluator
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline

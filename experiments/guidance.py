@@ -19,13 +19,9 @@ import torch
 
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
-from dalle_zero.evaluation.evaluate import (
-    EvalConfig,
-    kind_captions,
-    load_real_images,
-    pick_evenly,
-    sampling_options,
-)
+from dalle_zero.evaluation.caption_kinds import kind_captions
+from dalle_zero.evaluation.evaluate import EvalConfig
+from dalle_zero.evaluation.samples import load_real_images, pick_evenly, sampling_options
 from dalle_zero.models.evaluator import EmojiEvaluator
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 

@@ -45,14 +45,9 @@ import torch
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
 from dalle_zero.evaluation.caption_kinds import kind_captions
-from dalle_zero.evaluation.evaluate import (
-    EvalConfig,
-    caption_use_bits,
-    generate_for_captions,
-    load_real_images,
-    pick_evenly,
-)
+from dalle_zero.evaluation.evaluate import EvalConfig, caption_use_bits
 from dalle_zero.evaluation.readouts import asked_labels
+from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly
 from dalle_zero.models.evaluator import EmojiEvaluator
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 

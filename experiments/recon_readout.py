@@ -23,8 +23,8 @@ import torch
 def main() -> None:
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
     from dalle_zero.evaluation import metrics
-    from dalle_zero.evaluation.evaluate import load_real_images
     from dalle_zero.evaluation.readouts import asked_labels
+    from dalle_zero.evaluation.samples import load_real_images
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.dvae import DiscreteVAE, round_trip
     from dalle_zero.models.evaluator import EmojiEvaluator

@@ -23,7 +23,7 @@ import torch
 @torch.no_grad()
 def main() -> None:
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
-    from dalle_zero.evaluation.evaluate import load_real_images
+    from dalle_zero.evaluation.samples import load_real_images
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE, round_trip

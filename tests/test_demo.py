@@ -15,7 +15,7 @@ from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
 from dalle_zero.demo.budget import plan_steps, stage_seconds
 from dalle_zero.demo.config import TRAIN_STAGES, StageSpec
 from dalle_zero.demo.context import with_loop
-from dalle_zero.demo.runner import STAGES
+from dalle_zero.demo.runner import STAGES, interrupted_seconds
 from dalle_zero.demo.timed_training import replan
 from dalle_zero.training import loop as loop_module
 from tests.factories.emoji import make_emoji_dataset
@@ -69,6 +69,12 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
     assert [line.strip().split(" (")[0] for line in logs if "planned again" in line] == [
         f"{n} steps planned again at step {r['at']}" for n, r in zip(new_counts, replans, strict=True)
     ]
+    # the seconds the prior ran before it was stopped are kept; as if it had run 1000 s more before
+    # the stop, so the resumed run's own seconds cannot pass for them
+    stopped_path = out / "stages" / "prior.interrupted.json"
+    stopped = interrupted_seconds(out, "prior")
+    assert stopped > 0
+    stopped_path.write_text(json.dumps({"seconds": stopped + 1000.0}))
 
     # 2. run again: finished stages are skipped, the prior resumes from its checkpoint with the plan made
     # before the interruption (no probe, no second re-plan) and the demo ends
@@ -80,7 +86,11 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_skips_finished_
     assert not any("planned again" in line for line in logs)  # the plan made before the interruption holds
     prior_rows = [json.loads(x) for x in (out / "runs" / "prior" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in prior_rows) == planned
-    assert json.loads((out / "stages" / "prior.json").read_text())["steps"] == planned
+    prior_summary = json.loads((out / "stages" / "prior.json").read_text())
+    assert prior_summary["steps"] == planned
+    assert prior_summary["seconds"] > stopped + 1000.0 and not stopped_path.exists()
+    summary_header = json.loads((out / "summary.json").read_text())["header"]
+    assert summary_header["wall_minutes"] * 60 > stopped + 1000.0
 
     # 3. every artefact exists and every figure is finite
     assert report == (out / "report.html").resolve() and report.is_file()

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from dalle_zero.cli.main import main
-from dalle_zero.data import shard_writer, webdataset
 from dalle_zero.data.folder import ImageTextFolder
 from dalle_zero.data.shard_writer import shard_keys, write_shards
 from dalle_zero.data.sources import open_image_text_dataset, read_captions
@@ -270,9 +269,3 @@ def test_clip_siblings_read_the_concepts_beside_shards_named_by_a_pattern_or_a_s
     shards = tmp_path / "shards"
     for source in (shards, f"{shards}/{{00000..00001}}.tar", shards / "00000.tar"):
         assert concept_groups(source, stems) == expected, source
-
-
-def test_the_writer_is_still_importable_from_the_reader_module():
-    assert webdataset.write_shards is shard_writer.write_shards and webdataset.shard_keys is shard_keys
-    with pytest.raises(AttributeError):
-        webdataset.no_such_name  # noqa: B018

@@ -13,15 +13,10 @@ from torch import nn
 
 from dalle_zero.cli.main import main
 from dalle_zero.data.metadata import read_metadata
-from dalle_zero.evaluation.evaluate import (
-    EvalConfig,
-    evaluate_model,
-    generate_for_captions,
-    pick_evenly,
-    sampling_options,
-)
+from dalle_zero.evaluation.evaluate import EvalConfig, evaluate_model
 from dalle_zero.evaluation.figures import figure_rows
 from dalle_zero.evaluation.inception import sha256_file
+from dalle_zero.evaluation.samples import generate_for_captions, pick_evenly, sampling_options
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig

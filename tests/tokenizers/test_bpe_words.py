@@ -61,3 +61,11 @@ def test_a_malformed_word_list_is_a_one_line_error_naming_the_file(tok, tmp_path
 
 def test_a_copy_with_another_length_keeps_the_word_list(tok):
     assert tok.with_text_seq_len(8).known_words == tok.known_words
+
+
+def test_copies_with_another_length_or_dropout_keep_the_word_list(tok):
+    assert tok.with_text_seq_len(24).known_words == tok.known_words
+    dropping = tok.with_dropout(0.3)
+    assert dropping.config.dropout_p == 0.3 and tok.config.dropout_p != 0.3
+    assert dropping.known_words == tok.known_words and dropping.unknown_words("a zebra") == ["zebra"]
+    assert tok.with_dropout(tok.config.dropout_p) is tok

@@ -45,9 +45,10 @@ def resolve_config(args: argparse.Namespace) -> Any:
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.clip import CLIPTrainConfig
+    from dalle_zero.training.run_files import TRAIN_CONFIG
 
     out = Path(args.out)
-    saved = out / "train_config.json"
+    saved = out / TRAIN_CONFIG
     if args.resume and args.config is None and saved.is_file():
         data = load_config_dict(str(saved))
     else:

@@ -58,8 +58,9 @@ def resolve_config(args: argparse.Namespace) -> Any:
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.sources import check_data_source
     from dalle_zero.training.dvae import DVAETrainConfig
+    from dalle_zero.training.run_files import TRAIN_CONFIG
 
-    saved = Path(args.out) / "train_config.json"
+    saved = Path(args.out) / TRAIN_CONFIG
     if args.resume and args.config is None and saved.is_file():
         data, source = load_config_dict(str(saved)), str(saved)
     else:

@@ -86,9 +86,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Any]:
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.prior import PriorTrainConfig
     from dalle_zero.training.prior_data import data_model_fields
+    from dalle_zero.training.run_files import TRAIN_CONFIG
 
     out = Path(args.out)
-    saved = out / "train_config.json"
+    saved = out / TRAIN_CONFIG
     if args.config:
         data, source = load_config_dict(args.config)
     elif args.resume and saved.is_file():

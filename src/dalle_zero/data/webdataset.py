@@ -359,10 +359,3 @@ class ImageTextShards(ImageTextPairs):
     def _describe(self, where: ShardSample) -> str:
         return f"{where.shard}:{where.key}"
 
-
-def __getattr__(name: str):  # the writer lives in shard_writer.py; imports from here keep working
-    if name in ("ShardSummary", "shard_keys", "write_shards"):
-        from dalle_zero.data import shard_writer  # here, not at the top: shard_writer imports this module
-
-        return getattr(shard_writer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

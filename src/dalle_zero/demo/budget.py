@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dalle_zero.evaluation.evaluate import sampling_options
+from dalle_zero.evaluation.samples import sampling_options
 from dalle_zero.training.loop import LoopConfig, TrainTask, prepare_cpu_process
 
 

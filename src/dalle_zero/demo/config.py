@@ -12,14 +12,12 @@ the spec fixes ``steps``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from dalle_zero.config import Config, check_float, check_int, read_json_file
+from dalle_zero.config import Config, check_float, check_int, load_config_source
 from dalle_zero.data.emoji import EmojiDatasetConfig
 from dalle_zero.evaluation.evaluate import EvalConfig
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 TRAIN_STAGES = ("eval_clip", "evaluator", "dvae", "clip", "prior")  # in the order they run
 
 
@@ -131,15 +129,5 @@ class DemoConfig(Config):
 
 def load_demo_config(name_or_path: str = "demo") -> DemoConfig:
     """A preset name (``demo``, ``demo_tiny``) or a JSON file -> :class:`DemoConfig`."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        preset = PRESET_DIR / f"{name_or_path}.json"
-        if not preset.is_file():
-            known = sorted(p.stem for p in PRESET_DIR.glob("demo*.json"))
-            raise FileNotFoundError(f"demo config {name_or_path!r} is neither a file nor a preset (presets: {known})")
-        path = preset
-    data = read_json_file(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    data.pop("config_class", None)
+    data, path = load_config_source(name_or_path, prefix="demo", sections=())
     return DemoConfig.from_dict(data, source=str(path))

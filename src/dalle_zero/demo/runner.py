@@ -5,6 +5,7 @@ Folder layout of a demo run (``--out``, default ``./demo``)::
     demo_config.json      the resolved DemoConfig (a later run must match it to resume)
     stages/<name>.json    done-marker + summary of each finished stage (seconds, steps, results)
     stages/<name>.plan.json  the step count fixed for a training stage before it started
+    stages/<name>.interrupted.json  seconds a stage ran before it was stopped, until it finishes
     tokenizer/  tokens/  runs/{dvae,clip,eval_clip,evaluator,prior}/  model/
     images/  plots/  eval/{results.json,report.html,samples/}  showcase.json
     report.html
@@ -28,7 +29,7 @@ import torch
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.demo import stages as st
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
-from dalle_zero.demo.context import DemoContext, data_dir
+from dalle_zero.demo.context import DemoContext, DemoInterrupted, data_dir
 from dalle_zero.demo.report import STAGE_TITLES, write_report
 from dalle_zero.demo.showcase import (
     pick_prime_image,
@@ -169,6 +170,12 @@ def read_done(out: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def interrupted_seconds(out: Path, name: str) -> float:
+    """Seconds stage ``name`` ran in earlier runs that were stopped before it finished (0 if none)."""
+    path = out / "stages" / f"{name}.interrupted.json"
+    return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
+
+
 def run_demo(
     out: str | Path,
     config: DemoConfig,
@@ -188,7 +195,10 @@ def run_demo(
     check_or_save_config(out, config, data_path)
     done = read_done(out)
     ctx = DemoContext(out=out, config=config, data=data_path, progress=progress, log=log)
-    ctx.elapsed = sum(s["seconds"] for s in done.values())
+    # a stopped stage's seconds count too: they were spent from the budget, and the report shows them
+    ctx.elapsed = sum(s["seconds"] for s in done.values()) + sum(
+        interrupted_seconds(out, name) for name in STAGES if name not in done
+    )
     ctx.done = [s for s in TRAIN_STAGES if s in done]
     if "data" in done and data_path is None:
         ctx.data = Path(done["data"]["data"])
@@ -227,18 +237,26 @@ def _run_stages(ctx: DemoContext, done: dict[str, dict[str, Any]], log: Callable
             continue
         log(title)
         t0 = time.perf_counter()
+        before = interrupted_seconds(out, name)  # already in ctx.elapsed
+        interrupted_path = out / "stages" / f"{name}.interrupted.json"
         threads, timings = fastest_thread_count()
         if len(timings) > 1:
             log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
-        summary = fn(ctx)
+        try:
+            summary = fn(ctx)
+        except DemoInterrupted:
+            seconds = before + time.perf_counter() - t0
+            atomic_write_text(interrupted_path, json.dumps({"seconds": seconds}) + "\n")
+            raise
         seconds = time.perf_counter() - t0
-        summary = {**summary, "seconds": seconds, "threads": threads}
+        summary = {**summary, "seconds": before + seconds, "threads": threads}
         atomic_write_text(out / "stages" / f"{name}.json", json.dumps(summary, indent=2) + "\n")
+        interrupted_path.unlink(missing_ok=True)
         done[name] = summary
         ctx.elapsed += seconds
         if name in TRAIN_STAGES:
             ctx.done.append(name)
-        log(f"  done in {seconds:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
+        log(f"  done in {before + seconds:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
 
 
 def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:

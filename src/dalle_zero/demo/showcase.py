@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dalle_zero.evaluation.evaluate import load_real_images, pick_evenly
+from dalle_zero.evaluation.samples import load_real_images, pick_evenly
 
 SHOWCASE_SPLITS = ("train", "unseen_compositions", "unseen_concepts")
 PNG_SCALE = 4

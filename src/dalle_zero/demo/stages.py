@@ -34,7 +34,7 @@ from dalle_zero.demo.context import (
 )
 from dalle_zero.demo.timed_training import choose_precision, train_stage
 from dalle_zero.demo.yardsticks import cached_train_stage
-from dalle_zero.evaluation.evaluate import pick_evenly
+from dalle_zero.evaluation.samples import pick_evenly
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE
 from dalle_zero.models.evaluator import EmojiEvaluator

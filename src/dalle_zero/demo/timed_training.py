@@ -209,11 +209,11 @@ def choose_precision(ctx: DemoContext, name: str, build: PrecisionBuilder) -> tu
     for bf16; then whichever of "bf16" and "fp32" runs the stage's own steps faster here, timed by
     :func:`budget.measure_steps_per_second` on ``build(min_steps, precision)`` (ties go to fp32).
 
-    A CPU without bf16 instructions runs bf16 autocast many times slower (an AVX2-only AMD EPYC:
-    0.05x); on one with them the gain depends on the shapes (an Intel Xeon with AMX: a single
-    512x256x512 product ran at 0.93x, the demo prior's steps at 1.9x), so the stage's steps are
-    what is timed. Decided once per output folder (``stages/<name>.precision.json``),
-    so a resumed stage keeps it. The rate is that of the precision chosen, when it was timed just now
+    A CPU without bf16 instructions runs bf16 autocast many times slower; on one with them the gain
+    depends on the shapes, and a single product can be slower while a whole train step is faster
+    (docs/history.md, "bf16 only where it is faster"), so the stage's steps are what is timed.
+    Decided once per output folder (``stages/<name>.precision.json``), so a resumed stage keeps it.
+    The rate is that of the precision chosen, when it was timed just now
     (None otherwise): :func:`train_stage` plans from it instead of timing the same steps again."""
     loop = ctx.config.stage(name).config.get("loop") or {}
     if loop.get("precision") != "bf16":

@@ -15,6 +15,7 @@ from dalle_zero.data.npm import default_cache_dir
 from dalle_zero.demo.context import DemoContext, StageBuilder, data_dir, with_loop
 from dalle_zero.demo.timed_training import train_stage
 from dalle_zero.io import atomic_directory, atomic_write_text
+from dalle_zero.training.run_files import TRAIN_CONFIG
 
 
 def cached_train_stage(
@@ -61,6 +62,6 @@ def _copy_run(source: Path, dest: Path) -> None:
     """The finished run's model, config and metrics into ``dest`` (replacing it), written whole or not at all."""
     with atomic_directory(dest) as tmp:
         shutil.copytree(source / "model", tmp / "model")
-        for name in ("metrics.jsonl", "train_config.json"):
+        for name in ("metrics.jsonl", TRAIN_CONFIG):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)

@@ -55,15 +55,10 @@ from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, ki
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, concept_figures, kind_figures
 from dalle_zero.evaluation.report import save_image_grid
-from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly, sampling_options
+from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly
 from dalle_zero.models.dvae import round_trip
 from dalle_zero.models.dvae_loss import codebook_stats
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
-
-# the sampling helpers moved to samples.py are still importable from here
-__all__ = [
-    "EvalConfig", "evaluate_model", "generate_for_captions", "load_real_images", "pick_evenly", "sampling_options"
-]
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ from the same predicate (:meth:`AttentionPattern.allowed`). Outputs equal the de
 rounding; text queries run causal attention over the text alone.
 
 Keys per image query drop from up to ``L`` to ``text_len + (back + 1)·grid_size`` (row: back 1;
-column: back 0; conv 11×11: back 6). Measured by ``benchmarks/bench_attention.py`` on 2 CPU cores at a
-32×32 grid with 65 text positions (forward + backward, batch 4, 8 heads × 64, fp32): row 73 ms and
-column 70 ms per layer against 167 / 164 ms with a dense mask and 116 ms for causal attention; the conv
-window is too wide to gain, so :meth:`BandedLayout.worthwhile` says when to use it. Everything is
-differentiable (training on CPU, where flex_attention has no backward).
+column: back 0; conv 11×11: back 6). Row and column layers run faster than with a dense mask; the
+conv window is too wide to gain, so :meth:`BandedLayout.worthwhile` says when to use it
+(``benchmarks/bench_attention.py``; BENCHMARKS.md, "Prior"). Everything is differentiable (training
+on CPU, where flex_attention has no backward).
 """
 
 from __future__ import annotations

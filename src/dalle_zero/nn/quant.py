@@ -4,8 +4,7 @@ Sampling one image at a time is bound by reading the weights once per token (eve
 matrices for each of the 1,024 tokens of a 32×32 image). Storing them as int8 with one scale per
 output channel reads a quarter of the fp32 bytes; ``torch.ops.aten._weight_int8pack_mm`` (the
 kernel torchao and gpt-fast use on CPU) multiplies bf16 activations by the int8 weights directly.
-Measured on 2 cores by ``benchmarks/bench_sampling.py`` (``large32``, paper pattern, batch 1): 3.8 s
-per 32×32 image against 7.5 s in fp32 (BENCHMARKS.md).
+``benchmarks/bench_sampling.py`` times it against fp32 (BENCHMARKS.md, "Sampling").
 
 Symmetric per-channel quantisation (``w ≈ scale[o] · q[o, i]``, ``q`` in [-127, 127]) is the usual
 near-lossless choice for weights; activations stay in floating point and the residual stream, the

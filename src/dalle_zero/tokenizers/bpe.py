@@ -190,6 +190,13 @@ class BPETokenizer:
         config = dataclasses.replace(self.config, text_seq_len=text_seq_len)
         return BPETokenizer(self._tok, config, known_words=self.known_words)
 
+    def with_dropout(self, p: float) -> BPETokenizer:
+        """This tokenizer (when ``p`` is already its dropout) or a copy with BPE dropout probability ``p``
+        for ``encode(..., dropout=True)`` (same vocabulary)."""
+        if self.config.dropout_p == p:
+            return self
+        return BPETokenizer(self._tok, dataclasses.replace(self.config, dropout_p=p), known_words=self.known_words)
+
     def unknown_words(self, text: str) -> list[str]:
         """The words of ``text`` (:func:`caption_words`) absent from the training captions, each once,
         in caption order; empty when this tokenizer has no word list (``known_words`` is None)."""

@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 
 from dalle_zero.config import Config, check_bool, check_choice, check_float, check_int
 from dalle_zero.io import PretrainedModel
-from dalle_zero.training import allocator, denormals, distributed, precision
+from dalle_zero.runtime import flush_denormals, keep_freed_memory
 from dalle_zero.training import checkpoint as ckpt
+from dalle_zero.training import distributed, precision
 from dalle_zero.training.ema import EMA
 from dalle_zero.training.full_copy import FullCopy
 from dalle_zero.training.loop_checkpoint import restore_state, restore_weights, save_loop_checkpoint
@@ -107,10 +108,10 @@ class LoopConfig(Config):
 
 def prepare_cpu_process() -> None:
     """The process-wide CPU settings a training run (and the demo's probe of its steps) runs with: glibc
-    keeps freed memory for the next step (:mod:`~dalle_zero.training.allocator`), and denormal floats
-    are flushed to zero (:mod:`~dalle_zero.training.denormals`)."""
-    allocator.keep_freed_memory()
-    denormals.flush_denormals()
+    keeps freed memory for the next step (:func:`~dalle_zero.runtime.keep_freed_memory`), and denormal
+    floats are flushed to zero (:func:`~dalle_zero.runtime.flush_denormals`)."""
+    keep_freed_memory()
+    flush_denormals()
 
 
 class TrainTask:

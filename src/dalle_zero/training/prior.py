@@ -47,13 +47,12 @@ from dalle_zero.training.prior_data import (  # data_model_fields and PriorDatas
     data_model_fields,
     split_indices,
     token_shape,
-    with_dropout,
 )
 from dalle_zero.training.schedules import PlateauHalving, warmup_cosine
 
 __all__ = [
     "PriorDataset", "PriorTask", "PriorTrainConfig", "build_model", "check_compatible", "data_model_fields",
-    "evaluate_prior", "make_optimizer", "split_indices", "token_shape", "with_dropout",
+    "evaluate_prior", "make_optimizer", "split_indices", "token_shape",
 ]
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ function of its key, so a resumed run draws the same tokens as an uninterrupted 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -72,13 +71,6 @@ def data_model_fields(tokens_dir: str, tokenizer: BPETokenizer, tokenizer_dir: s
     }
 
 
-def with_dropout(tokenizer: BPETokenizer, p: float) -> BPETokenizer:
-    """The same tokenizer with BPE dropout probability ``p`` for ``encode(..., dropout=True)``."""
-    if tokenizer.config.dropout_p == p:
-        return tokenizer
-    return BPETokenizer(tokenizer._tok, dataclasses.replace(tokenizer.config, dropout_p=p))
-
-
 class PriorDataset(Dataset):
     """Token-shard items as training pairs: ``{"text": LongTensor[Tt], "image": LongTensor[Ti]}``.
 
@@ -98,7 +90,7 @@ class PriorDataset(Dataset):
     ) -> None:
         self.tokens = tokens
         self.indices = list(range(len(tokens))) if indices is None else list(indices)
-        self.tokenizer = with_dropout(tokenizer, bpe_dropout)
+        self.tokenizer = tokenizer.with_dropout(bpe_dropout)
         self.dropout = bpe_dropout > 0.0
         self.null_caption_prob = null_caption_prob
 

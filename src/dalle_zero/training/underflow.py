@@ -13,7 +13,7 @@ scales fit each block on its own. These functions measure that on a real model a
   shared scales answers both;
 - :func:`zero_fraction`: the share of gradient entries that fp16 flushed to zero where fp32 has none.
 
-``experiments/fp16_underflow.py`` and the tests use them; figures are in BENCHMARKS.md.
+``experiments/fp16_training.py`` and the tests use them; figures are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
