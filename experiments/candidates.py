@@ -148,7 +148,7 @@ def posterior_scores(clip, tokenizer, caption, images, contrast, *, nearest=0):
     With the CLIP's temperature: ``s·cos(image, caption) − logsumexp`` over the caption and the
     contrast set, ``float[N]`` for ``images`` ``float[N, 3, H, W]``; higher is better.
     """
-    from dalle_zero.sampling.rerank import resize_pixels
+    from dalle_zero.data.images import resize_pixels
 
     tok = tokenizer if tokenizer.text_seq_len == clip.config.text_seq_len else tokenizer.with_text_seq_len(
         clip.config.text_seq_len)

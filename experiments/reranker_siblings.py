@@ -22,12 +22,12 @@ import torch
 
 @torch.no_grad()
 def main() -> None:
+    from dalle_zero.data.images import resize_pixels
     from dalle_zero.data.metadata import read_dataset_splits, read_metadata
     from dalle_zero.evaluation.samples import load_real_images
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.models.clip import DalleCLIP
     from dalle_zero.models.dvae import DiscreteVAE, round_trip
-    from dalle_zero.sampling.rerank import resize_pixels
     from dalle_zero.tokenizers.bpe import BPETokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,6 +5,7 @@
 - :func:`load_square_image` and :func:`square_pixels`: a file or a PIL image as one model input
   ``float[1, 3, size, size]``, centre-cropped and resized (the pipeline's priming image).
 - :func:`to_float_images`: ``uint8`` in 0..255 or float batches as ``float[N, 3, H, W]`` in [0, 1].
+- :func:`resize_pixels`: float batches to a square size, as every model that reads pixels takes them.
 - :func:`blur` and :func:`random_blur`: a Gaussian blur, and the training augmentation that blurs a
   share of the images. Generated images come out of the dVAE softer than the real ones, so the
   evaluator and the reranker, trained on real images, also see blurred ones.
@@ -22,6 +23,13 @@ from PIL import Image, UnidentifiedImageError
 
 from dalle_zero.data.pairs import MAX_PIXELS, open_image, oversized
 from dalle_zero.data.transforms import ResizeTransform
+
+
+def resize_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``float[N, 3, H, W]`` -> ``float[N, 3, size, size]`` (bilinear with antialiasing; unchanged if equal)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -67,9 +75,7 @@ def image_pixels(image: str | Path | Image.Image | torch.Tensor, size: int, *, n
     pixels = image.unsqueeze(0) if image.dim() == 3 else image
     if pixels.dim() != 4 or pixels.shape[:2] != (1, 3) or not pixels.is_floating_point():
         raise ValueError(f"{name} tensor must be float [3, H, W] in [0, 1], got {tuple(image.shape)}")
-    if pixels.shape[-2:] != (size, size):
-        pixels = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-    return pixels
+    return resize_pixels(pixels.float(), size)
 
 
 def to_float_images(imgs: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle_zero.data.images import to_float_images
+from dalle_zero.data.images import resize_pixels, to_float_images
 from dalle_zero.evaluation.inception import TorchScriptInception
 
 Images = torch.Tensor | Iterable[torch.Tensor]
@@ -355,11 +355,7 @@ def _device(module: nn.Module) -> torch.device:
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
-    if size is None or x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(
-        0, 1
-    )
+    return x if size is None else resize_pixels(x, size)
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from dalle_zero.data.images import load_image
+from dalle_zero.data.images import load_image, resize_pixels
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
 if TYPE_CHECKING:  # the config lives with the driver that reads all of it
@@ -38,10 +37,7 @@ def load_real_images(data_dir: Path, stems: Sequence[str], size: int) -> Tensor:
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
         out.append(load_image(path).float() / 255.0)  # (3, H, W)
-    x = torch.stack(out)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(0, 1)
+    return resize_pixels(torch.stack(out), size).clamp(0, 1)
 
 
 def sampling_options(config: EvalConfig) -> dict[str, Any]:

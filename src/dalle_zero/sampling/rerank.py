@@ -8,17 +8,10 @@ best matching the caption. :func:`rerank` scores candidate images by the cosine 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from dalle_zero.data.images import resize_pixels
 from dalle_zero.models.clip import DalleCLIP
 from dalle_zero.tokenizers.bpe import BPETokenizer
-
-
-def resize_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``float[N, 3, H, W]`` -> ``float[N, 3, size, size]`` (bilinear with antialiasing; unchanged if equal)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 @torch.no_grad()

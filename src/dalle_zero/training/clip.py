@@ -42,13 +42,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
-from dalle_zero.data.images import random_blur
+from dalle_zero.data.images import random_blur, resize_pixels
 from dalle_zero.data.metadata import read_metadata
 from dalle_zero.data.sources import data_folder, open_image_text_dataset
 from dalle_zero.io import resolve_model_dir
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP, contrastive_loss
 from dalle_zero.models.dvae import DiscreteVAE, round_trip
-from dalle_zero.sampling.rerank import resize_pixels
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training.loop import LoopConfig, TrainTask
 from dalle_zero.training.optim import adamw
