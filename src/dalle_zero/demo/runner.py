@@ -170,9 +170,13 @@ def read_done(out: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _interrupted_path(out: Path, name: str) -> Path:
+    return out / "stages" / f"{name}.interrupted.json"
+
+
 def interrupted_seconds(out: Path, name: str) -> float:
     """Seconds stage ``name`` ran in earlier runs that were stopped before it finished (0 if none)."""
-    path = out / "stages" / f"{name}.interrupted.json"
+    path = _interrupted_path(out, name)
     return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
 
 
@@ -238,7 +242,7 @@ def _run_stages(ctx: DemoContext, done: dict[str, dict[str, Any]], log: Callable
         log(title)
         t0 = time.perf_counter()
         before = interrupted_seconds(out, name)  # already in ctx.elapsed
-        interrupted_path = out / "stages" / f"{name}.interrupted.json"
+        interrupted_path = _interrupted_path(out, name)
         threads, timings = fastest_thread_count()
         if len(timings) > 1:
             log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")

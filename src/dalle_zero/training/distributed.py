@@ -338,4 +338,3 @@ def finish(ctx: DistContext) -> None:
     barrier(ctx)
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
-
