@@ -16,7 +16,7 @@ from dalle_zero.data.metadata import read_metadata
 from dalle_zero.evaluation.evaluate import EvalConfig, evaluate_model
 from dalle_zero.evaluation.figures import figure_rows
 from dalle_zero.evaluation.inception import sha256_file
-from dalle_zero.evaluation.samples import generate_for_captions, pick_evenly, sampling_options
+from dalle_zero.evaluation.samples import draw_caption_lists, generate_for_captions, pick_evenly, sampling_options
 from dalle_zero.models.clip import CLIPConfig, DalleCLIP
 from dalle_zero.models.dvae import DiscreteVAE, DVAEConfig
 from dalle_zero.models.evaluator import EmojiEvaluator, EvaluatorConfig
@@ -224,6 +224,32 @@ def test_the_evaluation_keeps_the_rerankers_best_of_the_candidates_drawn_for_eac
         s, order = rerank(pipeline.clip, pipeline.tokenizer, caption, drawn.images[i])
         torch.testing.assert_close(best[i], drawn.images[i, int(order[0])])
         assert scores[i] == s.max()
+
+
+def test_a_caption_lists_images_depend_on_its_seed_not_on_the_lists_drawn_beside_it(tiny):
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    config = EvalConfig(candidates=2, batch_size=4)  # chunks of 2 captions
+    red = ["a red apple, noto style", "a red car", "red heart"]
+    alone = draw_caption_lists(pipeline, {"red": red}, config)
+    beside = draw_caption_lists(pipeline, {"blue": ["a blue car", "blue heart"], "red": red}, config)
+    assert alone["red"][0].shape == (3, 3, 32, 32) and alone["red"][1].shape == (3,)
+    assert torch.equal(alone["red"][0], beside["red"][0]) and torch.equal(alone["red"][1], beside["red"][1])
+    other = draw_caption_lists(pipeline, {"red": red}, EvalConfig(candidates=2, batch_size=4, seed=1))
+    assert not torch.equal(alone["red"][0], other["red"][0])
+
+
+def test_two_sampling_processes_draw_the_images_one_process_draws(tiny):
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    lists = {"a": ["a red apple, noto style", "a red car", "red heart"], "b": ["a blue car", "blue heart"]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two processes runs on 2 cores: the same arithmetic
+    try:
+        one = draw_caption_lists(pipeline, lists, EvalConfig(candidates=2, batch_size=2))
+        two = draw_caption_lists(pipeline, lists, EvalConfig(candidates=2, batch_size=2, workers=2))
+    finally:
+        torch.set_num_threads(threads)
+    for name in lists:
+        assert torch.equal(one[name][0], two[name][0]) and torch.equal(one[name][1], two[name][1])
 
 
 def test_the_reranker_is_refused_as_the_r_precision_model(tiny):

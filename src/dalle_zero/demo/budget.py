@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from dalle_zero.evaluation.samples import sampling_options
+from dalle_zero.runtime import flush_denormals
 from dalle_zero.training.loop import LoopConfig, TrainTask, prepare_cpu_process
 
 
@@ -101,6 +104,36 @@ def best_sampling_rate(
     finally:
         torch.set_num_threads(before)
     return max(rates.values()), rates
+
+
+def parallel_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str]) -> float:
+    """Images per second that ``config.workers`` processes draw together, as the evaluation runs them
+    (:func:`~dalle_zero.evaluation.samples.draw_caption_lists`): each times
+    :func:`measure_sampling_rate` on an equal part of the cores, all starting the timed batch together.
+    """
+    workers = config.workers
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers, timeout=300)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    initargs = (pipeline, config, list(captions), threads, barrier)
+    with context.Pool(workers, initializer=_start_probe, initargs=initargs) as pool:
+        return sum(pool.map(_probe_rate, range(workers), chunksize=1))
+
+
+_PROBE: dict[str, Any] = {}  # a probe process's pipeline, config, captions and barrier
+
+
+def _start_probe(pipeline: Any, config: Any, captions: list[str], threads: int, barrier: Any) -> None:
+    flush_denormals()
+    torch.set_num_threads(threads)
+    _PROBE.update(pipeline=pipeline, config=config, captions=captions, barrier=barrier)
+
+
+def _probe_rate(_: int) -> float:
+    p = _PROBE
+    measure_sampling_rate(p["pipeline"], p["config"], p["captions"], images=8)  # one-off costs, apart
+    p["barrier"].wait()  # the other processes hold their cores while this one is timed
+    return measure_sampling_rate(p["pipeline"], p["config"], p["captions"])
 
 
 def stage_seconds(share: float, remaining_shares: Sequence[float], seconds_left: float) -> float:

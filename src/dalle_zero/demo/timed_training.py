@@ -137,7 +137,8 @@ def plan_reserve(ctx: DemoContext) -> float:
     showcase and of the evaluation: :func:`budget.measure_sampling_rate` times one evaluation batch
     with an untrained prior, dVAE and tokenizer of the demo's shapes (sampling costs the same whatever
     the weights), times :data:`TAIL_MARGIN`; at the faster of this stage's thread count and all the
-    cores, since the evaluation chooses its own. A slower machine keeps more, so the demo still ends within
+    cores, since the evaluation chooses its own; an evaluation that samples in several processes is
+    timed in as many (:func:`budget.parallel_sampling_rate`). A slower machine keeps more, so the demo still ends within
     its minutes (a fixed 150 s let one on a machine half as fast end 53 s late). Measured once per
     output folder and kept in ``stages/reserve.json`` (a resumed run keeps it).
     """
@@ -147,7 +148,9 @@ def plan_reserve(ctx: DemoContext) -> float:
     c = ctx.config
     captions = read_captions(data_dir(ctx), "train")[0][:256]
     threads = (torch.get_num_threads(), os.cpu_count() or 1)  # this stage's choice, and all the cores
-    rate, rates = budget.best_sampling_rate(probe_pipeline(ctx), c.eval, captions, threads)
+    pipeline = probe_pipeline(ctx)
+    rate, rates = budget.best_sampling_rate(pipeline, c.eval, captions, threads)
+    eval_rate = budget.parallel_sampling_rate(pipeline, c.eval, captions) if c.eval.workers > 1 else rate
     sizes = {k: len(v) for k, v in read_dataset_splits(data_dir(ctx)).items()}
     eval_images = c.eval.candidates * sum(
         min(c.eval.samples, sizes.get(split, 0)) * (1 + len(kinds_for(c.eval, split))) for split in c.eval.splits
@@ -155,14 +158,17 @@ def plan_reserve(ctx: DemoContext) -> float:
     # 3 showcase splits, the image-to-image example and the plain-word captions; drawn a caption at a
     # time, about half as fast
     showcase_images = (3 * c.showcase_captions + 1 + len(c.plain_captions)) * c.showcase_candidates
-    sampling = (eval_images + 2 * showcase_images) / rate
+    sampling = eval_images / eval_rate + 2 * showcase_images / rate  # the showcase samples in this process
     seconds = c.reserve_seconds + TAIL_MARGIN * sampling
-    record = {"seconds": seconds, "images_per_second": rate, "eval_images": eval_images,
+    record = {"seconds": seconds, "images_per_second": rate, "eval_images_per_second": eval_rate,
+              "eval_workers": c.eval.workers, "eval_images": eval_images,
               "showcase_images": showcase_images, "fixed_seconds": c.reserve_seconds,
               "images_per_second_by_threads": {str(n): r for n, r in rates.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     by_threads = ", ".join(f"{r:.0f} on {n} thread{'s' * (n > 1)}" for n, r in rates.items())
+    if c.eval.workers > 1:
+        by_threads += f"; {eval_rate:.0f} in {c.eval.workers} processes"
     ctx.log(f"  {seconds:.0f} s kept for the showcase and the evaluation (images/s sampled: {by_threads})")
     return seconds
 

@@ -55,7 +55,7 @@ from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, ki
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
 from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, concept_figures, kind_figures
 from dalle_zero.evaluation.report import save_image_grid
-from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly
+from dalle_zero.evaluation.samples import draw_caption_lists, load_real_images, pick_evenly
 from dalle_zero.models.dvae import round_trip
 from dalle_zero.models.dvae_loss import codebook_stats
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
@@ -74,6 +74,7 @@ class EvalConfig(Config):
     candidates: int = 1  # images drawn per caption; > 1 keeps the reranker's best (paper: best of 512)
     seed: int = 0
     batch_size: int = 64  # sequences sampled at once
+    workers: int = 1  # processes that sample side by side, each on an equal part of the cores
     temperature: float = 1.0  # paper: 1
     top_k: int | None = None
     top_p: float | None = None
@@ -91,7 +92,7 @@ class EvalConfig(Config):
     def __post_init__(self) -> None:
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits):
             raise ValueError(f"EvalConfig.splits must be non-empty split names, got {self.splits!r}")
-        for name in ("samples", "candidates", "batch_size", "r_precision_distractors", "kid_subsets"):
+        for name in ("samples", "candidates", "batch_size", "workers", "r_precision_distractors", "kid_subsets"):
             check_int(self, name, min_value=1)
         for name in ("seed", "dvae_images", "grid_images"):
             check_int(self, name, min_value=0)
@@ -264,32 +265,41 @@ def evaluate_model(
             plan[name] = pick_evenly(splits[name], config.samples)
         else:
             logger.info("split %r is empty: skipped", name)
-    generator = torch.Generator().manual_seed(config.seed)
-    total = sum(len(v) * (1 + len(kinds_for(config, k))) for k, v in plan.items()) * config.candidates
-    bar = tqdm(total=total, desc="eval: sampling", unit="img", disable=not progress, dynamic_ncols=True)
-    results: dict[str, Any] = {"splits": {}}
-    samples: dict[str, SplitSamples] = {}
+    rows = {name: [meta[s] for s in stems] for name, stems in plan.items()}
+    lists: dict[str, list[str]] = {}  # "split/kind": its captions
+    kind_rows: dict[str, list[int]] = {}
     skipped: Counter[str] = Counter()
+    for name in plan:
+        lists[f"{name}/canonical"] = [str(r["caption"]) for r in rows[name]]
+        for kind in kinds_for(config, name):
+            idx, caps = kind_captions(rows[name], kind)
+            skipped[f"{name}/{kind}"] += len(rows[name]) - len(idx)
+            if idx:
+                lists[f"{name}/{kind}"], kind_rows[f"{name}/{kind}"] = caps, idx
+    total = sum(len(v) for v in lists.values()) * config.candidates
+    bar = tqdm(total=total, desc="eval: sampling", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        for name, stems in plan.items():
-            rows = [meta[s] for s in stems]
-            captions = [str(r["caption"]) for r in rows]
-            real = load_real_images(data_dir, stems, size)
-            fake, scores = generate_for_captions(pipeline, captions, config, generator=generator, progress=bar)
-            _, recon = round_trip(pipeline.dvae, real)
-            kinds: dict[str, SplitSamples] = {}
-            for kind in kinds_for(config, name):
-                idx, caps = kind_captions(rows, kind)
-                skipped[f"{name}/{kind}"] += len(rows) - len(idx)
-                if not idx:
-                    continue
-                k_fake, k_scores = generate_for_captions(pipeline, caps, config, generator=generator, progress=bar)
-                kinds[kind] = SplitSamples(
-                    name, [stems[i] for i in idx], caps, [rows[i] for i in idx], real[idx], k_fake, k_scores, recon[idx]
-                )
-            samples[name] = SplitSamples(name, stems, captions, rows, real, fake, scores, recon, kinds)
+        drawn = draw_caption_lists(pipeline, lists, config, progress=bar)
     finally:
         bar.close()
+    results: dict[str, Any] = {"splits": {}}
+    samples: dict[str, SplitSamples] = {}
+    for name, stems in plan.items():
+        real = load_real_images(data_dir, stems, size)
+        _, recon = round_trip(pipeline.dvae, real)
+        kinds: dict[str, SplitSamples] = {}
+        for kind in kinds_for(config, name):
+            key = f"{name}/{kind}"
+            if key in drawn:
+                idx = kind_rows[key]
+                kinds[kind] = SplitSamples(
+                    name, [stems[i] for i in idx], lists[key], [rows[name][i] for i in idx], real[idx], *drawn[key],
+                    recon[idx],
+                )
+        fake, scores = drawn[f"{name}/canonical"]
+        samples[name] = SplitSamples(
+            name, stems, lists[f"{name}/canonical"], rows[name], real, fake, scores, recon, kinds
+        )
     if any(skipped.values()):
         logger.warning("rows without a caption of that kind, skipped: %s",
                        ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()) if v))

@@ -1,13 +1,17 @@
 """The images an evaluation scores: captions picked evenly from a split, their real images, and
 samples drawn from a pipeline in shared batches (the reranker's best when there are candidates),
-through the pipeline's public batched sampling.
+through the pipeline's public batched sampling, in this process or in several.
 
-``config`` is an :class:`~dalle_zero.evaluation.evaluate.EvalConfig` (its sampling settings and batch).
+``config`` is an :class:`~dalle_zero.evaluation.evaluate.EvalConfig` (its sampling settings, batch
+and worker processes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+import os
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +19,9 @@ import torch
 from torch import Tensor
 
 from dalle_zero.data.images import load_image, resize_pixels
+from dalle_zero.data.splits import unit_hash
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
+from dalle_zero.runtime import flush_denormals
 
 if TYPE_CHECKING:  # the config lives with the driver that reads all of it
     from dalle_zero.evaluation.evaluate import EvalConfig
@@ -84,3 +90,97 @@ def generate_for_captions(
     # evaluator's convolutions round differently on the decoder's channels-last layout, and the figures
     # of a seed stay the same to the last bit
     return out.images[:, 0].contiguous(), out.scores[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# many caption lists, in chunks that any process can draw
+
+
+def chunk_seed(seed: int, name: str, index: int) -> int:
+    """The generator seed of chunk ``index`` of the caption list ``name``: the same whichever process
+    draws the chunk, in whatever order, beside whichever other lists."""
+    return int(unit_hash(seed, f"eval-samples/{name}", str(index)) * 2**53)
+
+
+def caption_chunks(lists: Mapping[str, Sequence[str]], config: EvalConfig) -> list[tuple[str, int, list[str], int]]:
+    """``(list name, chunk index, captions, seed)`` for every chunk: as many captions as fill one
+    sampling batch with their candidates (at least one)."""
+    per_chunk = max(1, config.batch_size // config.candidates)
+    return [
+        (name, k, list(captions[lo : lo + per_chunk]), chunk_seed(config.seed, name, k))
+        for name, captions in lists.items()
+        for k, lo in enumerate(range(0, len(captions), per_chunk))
+    ]
+
+
+def draw_caption_lists(
+    pipeline: TextToImagePipeline,
+    lists: Mapping[str, Sequence[str]],
+    config: EvalConfig,
+    *,
+    progress: Any = None,
+) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """For each named caption list, one image per caption and the reranker's scores (as
+    :func:`generate_for_captions` returns them).
+
+    Each list is drawn in chunks (:func:`caption_chunks`), every chunk from its own seeded generator,
+    so the images do not depend on the other lists nor on how many processes draw them. With
+    ``config.workers`` > 1 that many processes draw the chunks side by side, each with an equal part of
+    the cores: on 2 cores two single-threaded samplers draw more images per second than one sampler
+    on both (BENCHMARKS.md, "Evaluation in two processes"). ``progress`` (a tqdm bar) is advanced by
+    the images drawn.
+    """
+    chunks = caption_chunks(lists, config)
+    done: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}
+    for name, k, fake, scores in _draw_chunks(pipeline, chunks, config):
+        done[name, k] = (fake, scores)
+        if progress is not None:
+            progress.update(len(fake) * config.candidates)
+    out: dict[str, tuple[Tensor, Tensor | None]] = {}
+    for name in lists:
+        parts = [done[c[0], c[1]] for c in chunks if c[0] == name]
+        if not parts:
+            continue
+        fake = torch.cat([p[0] for p in parts])
+        scores = None if parts[0][1] is None else torch.cat([p[1] for p in parts])  # type: ignore[misc]
+        out[name] = (fake, scores)
+    return out
+
+
+def _draw_chunks(
+    pipeline: TextToImagePipeline, chunks: list[tuple[str, int, list[str], int]], config: EvalConfig
+) -> Iterator[tuple[str, int, Tensor, Tensor | None]]:
+    if config.workers <= 1 or len(chunks) <= 1:
+        for name, k, captions, seed in chunks:
+            fake, scores = generate_for_captions(
+                pipeline, captions, config, generator=torch.Generator().manual_seed(seed)
+            )
+            yield name, k, fake, scores
+        return
+    if pipeline.device.type != "cpu":
+        raise ValueError(f"sampling in {config.workers} processes runs on the CPU, not {pipeline.device}")
+    try:
+        pickle.dumps(pipeline)
+    except Exception as e:  # e.g. a quantised prior whose packed weights do not pickle
+        raise ValueError(f"sampling in {config.workers} processes needs a pipeline that pickles ({e}); use 1") from e
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    # spawn, not fork: a forked child of a process whose OpenMP threads have run can hang in them
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(config.workers, initializer=_start_worker, initargs=(pipeline, config, threads)) as pool:
+        yield from pool.imap_unordered(_draw_chunk, chunks)
+
+
+_WORKER: dict[str, Any] = {}  # a sampling process's pipeline and config
+
+
+def _start_worker(pipeline: TextToImagePipeline, config: EvalConfig, threads: int) -> None:
+    flush_denormals()  # as the `dalle` program does, before torch starts its threads
+    torch.set_num_threads(threads)
+    _WORKER.update(pipeline=pipeline, config=config)
+
+
+def _draw_chunk(chunk: tuple[str, int, list[str], int]) -> tuple[str, int, Tensor, Tensor | None]:
+    name, k, captions, seed = chunk
+    generator = torch.Generator().manual_seed(seed)
+    fake, scores = generate_for_captions(_WORKER["pipeline"], captions, _WORKER["config"], generator=generator)
+    return name, k, fake, scores
