@@ -8,7 +8,10 @@ For a model folder (a demo's ``model/``), times what ``dalle eval`` and the demo
 then the dVAE decode; ``--candidates`` samples per caption, as the evaluation draws them) at each
 ``--batch``, in fp32, under bf16 autocast and with int8 weight-only
 transformer blocks (``--int8``). Prints one JSON row per setting: the best and the median images per
-second of ``--repeats`` timings, side by side in one run. With ``--profile``, also the seconds of one
+second of ``--repeats`` timings, side by side in one run. ``--workers 2`` also times fp32 sampling in 2
+processes on an equal part of the cores each, as ``dalle eval --workers 2`` and the demo's evaluation
+run it (:func:`dalle_zero.demo.budget.parallel_sampling_rate`: each process times its batch while the
+others time theirs; the rate is their sum). With ``--profile``, also the seconds of one
 batch of image tokens (the first ``--batch``) with and without guidance, and the share of CPU time of
 the operators that take most of it (``torch.profiler``).
 """
@@ -24,7 +27,7 @@ from common import emit
 
 
 def main() -> None:
-    from dalle_zero.demo.budget import measure_sampling_rate
+    from dalle_zero.demo.budget import measure_sampling_rate, parallel_sampling_rate
     from dalle_zero.evaluation.evaluate import EvalConfig
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--formats", default="fp32,bf16 autocast,int8", help="comma-separated subset")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, action="append", default=[],
+                    help="also time fp32 sampling in this many processes (repeatable; e.g. 2)")
     ap.add_argument("--profile", action="store_true", help="also profile one batch of image tokens")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,6 +71,14 @@ def main() -> None:
     for fmt in ("fp32", "bf16 autocast"):
         for batch in batches if fmt in formats else []:
             timed(pipeline, batch, fmt)
+    for workers in args.workers:
+        for batch in batches:
+            config = EvalConfig(batch_size=batch, guidance_scale=args.guidance_scale, candidates=args.candidates,
+                                workers=workers)
+            rates = [parallel_sampling_rate(pipeline, config, captions) for _ in range(args.repeats)]
+            emit("eval_sampling", "images_per_second", round(max(rates), 2), "img/s", batch=batch, format="fp32",
+                 workers=workers, median=round(statistics.median(rates), 2), repeats=args.repeats,
+                 guidance_scale=args.guidance_scale, candidates=args.candidates)
     if "int8" in formats:
         pipeline.quantize_int8()
         for batch in batches:

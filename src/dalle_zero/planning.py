@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from dalle_zero.models.transformer import TransformerConfig
 from dalle_zero.nn.masks import AttentionPattern
 from dalle_zero.training.powersgd import check_rank, matrix_shards, sent_elements
+from dalle_zero.training.precision import PRECISIONS
 
-PRECISIONS = ("bf16", "fp32", "fp16")
 ADAM_BYTES_PER_PARAM = 16  # fp32 weights + fp32 gradients + two fp32 AdamW moments
 PAPER_FP16_MATRIX_BYTES = 8  # the paper's blocks' matrices: 16-bit weights, error buffers, Adam mean and variance
 

@@ -362,6 +362,41 @@ def test_connections_beyond_the_cap_get_503_at_once(pipeline):
         held.pop().close()
 
 
+def test_ctrl_c_while_a_connection_thread_starts_stops_the_server_and_frees_its_slot_once(pipeline, monkeypatch):
+    # the signal handler raises KeyboardInterrupt in the serving thread wherever it is; here, just
+    # after a connection's thread was started and had served it
+    import socketserver
+
+    start_thread = socketserver.ThreadingMixIn.process_request
+    before = handler_threads()
+
+    def interrupted(self, request, client_address):
+        start_thread(self, request, client_address)
+        wait_until(lambda: handler_threads() == before)  # the connection's thread is done, its slot freed
+        raise KeyboardInterrupt
+
+    server = make_server(GenerationService(pipeline, LIMITS), "127.0.0.1", 0, timeout=10.0, max_connections=2)
+    stopped: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as e:  # noqa: B036 (what stops the server is the point)
+            stopped.append(e)
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", interrupted)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert call(server, "GET", "/health")[0] == 200
+        thread.join(10)
+        assert not thread.is_alive() and [type(e) for e in stopped] == [KeyboardInterrupt]
+        assert all(server._slots.acquire(blocking=False) for _ in range(2))  # both slots free...
+        assert not server._slots.acquire(blocking=False)  # ...and no more than the cap
+    finally:
+        server.server_close()
+
+
 def test_half_sent_requests_do_not_grow_threads_beyond_the_cap(pipeline):
     with running(GenerationService(pipeline, LIMITS), timeout=10.0, max_connections=4) as s:
         before = handler_threads()

@@ -46,10 +46,10 @@ def test_cli_rejects_an_unknown_preset(tmp_path, capsys):
 
 @pytest.mark.parametrize("preset", ["dvae_tiny", "dvae_emoji32", "dvae_paper"])
 def test_presets_are_valid_train_configs(preset):
-    from dalle_zero.cli.train_dvae import load_config_dict
+    from dalle_zero.config import load_config_source
     from dalle_zero.training.dvae import DVAETrainConfig
 
-    config = DVAETrainConfig.from_dict(load_config_dict(preset))
+    config = DVAETrainConfig.from_dict(load_config_source(preset, prefix="dvae_")[0])
     assert config.model.grid_size >= 8
 
 

@@ -166,9 +166,9 @@ def test_cli_unknown_preset_names_the_presets(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["tiny", "emoji"])
 def test_presets_are_valid_train_configs(name):
-    from dalle_zero.cli.train_prior import load_config_dict
+    from dalle_zero.config import load_config_source
 
-    data, _ = load_config_dict(name)
+    data, _ = load_config_source(name, prefix="prior_")
     data["model"].update(text_vocab_size=300, text_seq_len=48, image_vocab_size=512, image_grid=8)
     cfg = PriorTrainConfig.from_dict(data)
     assert cfg.loop.clip_grad_norm == 4.0 and cfg.betas == (0.9, 0.96)

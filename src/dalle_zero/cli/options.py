@@ -93,6 +93,29 @@ def check_device(name: str, flag: str = "--device") -> Any:
     return device
 
 
+def train_config_fields(args: argparse.Namespace, *, prefix: str, default: str | None) -> tuple[dict[str, Any], str]:
+    """The fields a ``dalle train`` command starts from, and where they came from.
+
+    ``--config`` (a preset name, with or without ``prefix``, or a JSON file) wins; without it a
+    ``--resume`` continues from the run's own ``train_config.json``; otherwise the preset ``default``
+    (None: the config class's defaults, ``({}, "defaults")``). The command's flags go on top.
+    """
+    from dalle_zero.config import load_config_source
+    from dalle_zero.training.run_files import TRAIN_CONFIG
+
+    saved = Path(args.out) / TRAIN_CONFIG
+    if args.config:
+        spec = args.config
+    elif args.resume and saved.is_file():
+        spec = str(saved)
+    elif default is None:
+        return {}, "defaults"
+    else:
+        spec = default
+    data, path = load_config_source(spec, prefix=prefix)
+    return data, str(path)
+
+
 def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
     """``path`` if a folder can be written there (it is one, or can be made), else a one-line error
     naming ``flag``; checked before any work, so that no work is lost at the end."""

@@ -12,8 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.cli.options import add_data_argument
-from dalle_zero.config import load_config_source
+from dalle_zero.cli.options import add_data_argument, train_config_fields
 
 HELP = "train the CLIP-style reranker on image-caption pairs"
 
@@ -34,25 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_config_dict(name_or_path: str) -> dict[str, Any]:
-    """A preset name or a JSON file -> dict of CLIPTrainConfig fields."""
-    return load_config_source(name_or_path, prefix="clip_")[0]
-
-
 def resolve_config(args: argparse.Namespace) -> Any:
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.sources import check_data_source
     from dalle_zero.io import resolve_model_dir
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.clip import CLIPTrainConfig
-    from dalle_zero.training.run_files import TRAIN_CONFIG
 
-    out = Path(args.out)
-    saved = out / TRAIN_CONFIG
-    if args.resume and args.config is None and saved.is_file():
-        data = load_config_dict(str(saved))
-    else:
-        data = load_config_dict(args.config or "clip_emoji32")
+    data, source = train_config_fields(args, prefix="clip_", default="clip_emoji32")
     if args.data:
         data["data"] = str(Path(args.data).resolve())
     if args.tokenizer:
@@ -74,7 +62,7 @@ def resolve_config(args: argparse.Namespace) -> Any:
         if value is not None:
             loop[key] = value
     data["loop"] = loop
-    return CLIPTrainConfig.from_dict(data, source=str(args.config or "clip config")), tokenizer
+    return CLIPTrainConfig.from_dict(data, source=source), tokenizer
 
 
 def run(args: argparse.Namespace) -> int:

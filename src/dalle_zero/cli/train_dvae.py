@@ -13,8 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.cli.options import add_data_argument
-from dalle_zero.config import load_config_source
+from dalle_zero.cli.options import add_data_argument, train_config_fields
 
 HELP = "train the discrete VAE (image tokenizer) on a folder of images or WebDataset shards"
 
@@ -39,11 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_config_dict(name_or_path: str) -> dict[str, Any]:
-    """A preset name (with or without the ``dvae_`` prefix) or a JSON file -> dict of config fields."""
-    return load_config_source(name_or_path, prefix="dvae_")[0]
-
-
 def _ema(value: str) -> float | None:
     if value.lower() in ("none", "off", "0"):
         return None
@@ -58,13 +52,8 @@ def resolve_config(args: argparse.Namespace) -> Any:
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.data.sources import check_data_source
     from dalle_zero.training.dvae import DVAETrainConfig
-    from dalle_zero.training.run_files import TRAIN_CONFIG
 
-    saved = Path(args.out) / TRAIN_CONFIG
-    if args.resume and args.config is None and saved.is_file():
-        data, source = load_config_dict(str(saved)), str(saved)
-    else:
-        data, source = load_config_dict(args.config or DEFAULT_PRESET), str(args.config or DEFAULT_PRESET)
+    data, source = train_config_fields(args, prefix="dvae_", default=DEFAULT_PRESET)
     if args.data:
         data["data"] = str(Path(args.data).resolve())
     if not data.get("data"):

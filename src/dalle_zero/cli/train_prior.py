@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dalle_zero.config import load_config_source
+from dalle_zero.cli.options import train_config_fields
 
 HELP = "train the transformer prior on token shards written by `dalle encode`"
 
@@ -74,28 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_config_dict(spec: str) -> tuple[dict[str, Any], str]:
-    """The JSON object of a config file or preset name (with or without ``prior_``), and where it came from."""
-    data, path = load_config_source(spec, prefix="prior_")
-    return data, str(path)
-
-
 def resolve_config(args: argparse.Namespace) -> tuple[Any, Any]:
     """(PriorTrainConfig, BPETokenizer) from the config file / saved run config and the options."""
     # imported here, not at the top: `dalle --help` imports every command module
     from dalle_zero.tokenizers.bpe import BPETokenizer
     from dalle_zero.training.prior import PriorTrainConfig
     from dalle_zero.training.prior_data import data_model_fields
-    from dalle_zero.training.run_files import TRAIN_CONFIG
 
-    out = Path(args.out)
-    saved = out / TRAIN_CONFIG
-    if args.config:
-        data, source = load_config_dict(args.config)
-    elif args.resume and saved.is_file():
-        data, source = load_config_dict(str(saved))
-    else:
-        data, source = {}, "defaults"
+    data, source = train_config_fields(args, prefix="prior_", default=None)
     data["tokens"] = args.tokens or data.get("tokens")
     data["tokenizer"] = args.tokenizer or data.get("tokenizer")
     if not data["tokens"]:

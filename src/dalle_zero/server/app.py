@@ -50,6 +50,7 @@ class DalleServer(ThreadingHTTPServer):
         self.token = token
         self.host_names = HostNames(address[0], allowed_hosts)
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._holding: dict[Any, bool] = {}  # the connections that hold a slot
         super().__init__(address, RequestHandler)
 
     def server_bind(self) -> None:
@@ -74,16 +75,24 @@ class DalleServer(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             self._refuse_connection(request, client_address)
             return
+        self._holding[request] = True
         try:
-            super().process_request(request, client_address)
+            super().process_request(request, client_address)  # starts the connection's thread
         except BaseException:
-            self._slots.release()
+            # Ctrl-C can land while the thread starts, after it has begun (or even finished): the slot
+            # is freed once, whichever gets here first, and the KeyboardInterrupt goes on to stop the
+            # server instead of turning into a "released too many times" error that kept it serving
+            self._free_slot(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._free_slot(request)
+
+    def _free_slot(self, request: Any) -> None:
+        if self._holding.pop(request, None):  # one atomic pop: only one caller frees a connection's slot
             self._slots.release()
 
     def _refuse_connection(self, request: socket.socket, client_address: Any) -> None:

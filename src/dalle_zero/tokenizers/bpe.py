@@ -42,13 +42,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from dalle_zero.config import Config, check_float, check_int, read_json_file
 from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, read_config_json
+from dalle_zero.nn.embeddings import PAD_ID
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 WORDS_FILE = "words.json"
-PAD_ID = 0
-PAD_TOKEN = "<pad>"
+PAD_TOKEN = "<pad>"  # at PAD_ID, the id the prior's text embedding learns a pad per position for
 SPECIAL_TOKENS = (PAD_TOKEN,)  # id i = SPECIAL_TOKENS[i]
 N_BYTES = 256  # byte-level alphabet: every string is representable without an unknown token
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + N_BYTES
