@@ -382,3 +382,51 @@ def test_a_stage_that_keeps_its_best_model_is_evaluated_often_enough_to_find_it(
     assert (long["checkpoint_every"], long["eval_every"]) == (3_134, prior["loop"]["eval_every"])
     dvae = load_demo_config("demo").stage("dvae").config
     assert with_loop(dvae, 3_000)["loop"]["eval_every"] == 0  # no selection: evaluated once, at the end
+
+
+def _beside_config(name: str = "demo_tiny"):
+    """The preset with its reranker training beside the dVAE (and on real images only: recon_prob needs
+    the dVAE's model)."""
+    config = load_demo_config(name)
+    clip = config.stage("clip")
+    fields = {k: v for k, v in clip.config.items() if k != "recon_prob"}
+    stages = {**config.stages, "clip": clip.replace(beside="dvae", config=fields)}
+    return config.replace(stages=stages)
+
+
+def test_a_stage_beside_another_shares_its_window_and_plans_alone_once_that_one_is_done(tmp_path):
+    from dalle_zero.demo.context import DemoContext
+    from dalle_zero.demo.timed_training import stage_window
+
+    config = _beside_config("demo")
+    ctx = DemoContext(tmp_path, config, reserve=100.0)
+    ctx.done = ["eval_clip", "evaluator"]
+    left = ctx.seconds_left()
+    dvae, clip, prior = (config.stage(s).share for s in ("dvae", "clip", "prior"))
+    # the reranker trains in the dVAE's window, so its share does not shorten the dVAE's
+    assert stage_window(ctx, "dvae") == pytest.approx(left * dvae / (dvae + prior))
+    ctx.done.append("dvae")  # a resumed run whose reranker had not finished: it trains alone, in its share
+    assert stage_window(ctx, "clip") == pytest.approx(left * clip / (clip + prior))
+    for bad in ({"beside": "prior"}, {"beside": "nope"}, {"beside": "evaluator"}, {"beside": "clip"}):
+        with pytest.raises(ValueError, match="beside must name an earlier training stage"):
+            config.replace(stages={**config.stages, "clip": config.stage("clip").replace(**bad)})
+    with pytest.raises(ValueError, match="recon_prob needs the dVAE's model"):
+        clip_spec = config.stage("clip")
+        config.replace(stages={**config.stages, "clip": clip_spec.replace(config={**clip_spec.config, "recon_prob": 0.5})})
+
+
+@pytest.mark.slow
+def test_the_reranker_trains_beside_the_dvae_in_another_process(emoji, tmp_path):
+    config = _beside_config()
+    out = tmp_path / "demo"
+    logs: list[str] = []
+    report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
+    assert report.is_file() and (out / "model" / "clip").is_dir()
+    clip = json.loads((out / "stages" / "clip.json").read_text())
+    assert clip["beside"] == "dvae" and clip["steps"] == config.stage("clip").steps
+    assert clip["threads"] == max(1, (os.cpu_count() or 1) // 2) and clip["wait_seconds"] >= 0
+    assert any("clip trains beside it in another process" in line for line in logs)
+    # the report's minutes count the reranker's waiting, not its seconds that ran beside the dVAE
+    summary = json.loads((out / "summary.json").read_text())
+    spent = sum(s["seconds"] for name, s in summary["stages"].items() if name != "clip") + clip["wait_seconds"]
+    assert summary["header"]["wall_minutes"] * 60 == pytest.approx(spent)

@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from dalle_zero.config import load_config_source
 from dalle_zero.pipelines.sampling_defaults import resolve
 from dalle_zero.sampling.generate import GUIDANCE_TOP_P
+from dalle_zero.training.run_files import TRAIN_CONFIG
 
 # What ``--data`` of the commands that read image-caption pairs accepts (data.sources.open_image_text_dataset).
 DATA_SOURCES = (
@@ -100,9 +102,6 @@ def train_config_fields(args: argparse.Namespace, *, prefix: str, default: str |
     ``--resume`` continues from the run's own ``train_config.json``; otherwise the preset ``default``
     (None: the config class's defaults, ``({}, "defaults")``). The command's flags go on top.
     """
-    from dalle_zero.config import load_config_source
-    from dalle_zero.training.run_files import TRAIN_CONFIG
-
     saved = Path(args.out) / TRAIN_CONFIG
     if args.config:
         spec = args.config

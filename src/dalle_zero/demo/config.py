@@ -32,6 +32,10 @@ class StageSpec(Config):
     # Train once per dataset and settings, keep the run in the user cache and reuse it (needs `steps`):
     # for the evaluator and the R-precision CLIP, yardsticks that stay the same whatever `--minutes` is.
     cache: bool = False
+    # Train in a second process while the named earlier stage trains, in that stage's window of time,
+    # each on half the cores: two small models train faster side by side than one after the other
+    # (BENCHMARKS.md, "Two stages side by side"). The stage must not need the other's model.
+    beside: str | None = None
     config: dict[str, Any] = field(default_factory=dict)  # fields of the stage's train config
 
     def __post_init__(self) -> None:
@@ -115,7 +119,19 @@ class DemoConfig(Config):
                 f"DemoConfig.stages must name exactly {list(TRAIN_STAGES)}; missing {missing}, unknown {unknown}"
             )
         for name in TRAIN_STAGES:
-            self.stage(name)  # validates
+            spec = self.stage(name)  # validates
+            if spec.beside is None:
+                continue
+            earlier = TRAIN_STAGES[: TRAIN_STAGES.index(name)]
+            partner = self.stage(spec.beside) if spec.beside in earlier else None
+            if partner is None or partner.cache or partner.beside is not None or spec.cache:
+                raise ValueError(
+                    f"DemoConfig.stages.{name}.beside must name an earlier training stage that is not cached and "
+                    f"trains in the main process ({[s for s in earlier if not self.stage(s).cache]}), and "
+                    f"{name} must not be cached; got {spec.beside!r}"
+                )
+            if spec.beside == "dvae" and spec.config.get("recon_prob"):
+                raise ValueError(f"DemoConfig.stages.{name}: recon_prob needs the dVAE's model: not beside it")
 
     def stage(self, name: str) -> StageSpec:
         spec = self.stages[name]

@@ -40,6 +40,7 @@ class DemoContext:
     done: list[str] = field(default_factory=list)  # training stages already finished
     log: Callable[[str], None] = print
     reserve: float | None = None  # seconds kept after training (plan_reserve); None: config.reserve_seconds
+    windows: dict[str, float] = field(default_factory=dict)  # seconds of stages trained side by side
 
     @property
     def tokenizer_dir(self) -> Path:

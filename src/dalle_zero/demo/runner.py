@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
+from dalle_zero.demo import side_by_side
 from dalle_zero.demo import stages as st
 from dalle_zero.demo.config import TRAIN_STAGES, DemoConfig
 from dalle_zero.demo.context import DemoContext, DemoInterrupted, data_dir
@@ -200,7 +201,7 @@ def run_demo(
     done = read_done(out)
     ctx = DemoContext(out=out, config=config, data=data_path, progress=progress, log=log)
     # a stopped stage's seconds count too: they were spent from the budget, and the report shows them
-    ctx.elapsed = sum(s["seconds"] for s in done.values()) + sum(
+    ctx.elapsed = side_by_side.wall_seconds(done) + sum(
         interrupted_seconds(out, name) for name in STAGES if name not in done
     )
     ctx.done = [s for s in TRAIN_STAGES if s in done]
@@ -218,7 +219,7 @@ def run_demo(
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     data_note = done.get("data", {}).get("data", "?")
     header = {
-        "wall_minutes": sum(s["seconds"] for s in done.values()) / 60,
+        "wall_minutes": side_by_side.wall_seconds(done) / 60,
         "this_run_minutes": (time.perf_counter() - t_run) / 60,
         "budget_minutes": config.minutes,
         "cores": os.cpu_count(),
@@ -233,34 +234,61 @@ def run_demo(
 
 def _run_stages(ctx: DemoContext, done: dict[str, dict[str, Any]], log: Callable[[str], None]) -> None:
     """Run every stage not yet done, in order, writing its done-marker when it finishes."""
+    partners: dict[str, side_by_side.Partner] = {}  # stages training in another process
+    try:
+        for i, (name, fn) in enumerate(STAGES.items(), start=1):
+            _run_stage(ctx, done, log, f"[{i}/{len(STAGES)}] {_title(name)}", name, fn, partners)
+    except BaseException:
+        side_by_side.stop(list(partners.values()))  # they checkpoint, and a later run resumes them
+        raise
+
+
+def _run_stage(
+    ctx: DemoContext,
+    done: dict[str, dict[str, Any]],
+    log: Callable[[str], None],
+    title: str,
+    name: str,
+    fn: Callable[[DemoContext], dict[str, Any]],
+    partners: dict[str, side_by_side.Partner],
+) -> None:
     out, config = ctx.out, ctx.config
-    for i, (name, fn) in enumerate(STAGES.items(), start=1):
-        title = f"[{i}/{len(STAGES)}] {_title(name)}"
-        if name in done and not (name == "data" and not (Path(done["data"]["data"]) / "splits.json").is_file()):
-            log(f"{title}: done ({done[name]['seconds']:.0f} s), skipped")
-            continue
-        log(title)
-        t0 = time.perf_counter()
-        before = interrupted_seconds(out, name)  # already in ctx.elapsed
-        interrupted_path = _interrupted_path(out, name)
-        threads, timings = fastest_thread_count()
-        if len(timings) > 1:
-            log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
-        try:
-            summary = fn(ctx)
-        except DemoInterrupted:
-            seconds = before + time.perf_counter() - t0
-            atomic_write_text(interrupted_path, json.dumps({"seconds": seconds}) + "\n")
-            raise
-        seconds = time.perf_counter() - t0
-        summary = {**summary, "seconds": before + seconds, "threads": threads}
-        atomic_write_text(out / "stages" / f"{name}.json", json.dumps(summary, indent=2) + "\n")
-        interrupted_path.unlink(missing_ok=True)
+    if name in done and not (name == "data" and not (Path(done["data"]["data"]) / "splits.json").is_file()):
+        log(f"{title}: done ({done[name]['seconds']:.0f} s), skipped")
+        return
+    log(title)
+    if name in partners:  # it has trained beside an earlier stage: wait for it
+        summary = side_by_side.finish(ctx, partners.pop(name))
         done[name] = summary
-        ctx.elapsed += seconds
-        if name in TRAIN_STAGES:
-            ctx.done.append(name)
-        log(f"  done in {before + seconds:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
+        ctx.done.append(name)
+        log(f"  done in {summary['seconds']:.0f} s beside the {summary['beside']} stage, waited "
+            f"{summary['wait_seconds']:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
+        return
+    t0 = time.perf_counter()
+    before = interrupted_seconds(out, name)  # already in ctx.elapsed
+    interrupted_path = _interrupted_path(out, name)
+    threads, timings = fastest_thread_count()
+    if len(timings) > 1:
+        log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
+    beside = side_by_side.partners_of(config, name, done)
+    if beside:
+        partners.update((p.name, p) for p in side_by_side.start(ctx, name, beside, STAGES))
+        threads = torch.get_num_threads()
+    try:
+        summary = fn(ctx)
+    except DemoInterrupted:
+        seconds = before + time.perf_counter() - t0
+        atomic_write_text(interrupted_path, json.dumps({"seconds": seconds}) + "\n")
+        raise
+    seconds = time.perf_counter() - t0
+    summary = {**summary, "seconds": before + seconds, "threads": threads}
+    atomic_write_text(out / "stages" / f"{name}.json", json.dumps(summary, indent=2) + "\n")
+    interrupted_path.unlink(missing_ok=True)
+    done[name] = summary
+    ctx.elapsed += seconds
+    if name in TRAIN_STAGES:
+        ctx.done.append(name)
+    log(f"  done in {before + seconds:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
 
 
 def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:

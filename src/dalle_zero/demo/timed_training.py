@@ -77,9 +77,7 @@ def train_stage(
             ctx.reserve = plan_reserve(ctx)
         if rate is None:
             rate = time_steps(ctx, build(spec.min_steps))
-        remaining = [ctx.config.stage(s).share for s in TRAIN_STAGES  # fixed-step stages are not shared
-                     if s not in ctx.done and ctx.config.stage(s).steps is None]
-        seconds = budget.stage_seconds(spec.share, remaining, ctx.seconds_left())
+        seconds = ctx.windows.get(name) or stage_window(ctx, name)
         steps = budget.plan_steps(
             seconds, rate, safety=ctx.config.safety, min_steps=spec.min_steps, max_steps=spec.max_steps
         )
@@ -123,6 +121,20 @@ def train_stage(
         mark_step, mark_time = replan_step, now
     run(steps)
     return {"steps": steps, "train_seconds": time.perf_counter() - t0, **{k: plan[k] for k in ("rate", "seconds")}}
+
+
+def stage_window(ctx: DemoContext, name: str) -> float:
+    """The seconds of stage ``name``: its share of the time left, among the time-budgeted stages still
+    to run; a stage that will train beside another (``beside``) shares that one's seconds instead."""
+    remaining = []
+    for s in TRAIN_STAGES:
+        spec = ctx.config.stage(s)
+        if s in ctx.done or spec.steps is not None:  # fixed-step stages are not shared
+            continue
+        if s != name and spec.beside is not None and spec.beside not in ctx.done:
+            continue
+        remaining.append(spec.share)
+    return budget.stage_seconds(ctx.config.stage(name).share, remaining, ctx.seconds_left())
 
 
 # Measured sampling time x this: besides sampling, the evaluation extracts features, reads images,
