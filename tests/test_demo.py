@@ -410,23 +410,41 @@ def test_a_stage_beside_another_shares_its_window_and_plans_alone_once_that_one_
     for bad in ({"beside": "prior"}, {"beside": "nope"}, {"beside": "evaluator"}, {"beside": "clip"}):
         with pytest.raises(ValueError, match="beside must name an earlier training stage"):
             config.replace(stages={**config.stages, "clip": config.stage("clip").replace(**bad)})
+    clip_spec = config.stage("clip")
+    with_recon = clip_spec.replace(config={**clip_spec.config, "recon_prob": 0.5})
     with pytest.raises(ValueError, match="recon_prob needs the dVAE's model"):
-        clip_spec = config.stage("clip")
-        config.replace(stages={**config.stages, "clip": clip_spec.replace(config={**clip_spec.config, "recon_prob": 0.5})})
+        config.replace(stages={**config.stages, "clip": with_recon})
 
 
 @pytest.mark.slow
-def test_the_reranker_trains_beside_the_dvae_in_another_process(emoji, tmp_path):
+def test_the_reranker_trains_beside_the_dvae_in_another_process(emoji, tmp_path, monkeypatch):
     config = _beside_config()
     out = tmp_path / "demo"
     logs: list[str] = []
+    # 1. the dVAE is stopped after one step: the demo stops its partner too (or finds it done) and
+    # leaves no interrupted-seconds file for it, since its seconds were the dVAE's as well
+    real_train = loop_module.train
+
+    def stop_the_dvae_early(*args, **kwargs):
+        if Path(args[3]).name == "dvae":
+            kwargs["stop_after"] = 1
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "train", stop_the_dvae_early)
+    with pytest.raises(DemoInterrupted, match="dvae stopped at step"):
+        run_demo(out, config, data=emoji, progress=False, log=logs.append)
+    assert interrupted_seconds(out, "dvae") > 0 and interrupted_seconds(out, "clip") == 0
+    assert any("clip trains beside it in another process" in line for line in logs)
+    # 2. run again: the dVAE resumes and the reranker (resumed, or done the first time) is taken in
+    monkeypatch.setattr(loop_module, "train", real_train)
+    logs.clear()
     report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
     assert report.is_file() and (out / "model" / "clip").is_dir()
     clip = json.loads((out / "stages" / "clip.json").read_text())
     assert clip["beside"] == "dvae" and clip["steps"] == config.stage("clip").steps
-    assert clip["threads"] == max(1, (os.cpu_count() or 1) // 2) and clip["wait_seconds"] >= 0
-    assert any("clip trains beside it in another process" in line for line in logs)
+    waited = clip.get("wait_seconds", 0.0)  # none if it had finished in the first run, before its wait
+    assert clip["threads"] == max(1, (os.cpu_count() or 1) // 2) and waited >= 0
     # the report's minutes count the reranker's waiting, not its seconds that ran beside the dVAE
     summary = json.loads((out / "summary.json").read_text())
-    spent = sum(s["seconds"] for name, s in summary["stages"].items() if name != "clip") + clip["wait_seconds"]
+    spent = sum(s["seconds"] for name, s in summary["stages"].items() if name != "clip") + waited
     assert summary["header"]["wall_minutes"] * 60 == pytest.approx(spent)

@@ -88,12 +88,23 @@ def finish(ctx: DemoContext, partner: Partner) -> dict[str, Any]:
     return summary
 
 
-def stop(partners: list[Partner]) -> None:
-    """Ask running partners to checkpoint and stop (the main stage was stopped or failed), and wait."""
-    for p in partners:
-        if p.process.is_alive() and p.process.pid is not None:
+def stop(partners: list[Partner], *, patience: float = 30.0) -> None:
+    """Ask running partners to checkpoint and stop (the main stage was stopped or failed), and wait.
+
+    A partner's training loop takes a Ctrl-C as a request to checkpoint and stop after the step it is
+    on; one that lands just as a stretch of its steps ends can be missed, so it is sent again while
+    the partner runs, ``patience`` seconds apart; one that still runs after three is terminated."""
+    for _ in range(3):
+        alive = [p for p in partners if p.process.is_alive() and p.process.pid is not None]
+        if not alive:
+            return
+        for p in alive:
             os.kill(p.process.pid, signal.SIGINT)
+        for p in alive:
+            p.process.join(patience)
     for p in partners:
+        if p.process.is_alive():
+            p.process.terminate()
         p.process.join()
 
 
@@ -111,6 +122,12 @@ def _train(
     window: float, reserve: float, done: list[str], threads: int,
 ) -> None:
     """The partner process: stage ``name`` in ``window`` seconds on ``threads`` threads."""
+    # Only the main process tells it to stop (stop()): a Ctrl-C at the terminal stops the main stage,
+    # which then stops this one, so the partner must not get the same keypress (a second Ctrl-C
+    # aborts a training loop without its checkpoint). A shell's background job inherits SIGINT
+    # ignored; here it always raises KeyboardInterrupt outside the loop (which has its own handler).
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     flush_denormals()  # as the `dalle` program does, before torch starts its threads
     torch.set_num_threads(threads)
     beside = config.stage(name).beside
