@@ -281,6 +281,7 @@ def _run_stage(
         atomic_write_text(interrupted_path, json.dumps({"seconds": seconds}) + "\n")
         raise
     seconds = time.perf_counter() - t0
+    side_by_side.alone([p for p in partners.values() if config.stage(p.name).beside == name])
     summary = {**summary, "seconds": before + seconds, "threads": threads}
     atomic_write_text(out / "stages" / f"{name}.json", json.dumps(summary, indent=2) + "\n")
     interrupted_path.unlink(missing_ok=True)

@@ -6,7 +6,8 @@ after the other, and the prior gets the difference (BENCHMARKS.md, "Two stages s
 
 :func:`start` plans the shared window (the main stage's share of the time left, the partner's share
 left out), gives each process an equal part of the cores and starts the partner in a spawned
-process that runs its usual stage function with that window (:func:`_train`). :func:`finish` waits
+process that runs its usual stage function with that window (:func:`_train`). When the main stage
+ends first, :func:`alone` lets the partner use all the cores. :func:`finish` waits
 for it where the partner would have run, and adds only the waiting to the time used. The partner
 writes its own ``stages/<name>.json``, marked ``beside``: its seconds ran in parallel, so the demo's
 wall time counts its ``wait_seconds`` instead (:func:`wall_seconds`). Stopped, it leaves a
@@ -88,6 +89,14 @@ def finish(ctx: DemoContext, partner: Partner) -> dict[str, Any]:
     return summary
 
 
+def alone(partners: list[Partner]) -> None:
+    """The main stage has finished: running partners may use all the cores (a dVAE stopped by its
+    ``max_steps`` at a long budget would otherwise leave a core idle while its reranker trains on)."""
+    for p in partners:
+        if hasattr(signal, "SIGUSR1") and p.process.is_alive() and p.process.pid is not None:
+            os.kill(p.process.pid, signal.SIGUSR1)
+
+
 def stop(partners: list[Partner], *, patience: float = 30.0) -> None:
     """Ask running partners to checkpoint and stop (the main stage was stopped or failed), and wait.
 
@@ -128,6 +137,8 @@ def _train(
     # ignored; here it always raises KeyboardInterrupt outside the loop (which has its own handler).
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "SIGUSR1"):  # alone(): the main stage is done, take all the cores
+        signal.signal(signal.SIGUSR1, lambda signum, frame: torch.set_num_threads(os.cpu_count() or 1))
     flush_denormals()  # as the `dalle` program does, before torch starts its threads
     torch.set_num_threads(threads)
     beside = config.stage(name).beside
