@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -250,6 +251,24 @@ def test_two_sampling_processes_draw_the_images_one_process_draws(tiny):
         torch.set_num_threads(threads)
     for name in lists:
         assert torch.equal(one[name][0], two[name][0]) and torch.equal(one[name][1], two[name][1])
+
+
+class _DiesInASamplingProcess(TextToImagePipeline):
+    """A pipeline whose copy in a sampling process ends that process as it arrives (out of memory, say)."""
+
+    def __setstate__(self, state: dict) -> None:
+        if os.environ.get("DIES_IN_A_CHILD_OF") not in (None, str(os.getpid())):
+            os._exit(1)
+        self.__dict__.update(state)
+
+
+def test_a_sampling_process_that_dies_is_a_one_line_error_not_a_hang(tiny, monkeypatch):
+    monkeypatch.setenv("DIES_IN_A_CHILD_OF", str(os.getpid()))  # the sampling processes inherit it
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    dying = _DiesInASamplingProcess(pipeline.tokenizer, pipeline.dvae, pipeline.transformer, pipeline.clip)
+    lists = {"a": ["a red apple, noto style", "a red car", "red heart"]}
+    with pytest.raises(RuntimeError, match="a sampling process stopped unexpectedly"):
+        draw_caption_lists(dying, lists, EvalConfig(candidates=2, batch_size=2, workers=2))
 
 
 def test_the_reranker_is_refused_as_the_r_precision_model(tiny):

@@ -14,8 +14,11 @@ import copy
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -116,14 +119,18 @@ def parallel_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str]) 
     barrier = context.Barrier(workers, timeout=300)
     threads = max(1, (os.cpu_count() or 1) // workers)
     initargs = (pipeline, config, list(captions), threads, barrier)
-    with context.Pool(workers, initializer=_start_probe, initargs=initargs) as pool:
-        return sum(pool.map(_probe_rate, range(workers), chunksize=1))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_probe, initargs=initargs) as ex:
+            return sum(ex.map(_probe_rate, range(workers)))
+    except BrokenProcessPool as e:
+        raise RuntimeError(f"a sampling process stopped unexpectedly while timing the evaluation ({e})") from None
 
 
 _PROBE: dict[str, Any] = {}  # a probe process's pipeline, config, captions and barrier
 
 
 def _start_probe(pipeline: Any, config: Any, captions: list[str], threads: int, barrier: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the demo's to handle
     flush_denormals()
     torch.set_num_threads(threads)
     _PROBE.update(pipeline=pipeline, config=config, captions=captions, barrier=barrier)

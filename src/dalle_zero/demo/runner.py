@@ -258,7 +258,8 @@ def _run_stage(
         return
     log(title)
     if name in partners:  # it has trained beside an earlier stage: wait for it
-        summary = side_by_side.finish(ctx, partners.pop(name))
+        summary = side_by_side.finish(ctx, partners[name])
+        del partners[name]
         done[name] = summary
         ctx.done.append(name)
         log(f"  done in {summary['seconds']:.0f} s beside the {summary['beside']} stage, waited "

@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,12 +62,20 @@ def start(ctx: DemoContext, name: str, partners: list[str], stage_fns: Mapping[s
     torch.set_num_threads(threads)
     context = multiprocessing.get_context("spawn")  # a fork of a process whose OpenMP threads ran can hang
     started = []
-    for partner in partners:
-        fn = stage_fns[partner]
-        args = (ctx.out, ctx.config, ctx.data, partner, fn, window, ctx.reserve, list(ctx.done), threads)
-        process = context.Process(target=_train, args=args, name=f"dalle demo: {partner}")
-        process.start()
-        started.append(Partner(partner, process))
+    # A spawned child inherits ignored signals: until it has set its own handlers, a Ctrl-C at the
+    # terminal or alone()'s SIGUSR1 must not end it (their default actions would).
+    quiet = [sig for sig in (signal.SIGINT, getattr(signal, "SIGUSR1", None)) if sig is not None]
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in quiet}
+    try:
+        for partner in partners:
+            fn = stage_fns[partner]
+            args = (ctx.out, ctx.config, ctx.data, partner, fn, window, ctx.reserve, list(ctx.done), threads)
+            process = context.Process(target=_train, args=args, name=f"dalle demo: {partner}")
+            process.start()
+            started.append(Partner(partner, process))
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     ctx.log(f"  {', '.join(partners)} trains beside it in another process ({threads} thread(s) each, {window:.0f} s)")
     return started
 
@@ -75,7 +84,11 @@ def finish(ctx: DemoContext, partner: Partner) -> dict[str, Any]:
     """Wait for ``partner``; its summary with the seconds waited for it (``wait_seconds``), which are
     added to the time used. Raises DemoInterrupted if it was stopped, RuntimeError if it failed."""
     t0 = time.perf_counter()
-    partner.process.join()
+    try:
+        partner.process.join()
+    except BaseException:  # Ctrl-C while waiting: it runs in its own process group, so stop it here
+        stop([partner])
+        raise
     waited = time.perf_counter() - t0
     ctx.elapsed += waited
     code = partner.process.exitcode
@@ -122,6 +135,14 @@ def wall_seconds(done: Mapping[str, Mapping[str, Any]]) -> float:
     return sum(s.get("wait_seconds", 0.0) if s.get("beside") else s["seconds"] for s in done.values())
 
 
+def _stop_when_orphaned(parent: int, *, every: float = 2.0) -> None:
+    """Stop this partner as on Ctrl-C (a checkpoint, then exit) once the demo that started it is gone
+    (killed): a later run must not find it still writing to the run folder it resumes."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def _done_path(out: Path, name: str) -> Path:
     return out / "stages" / f"{name}.json"
 
@@ -139,6 +160,7 @@ def _train(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(signal, "SIGUSR1"):  # alone(): the main stage is done, take all the cores
         signal.signal(signal.SIGUSR1, lambda signum, frame: torch.set_num_threads(os.cpu_count() or 1))
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     flush_denormals()  # as the `dalle` program does, before torch starts its threads
     torch.set_num_threads(threads)
     beside = config.stage(name).beside

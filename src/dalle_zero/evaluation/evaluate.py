@@ -276,6 +276,8 @@ def evaluate_model(
             skipped[f"{name}/{kind}"] += len(rows[name]) - len(idx)
             if idx:
                 lists[f"{name}/{kind}"], kind_rows[f"{name}/{kind}"] = caps, idx
+    # read before sampling: a missing image file is an error now, not after minutes of sampling
+    reals = {name: load_real_images(data_dir, stems, size) for name, stems in plan.items()}
     total = sum(len(v) for v in lists.values()) * config.candidates
     bar = tqdm(total=total, desc="eval: sampling", unit="img", disable=not progress, dynamic_ncols=True)
     try:
@@ -285,7 +287,7 @@ def evaluate_model(
     results: dict[str, Any] = {"splits": {}}
     samples: dict[str, SplitSamples] = {}
     for name, stems in plan.items():
-        real = load_real_images(data_dir, stems, size)
+        real = reals[name]
         _, recon = round_trip(pipeline.dvae, real)
         kinds: dict[str, SplitSamples] = {}
         for kind in kinds_for(config, name):

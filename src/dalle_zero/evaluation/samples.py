@@ -11,7 +11,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +127,8 @@ def draw_caption_lists(
     :func:`generate_for_captions` returns them).
 
     Each list is drawn in chunks (:func:`caption_chunks`), every chunk from its own seeded generator,
-    so the images do not depend on the other lists nor on how many processes draw them. With
+    so the images do not depend on the other lists nor on how many processes draw them (given the same
+    number of threads per sampler: another thread count rounds floats differently). With
     ``config.workers`` > 1 that many processes draw the chunks side by side, each with an equal part of
     the cores: on 2 cores two single-threaded samplers draw more images per second than one sampler
     on both (BENCHMARKS.md, "Evaluation in two processes"). ``progress`` (a tqdm bar) is advanced by
@@ -166,14 +170,22 @@ def _draw_chunks(
     threads = max(1, (os.cpu_count() or 1) // config.workers)
     # spawn, not fork: a forked child of a process whose OpenMP threads have run can hang in them
     context = multiprocessing.get_context("spawn")
-    with context.Pool(config.workers, initializer=_start_worker, initargs=(pipeline, config, threads)) as pool:
-        yield from pool.imap_unordered(_draw_chunk, chunks)
+    pool = ProcessPoolExecutor(
+        config.workers, mp_context=context, initializer=_start_worker, initargs=(pipeline, config, threads)
+    )
+    try:
+        yield from pool.map(_draw_chunk, chunks)
+    except BrokenProcessPool as e:  # a process died (out of memory, killed): no pool left to wait on
+        raise RuntimeError(f"a sampling process stopped unexpectedly ({e}); try fewer --workers") from None
+    finally:  # on Ctrl-C the chunks not yet started are dropped, not drawn first
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _WORKER: dict[str, Any] = {}  # a sampling process's pipeline and config
 
 
 def _start_worker(pipeline: TextToImagePipeline, config: EvalConfig, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it ends the pool
     flush_denormals()  # as the `dalle` program does, before torch starts its threads
     torch.set_num_threads(threads)
     _WORKER.update(pipeline=pipeline, config=config)
