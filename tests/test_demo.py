@@ -440,6 +440,7 @@ def test_the_reranker_trains_beside_the_dvae_in_another_process(emoji, tmp_path,
     logs.clear()
     report = run_demo(out, config, data=emoji, progress=False, log=logs.append)
     assert report.is_file() and (out / "model" / "clip").is_dir()
+    assert "trained beside the dVAE (stage 1) in another process" in report.read_text()
     clip = json.loads((out / "stages" / "clip.json").read_text())
     assert clip["beside"] == "dvae" and clip["steps"] == config.stage("clip").steps
     waited = clip.get("wait_seconds", 0.0)  # none if it had finished in the first run, before its wait

@@ -80,6 +80,9 @@ def stage_details(name: str, summary: dict[str, Any]) -> str:
             if k.endswith(("tone_acc", "style_acc", "/category_acc")) and not k.startswith("train")
         }
         parts.append("held-out real-image accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
+    if summary.get("beside"):  # its seconds ran at the same time as that stage's: not added to the total
+        title = STAGE_TITLES.get(summary["beside"], summary["beside"])
+        parts.append(f"trained beside the {title} in another process; waited {summary.get('wait_seconds', 0.0):.0f} s")
     if summary.get("cached"):
         verb = "reused from" if summary.get("reused") else "trained once and kept in"
         parts.append(f"{verb} {summary['cached']}, the same yardstick for every demo on this dataset")
