@@ -449,3 +449,31 @@ def test_the_reranker_trains_beside_the_dvae_in_another_process(emoji, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     spent = sum(s["seconds"] for name, s in summary["stages"].items() if name != "clip") + waited
     assert summary["header"]["wall_minutes"] * 60 == pytest.approx(spent)
+
+
+def _finish_then_die(marker: str) -> None:
+    Path(marker).write_text(json.dumps({"steps": 3, "seconds": 1.0, "threads": 1, "beside": "dvae"}))
+    os.kill(os.getpid(), 10)  # SIGUSR1 at its default: as a late alone() during interpreter exit
+
+
+def test_a_partner_that_wrote_its_done_marker_is_done_however_its_process_ended(tmp_path):
+    import multiprocessing
+    import time
+
+    from dalle_zero.demo import side_by_side
+    from dalle_zero.demo.context import DemoContext
+
+    (tmp_path / "stages").mkdir()
+    marker = tmp_path / "stages" / "clip.json"
+    process = multiprocessing.get_context("spawn").Process(target=_finish_then_die, args=(str(marker),))
+    process.start()
+    ctx = DemoContext(tmp_path, load_demo_config("demo_tiny"))
+    summary = side_by_side.finish(ctx, side_by_side.Partner("clip", process))
+    assert process.exitcode == -10 and summary["steps"] == 3 and summary["wait_seconds"] >= 0
+    assert json.loads(marker.read_text())["wait_seconds"] == summary["wait_seconds"]
+    # without its marker, the same ending is a failure
+    marker.unlink()
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    process.start()
+    with pytest.raises(RuntimeError, match="stage clip failed in its process"):
+        side_by_side.finish(ctx, side_by_side.Partner("clip", process))

@@ -92,10 +92,10 @@ def finish(ctx: DemoContext, partner: Partner) -> dict[str, Any]:
     waited = time.perf_counter() - t0
     ctx.elapsed += waited
     code = partner.process.exitcode
+    path = _done_path(ctx.out, partner.name)
     if code == INTERRUPTED:
         raise DemoInterrupted(f"stage {partner.name} stopped in its process; run the demo again to resume it")
-    path = _done_path(ctx.out, partner.name)
-    if code != 0 or not path.is_file():
+    if not path.is_file():  # written last, atomically: with it the stage is done, however the process ended
         raise RuntimeError(f"stage {partner.name} failed in its process (exit code {code}); its error is above")
     summary = {**json.loads(path.read_text()), "wait_seconds": waited}
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
@@ -177,5 +177,7 @@ def _train(
         log(" stopped; its last checkpoint resumes it")
         raise SystemExit(INTERRUPTED) from None
     summary = {**summary, "seconds": time.perf_counter() - t0, "threads": threads, "beside": beside}
+    if hasattr(signal, "SIGUSR1"):  # Python's exit resets handlers: a late alone() must not kill it then
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     atomic_write_text(_done_path(out, name), json.dumps(summary, indent=2) + "\n")
     log(f"  done in {summary['seconds']:.0f} s, beside the {beside} stage")
