@@ -13,19 +13,15 @@ import contextlib
 import copy
 import math
 import multiprocessing
-import os
-import signal
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
 from torch import nn
 
-from dalle_zero.evaluation.samples import sampling_options
-from dalle_zero.runtime import flush_denormals
+from dalle_zero.evaluation.samples import sampling_options, sampling_processes
 from dalle_zero.training.loop import LoopConfig, TrainTask, prepare_cpu_process
 
 
@@ -115,12 +111,9 @@ def parallel_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str]) 
     :func:`measure_sampling_rate` on an equal part of the cores, all starting the timed batch together.
     """
     workers = config.workers
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(workers, timeout=300)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    initargs = (pipeline, config, list(captions), threads, barrier)
+    barrier = multiprocessing.get_context("spawn").Barrier(workers, timeout=300)
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_probe, initargs=initargs) as ex:
+        with sampling_processes(workers, _keep_probe, (pipeline, config, list(captions), barrier)) as ex:
             return sum(ex.map(_probe_rate, range(workers)))
     except BrokenProcessPool as e:
         raise RuntimeError(f"a sampling process stopped unexpectedly while timing the evaluation ({e})") from None
@@ -129,10 +122,7 @@ def parallel_sampling_rate(pipeline: Any, config: Any, captions: Sequence[str]) 
 _PROBE: dict[str, Any] = {}  # a probe process's pipeline, config, captions and barrier
 
 
-def _start_probe(pipeline: Any, config: Any, captions: list[str], threads: int, barrier: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the demo's to handle
-    flush_denormals()
-    torch.set_num_threads(threads)
+def _keep_probe(pipeline: Any, config: Any, captions: list[str], barrier: Any) -> None:
     _PROBE.update(pipeline=pipeline, config=config, captions=captions, barrier=barrier)
 
 

@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import pickle
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -167,12 +167,7 @@ def _draw_chunks(
         pickle.dumps(pipeline)
     except Exception as e:  # e.g. a quantised prior whose packed weights do not pickle
         raise ValueError(f"sampling in {config.workers} processes needs a pipeline that pickles ({e}); use 1") from e
-    threads = max(1, (os.cpu_count() or 1) // config.workers)
-    # spawn, not fork: a forked child of a process whose OpenMP threads have run can hang in them
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        config.workers, mp_context=context, initializer=_start_worker, initargs=(pipeline, config, threads)
-    )
+    pool = sampling_processes(config.workers, _keep, (pipeline, config))
     try:
         yield from pool.map(_draw_chunk, chunks)
     except BrokenProcessPool as e:  # a process died (out of memory, killed): no pool left to wait on
@@ -181,13 +176,26 @@ def _draw_chunks(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def sampling_processes(workers: int, setup: Callable[..., None], args: tuple) -> ProcessPoolExecutor:
+    """``workers`` spawned processes, each on an equal part of the cores, that leave Ctrl-C to this
+    process (it ends the pool) and run ``setup(*args)`` (a module-level function) as they start."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: a forked child of a process whose OpenMP threads have run can hang in them
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start, initargs=(threads, setup, args))
+
+
+def _start(threads: int, setup: Callable[..., None], args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    flush_denormals()  # as the `dalle` program does, before torch starts its threads
+    torch.set_num_threads(threads)
+    setup(*args)
+
+
 _WORKER: dict[str, Any] = {}  # a sampling process's pipeline and config
 
 
-def _start_worker(pipeline: TextToImagePipeline, config: EvalConfig, threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it ends the pool
-    flush_denormals()  # as the `dalle` program does, before torch starts its threads
-    torch.set_num_threads(threads)
+def _keep(pipeline: TextToImagePipeline, config: EvalConfig) -> None:
     _WORKER.update(pipeline=pipeline, config=config)
 
 
