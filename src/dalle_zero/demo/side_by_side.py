@@ -1,8 +1,8 @@
 """A demo stage trained in a second process while another trains in this one (``StageSpec.beside``).
 
-On a 2-core machine the demo's dVAE and its CLIP reranker each train at about three quarters of
-their 2-thread speed on 1 thread, so side by side they finish the same steps in less time than one
-after the other, and the prior gets the difference (BENCHMARKS.md, "Two stages side by side").
+On a 2-core machine the demo's dVAE and its CLIP reranker each keep more than half of their 2-thread
+speed on 1 thread, so side by side they finish the same steps in less time than one after the
+other, and the prior gets the difference (BENCHMARKS.md, "Two stages side by side").
 
 :func:`start` plans the shared window (the main stage's share of the time left, the partner's share
 left out), gives each process an equal part of the cores and starts the partner in a spawned
