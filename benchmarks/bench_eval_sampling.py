@@ -7,7 +7,9 @@ For a model folder (a demo's ``model/``), times what ``dalle eval`` and the demo
 (:func:`dalle_zero.demo.budget.measure_sampling_rate`: cached sampling with classifier-free guidance,
 then the dVAE decode; ``--candidates`` samples per caption, as the evaluation draws them) at each
 ``--batch``, in fp32, under bf16 autocast and with int8 weight-only
-transformer blocks (``--int8``). Prints one JSON row per setting: the best and the median images per
+transformer blocks (``--int8``); "fp32 sdpa-decode" is fp32 with every decode step's attention in
+torch's SDPA kernel (:data:`dalle_zero.nn.attention.DECODE_MATMUL_MIN_ROWS` out of reach), the path
+before batched matmuls took over large batches. Prints one JSON row per setting: the best and the median images per
 second of ``--repeats`` timings, side by side in one run. ``--workers 2`` also times fp32 sampling in 2
 processes on an equal part of the cores each, as ``dalle eval --workers 2`` and the demo's evaluation
 run it (:func:`dalle_zero.demo.budget.parallel_sampling_rate`: each process times its batch while the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 
 import torch
 
@@ -29,6 +32,7 @@ from common import emit
 def main() -> None:
     from dalle_zero.demo.budget import measure_sampling_rate, parallel_sampling_rate
     from dalle_zero.evaluation.evaluate import EvalConfig
+    from dalle_zero.nn import attention
     from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +40,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, action="append", default=[], help="sampling batch (repeatable)")
     ap.add_argument("--guidance-scale", type=float, default=3.0)
     ap.add_argument("--candidates", type=int, default=1, help="samples per caption (the demo's evaluation: 6)")
-    ap.add_argument("--formats", default="fp32,bf16 autocast,int8", help="comma-separated subset")
+    ap.add_argument("--formats", default="fp32,bf16 autocast,int8",
+                    help="comma-separated subset of: fp32, fp32 sdpa-decode, bf16 autocast, int8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, action="append", default=[],
@@ -58,6 +63,12 @@ def main() -> None:
             if fmt == "bf16 autocast":
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     rates.append(measure_sampling_rate(pipeline, config, captions))
+            elif fmt == "fp32 sdpa-decode":
+                kept, attention.DECODE_MATMUL_MIN_ROWS = attention.DECODE_MATMUL_MIN_ROWS, sys.maxsize
+                try:
+                    rates.append(measure_sampling_rate(pipeline, config, captions))
+                finally:
+                    attention.DECODE_MATMUL_MIN_ROWS = kept
             else:
                 rates.append(measure_sampling_rate(pipeline, config, captions))
         emit("eval_sampling", "images_per_second", round(max(rates), 2), "img/s", batch=batch, format=fmt,
@@ -68,9 +79,10 @@ def main() -> None:
     if args.profile:
         profile(pipeline, captions, batches[0], args.guidance_scale)
     formats = args.formats.split(",")
-    for fmt in ("fp32", "bf16 autocast"):
-        for batch in batches if fmt in formats else []:
-            timed(pipeline, batch, fmt)
+    for batch in batches:  # the formats of one batch one after the other: side by side in time
+        for fmt in ("fp32 sdpa-decode", "fp32", "bf16 autocast"):
+            if fmt in formats:
+                timed(pipeline, batch, fmt)
     for workers in args.workers:
         for batch in batches:
             config = EvalConfig(batch_size=batch, guidance_scale=args.guidance_scale, candidates=args.candidates,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dalle_zero.nn import attention
 from dalle_zero.nn.attention import LayerCache, SelfAttention, build_block_mask
 from dalle_zero.nn.masks import KINDS, AttentionPattern
 
@@ -36,7 +37,6 @@ def test_flex_kernel_refuses_a_cpu_backward_with_a_clear_error():
 
 @pytest.mark.parametrize("kind", ["full", "row"])
 def test_a_bf16_train_step_on_cpu_computes_attention_in_fp32_and_a_no_grad_pass_in_bf16(kind, monkeypatch):
-    from dalle_zero.nn import attention
 
     seen: list[torch.dtype] = []
     sdpa = attention.F.scaled_dot_product_attention
@@ -128,3 +128,24 @@ def test_a_long_cache_gathers_a_short_window_and_agrees_with_the_full_pass(kind)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     gathered = [cache.decode_keys(p)[2] is None for p in range(2 + 1, length)]  # no mask: gathered
     assert any(gathered) and not all(gathered)  # both ways were taken
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_large_batch_decodes_with_matmuls_and_agrees_with_the_full_pass(kind, monkeypatch):
+    pattern = AttentionPattern(kind, 3, 5, 3)
+    attn = make_attention()  # 2 heads
+    length = pattern.length - 1
+    streams = attention.DECODE_MATMUL_MIN_ROWS // 2
+    x = torch.randn(streams, length, 16, generator=torch.Generator().manual_seed(4))
+    sdpa_calls = []
+    sdpa = attention.F.scaled_dot_product_attention
+    counted = lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k)  # noqa: E731
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counted)
+    cache = LayerCache(pattern, streams, 2, 8, length)
+    with torch.no_grad():
+        full = attn(x, pattern.dense(length))
+        n_before = len(sdpa_calls)
+        steps = [attn.forward_cached(x[:, :3], cache, 0)]
+        steps += [attn.forward_cached(x[:, s : s + 1], cache, s) for s in range(3, length)]
+    assert len(sdpa_calls) - n_before == 1  # the text prefix only: every image step took the matmul path
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)

@@ -49,6 +49,11 @@ KERNELS = (*SDPA_KERNELS, *FLEX_KERNELS)
 SLICE_OVER_GATHER = 4
 # ... and while the batch holds at least this many (stream, head) rows: below that, a gather copies little
 SLICE_MIN_ROWS = 64
+# One query against a short window in a large batch (the evaluation's and the showcase's sampling):
+# two batched matmuls and a softmax beat torch's CPU SDPA kernel there; with fewer rows or longer
+# windows SDPA is as fast or faster (BENCHMARKS.md, "Sampling")
+DECODE_MATMUL_MIN_ROWS = 512
+DECODE_MATMUL_MAX_KEYS = 128
 
 
 @functools.cache
@@ -88,6 +93,19 @@ def _sdpa_with_backward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) ->
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=mask is None)
         return y.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+
+def _decode_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None) -> Tensor:
+    """One query per row: q Tensor[B, nh, 1, hs] against k, v Tensor[B, nh, n, hs]; ``visible``, a
+    BoolTensor[1, n] of the keys it may read (None: all). Every query sees at least the text keys, so
+    no row of the softmax is empty."""
+    rows, n = q.shape[0] * q.shape[1], k.shape[2]
+    if q.device.type != "cpu" or rows < DECODE_MATMUL_MIN_ROWS or n > DECODE_MATMUL_MAX_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, nh, 1, n)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 class LayerCache:
@@ -268,7 +286,7 @@ class SelfAttention(nn.Module):
         n, pattern = x.shape[1], cache.pattern
         if n == 1 and start >= pattern.text_len:  # one image query: text + its window of image keys
             keys, values, visible = cache.decode_keys(start)
-            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible)
+            y = _decode_attention(q, keys.to(q.dtype), values.to(q.dtype), visible)
         else:
             keys, values = (k, v) if start == 0 else cache.prefix(start + n)  # prefill: the keys just made
             mask = None
