@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.loop import LoopConfig
-from tests.factories.toy import ToyModel, ToyTask, run_toy, same_weights
+from dalle_zero.training.loop import LoopConfig, train
+from tests.factories.toy import ToyConfig, ToyModel, ToyTask, ToyTrainConfig, run_toy, same_weights
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
@@ -168,6 +169,27 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     subprocess.run([*cmd, "--resume"], env=env, timeout=120, check=True, capture_output=True)
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_0000012"
 
+
+
+class _TermAtStep3(ToyTask):
+    def on_step_end(self, model, step, metrics):
+        super().on_step_end(model, step, metrics)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("hint", ["continue with --resume", None])
+def test_a_signal_stop_checkpoints_and_prints_how_to_go_on_unless_the_caller_says_it(tmp_path, capsys, hint):
+    loop = LoopConfig(steps=12, batch_size=4, checkpoint_every=5, log_every=2)
+    cfg = ToyTrainConfig(loop=loop, model=ToyConfig())
+    train(ToyModel(cfg.model), _TermAtStep3(cfg), loop, tmp_path / "run", train_config=cfg, progress=False,
+          resume_hint=hint)
+    assert ckpt.list_steps(tmp_path / "run") == [3]
+    printed = capsys.readouterr().out
+    if hint is None:  # the demo: its own command resumes it, and it says so
+        assert "stopped at step" not in printed and "--resume" not in printed
+    else:
+        assert f"stopped at step 3; {hint} (checkpoint in {tmp_path / 'run'})" in printed
 
 
 class _UShapedValidation(ToyTask):

@@ -96,9 +96,10 @@ def train_stage(
         model, task, cfg = build(steps)
         start = max(ckpt.list_steps(run_dir), default=0) if run_dir.is_dir() else 0
         stop_after = None if stop_at is None else stop_at - start
-        # training_loop.train is looked up at each call: tests replace it to stop or skip a stage
+        # training_loop.train is looked up at each call: tests replace it to stop or skip a stage.
+        # No "--resume" hint: the demo resumes when its own command runs again, and says so.
         training_loop.train(model, task, cfg.loop, run_dir, train_config=cfg,  # type: ignore[attr-defined]
-                            resume=start > 0, progress=ctx.progress, stop_after=stop_after)
+                            resume=start > 0, progress=ctx.progress, stop_after=stop_after, resume_hint=None)
         reached = max(ckpt.list_steps(run_dir), default=0)
         if reached < (steps if stop_at is None else stop_at):
             raise DemoInterrupted(f"stage {name} stopped at step {reached} of {steps}")

@@ -197,11 +197,13 @@ def train(
     progress: bool = True,
     device: str | None = None,
     stop_after: int | None = None,
+    resume_hint: str | None = "continue with --resume",
 ) -> Path:
     """Train ``model`` on ``task`` for ``loop.steps`` updates; return the saved model folder.
 
     ``stop_after`` stops (with a checkpoint) after that many updates in this call, which is what a
-    killed run looks like from the outside; tests use it to check resume.
+    killed run looks like from the outside; tests use it to check resume. A stop by a signal prints
+    where the checkpoint is and ``resume_hint``, how to go on (None: the caller says it).
     """
     run_dir = Path(run_dir)
     ctx = distributed.setup(device)
@@ -339,8 +341,8 @@ def train(
         del loss_module, optimizer
         gc.collect()
     distributed.finish(ctx)
-    if stopping and ctx.is_main:
-        print(f"stopped at step {step}; continue with --resume (checkpoint in {run_dir})")
+    if stopping and ctx.is_main and resume_hint is not None:
+        print(f"stopped at step {step}; {resume_hint} (checkpoint in {run_dir})")
     return run_dir / "model"
 
 
