@@ -11,11 +11,11 @@ import pytest
 
 from dalle_zero.cli.main import main
 from dalle_zero.data.splits import SPLIT_NAMES
-from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo
+from dalle_zero.demo import DemoInterrupted, load_demo_config, run_demo, side_by_side
 from dalle_zero.demo.budget import plan_steps, stage_seconds
 from dalle_zero.demo.config import TRAIN_STAGES, StageSpec
-from dalle_zero.demo.context import with_loop
-from dalle_zero.demo.runner import STAGES, interrupted_seconds
+from dalle_zero.demo.context import DemoContext, with_loop
+from dalle_zero.demo.runner import STAGES, _run_stage, interrupted_seconds
 from dalle_zero.demo.timed_training import replan
 from dalle_zero.training import loop as loop_module
 from tests.factories.emoji import make_emoji_dataset
@@ -477,3 +477,26 @@ def test_a_partner_that_wrote_its_done_marker_is_done_however_its_process_ended(
     process.start()
     with pytest.raises(RuntimeError, match="stage clip failed in its process"):
         side_by_side.finish(ctx, side_by_side.Partner("clip", process))
+
+
+def _stopped_partner(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+    os._exit(side_by_side.INTERRUPTED)  # as a partner whose training was stopped
+
+
+def test_a_stop_while_waiting_for_a_partner_counts_the_seconds_waited(tmp_path):
+    import multiprocessing
+
+    config = _beside_config()
+    ctx = DemoContext(out=tmp_path, config=config, data=None, progress=False, log=lambda s: None)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "clip.interrupted.json").write_text(json.dumps({"seconds": 5.0}))  # an earlier stop
+    process = multiprocessing.get_context("spawn").Process(target=_stopped_partner, args=(0.5,))
+    process.start()
+    partners = {"clip": side_by_side.Partner("clip", process)}
+    with pytest.raises(DemoInterrupted, match="clip stopped in its process"):
+        _run_stage(ctx, {}, lambda s: None, "[7/11] reranker", "clip", STAGES["clip"], partners)
+    assert not partners  # nothing left to stop
+    assert 5.0 + 0.5 <= interrupted_seconds(tmp_path, "clip") < 5.0 + 60.0  # counted when the run resumes

@@ -258,8 +258,14 @@ def _run_stage(
         return
     log(title)
     if name in partners:  # it has trained beside an earlier stage: wait for it
-        summary = side_by_side.finish(ctx, partners[name])
-        del partners[name]
+        t0 = time.perf_counter()
+        try:
+            summary = side_by_side.finish(ctx, partners.pop(name))
+        except (DemoInterrupted, KeyboardInterrupt):
+            # the waiting came out of the budget; the stage resumes alone and counts it then
+            waited = interrupted_seconds(out, name) + time.perf_counter() - t0
+            atomic_write_text(_interrupted_path(out, name), json.dumps({"seconds": waited}) + "\n")
+            raise
         done[name] = summary
         ctx.done.append(name)
         log(f"  done in {summary['seconds']:.0f} s beside the {summary['beside']} stage, waited "

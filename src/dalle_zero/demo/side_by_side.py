@@ -11,8 +11,8 @@ ends first, :func:`alone` lets the partner use all the cores. :func:`finish` wai
 for it where the partner would have run, and adds only the waiting to the time used. The partner
 writes its own ``stages/<name>.json``, marked ``beside``: its seconds ran in parallel, so the demo's
 wall time counts its ``wait_seconds`` instead (:func:`wall_seconds`). Stopped, it leaves a
-checkpoint and no interrupted-seconds file (those seconds were the main stage's too); a later run
-resumes it, alone if the main stage has finished by then.
+checkpoint, and interrupted seconds only for a stop while the demo waited for it (its other seconds
+were the main stage's too); a later run resumes it, alone if the main stage has finished by then.
 """
 
 from __future__ import annotations
