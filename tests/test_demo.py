@@ -500,3 +500,16 @@ def test_a_stop_while_waiting_for_a_partner_counts_the_seconds_waited(tmp_path):
         _run_stage(ctx, {}, lambda s: None, "[7/11] reranker", "clip", STAGES["clip"], partners)
     assert not partners  # nothing left to stop
     assert 5.0 + 0.5 <= interrupted_seconds(tmp_path, "clip") < 5.0 + 60.0  # counted when the run resumes
+
+
+def test_the_report_gives_the_kept_priors_validation_and_the_last_one():
+    from dalle_zero.demo.report import stage_details
+
+    summary = {"steps": 12172, "validation": {"bits_per_image_token": 3.231},
+               "kept": {"step": 4000, "validation": {"bits_per_image_token": 1.935}}}
+    assert "kept at step 4000, its lowest validation loss: 1.935 bits per image token (3.231 at the end)" in (
+        stage_details("prior", summary))
+    summary["kept"] = {"step": 12172, "validation": {"bits_per_image_token": 3.231}}  # the last step was the lowest
+    assert "validation 3.231 bits per image token" in stage_details("prior", summary)
+    del summary["kept"]  # a demo folder from before the prior was selected
+    assert "validation 3.231 bits per image token" in stage_details("prior", summary)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dalle_zero.training import checkpoint as ckpt
-from dalle_zero.training.run_files import last_validation_step
+from dalle_zero.training.run_files import last_validation_step, validation_at
 from tests.factories.toy import ToyModel, run_toy, same_weights
 
 
@@ -104,6 +104,13 @@ def test_last_validation_reads_past_a_torn_last_line(tmp_path):
     with open(tmp_path / "metrics.jsonl", "ab") as f:
         f.write(b'{"step": 7, "val/che')
     assert last_validation_step(tmp_path) == (6, {"check": 6.0})
+
+
+def test_validation_at_reads_the_figures_of_one_evaluated_step(tmp_path):
+    run_toy(tmp_path, steps=6, eval_every=2)
+    assert validation_at(tmp_path, 4) == {"check": 4.0}
+    assert validation_at(tmp_path, 3) == {}  # not evaluated there
+    assert validation_at(tmp_path / "missing", 4) == {}
 
 
 @pytest.mark.parametrize(

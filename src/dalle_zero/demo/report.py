@@ -72,7 +72,13 @@ def stage_details(name: str, summary: dict[str, Any]) -> str:
     elif name == "encode":
         parts.append(f"{summary['image_grid']}×{summary['image_grid']} codes of {summary['image_vocab_size']}")
     elif name == "prior" and "bits_per_image_token" in val:
-        parts.append(f"validation {val['bits_per_image_token']:.3f} bits per image token")
+        kept = summary.get("kept") or {}
+        kept_val = (kept.get("validation") or {}).get("bits_per_image_token")
+        if kept_val is not None and kept.get("step") != summary.get("steps"):
+            parts.append(f"kept at step {kept['step']}, its lowest validation loss: {kept_val:.3f} bits per image "
+                         f"token ({val['bits_per_image_token']:.3f} at the end)")
+        else:
+            parts.append(f"validation {val['bits_per_image_token']:.3f} bits per image token")
     elif name == "evaluator":  # accuracy on real held-out images it never trained on
         shown = {
             k.replace("/", " ").replace("_acc", ""): v

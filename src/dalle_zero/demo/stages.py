@@ -52,7 +52,7 @@ from dalle_zero.training.loop import TrainTask
 from dalle_zero.training.prior import PriorTask, PriorTrainConfig
 from dalle_zero.training.prior import build_model as build_prior
 from dalle_zero.training.prior_data import data_model_fields
-from dalle_zero.training.run_files import best_model, last_validation
+from dalle_zero.training.run_files import best_model, last_validation, validation_at
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,11 @@ def stage_prior(ctx: DemoContext) -> dict[str, Any]:
 
     precision, rate = choose_precision(ctx, "prior", build)
     result = train_stage(ctx, "prior", lambda steps: build(steps, precision), rate=rate)
-    result["validation"] = last_validation(ctx.run_dir("prior"))
+    run_dir = ctx.run_dir("prior")
+    result["validation"] = last_validation(run_dir)
+    best = best_model(run_dir)  # the model the demo keeps: the prior at its lowest validation loss
+    if best is not None and isinstance(best[1].get("step"), int):
+        result["kept"] = {"step": best[1]["step"], "validation": validation_at(run_dir, best[1]["step"])}
     return result
 
 

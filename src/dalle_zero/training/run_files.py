@@ -138,6 +138,17 @@ def last_validation_step(run_dir: str | Path) -> tuple[int | None, dict[str, flo
     return None, {}
 
 
+def validation_at(run_dir: str | Path, step: int) -> dict[str, float]:
+    """The ``val/`` metrics logged at ``step`` in ``run_dir/metrics.jsonl``, prefix removed ({} if none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = read_metrics(path) if path.is_file() else []
+    for row in reversed(rows):  # a resumed run logs a step again: the last time counts
+        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
+        if vals and row.get("step") == step:
+            return vals
+    return {}
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after the checkpoint we resume from (they will be logged again), and a
     torn last line (:func:`~dalle_zero.metrics_file.read_metric_lines`)."""
