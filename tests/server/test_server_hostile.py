@@ -490,3 +490,43 @@ def test_a_request_whose_client_hung_up_is_never_sampled(tokenizer):
         assert pipeline.sampled == ["a red star"]
         counts = queue(s)["counts"]
         assert counts == {"queued": 4, "sampled": 1, "abandoned": 3, "timed_out": 0, "refused_busy": 0}
+
+
+def test_closing_the_server_waits_for_connection_threads_that_are_ending(pipeline, monkeypatch):
+    # a daemon connection thread alive at interpreter exit can drop the last reference to the model,
+    # and torch then aborts the process (exit -6): `dalle serve` closes the server before it returns
+    from dalle_zero.server.handler import RequestHandler
+
+    finish = RequestHandler.finish
+
+    def slow_finish(self):
+        finish(self)
+        time.sleep(0.5)  # the thread is still ending after the answer went out
+
+    monkeypatch.setattr(RequestHandler, "finish", slow_finish)
+    before = handler_threads()
+    server = make_server(GenerationService(pipeline, LIMITS), "127.0.0.1", 0, timeout=10.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    assert call(server, "GET", "/health")[0] == 200
+    server.shutdown()
+    assert handler_threads() > before  # still ending
+    server.server_close()
+    assert handler_threads() == before
+
+
+def test_closing_the_server_does_not_wait_longer_than_its_grace_for_a_request_in_progress(pipeline):
+    server = make_server(GenerationService(pipeline, LIMITS), "127.0.0.1", 0, timeout=30.0)
+    server.close_grace_seconds = 0.3
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sock = connect(server)
+    try:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")  # never finished: its thread waits
+        wait_until(lambda: len(server._connection_threads) == 1)
+        server.shutdown()
+        t0 = time.monotonic()
+        server.server_close()
+        assert 0.25 <= time.monotonic() - t0 < 5.0
+    finally:
+        sock.close()

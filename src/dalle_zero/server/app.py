@@ -15,6 +15,7 @@ import math
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterable
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -32,7 +33,12 @@ class DalleServer(ThreadingHTTPServer):
     """A threaded HTTP server holding the :class:`GenerationService` its handlers use, the
     connection cap, the allowed host names and the optional bearer token."""
 
-    daemon_threads = True  # Ctrl-C does not wait for a request in progress
+    daemon_threads = True  # Ctrl-C does not wait for a request in progress...
+    # ...but server_close() waits this long for connection threads that are ending. A daemon thread
+    # still running at interpreter exit may drop the last reference to the model's tensors, and torch
+    # then aborts the process ("terminate called without an active exception", exit code -6): the
+    # thread cannot take the GIL back during finalization (pytorch/pytorch#38228).
+    close_grace_seconds = 5.0
 
     def __init__(
         self,
@@ -51,6 +57,7 @@ class DalleServer(ThreadingHTTPServer):
         self.host_names = HostNames(address[0], allowed_hosts)
         self._slots = threading.BoundedSemaphore(max_connections)
         self._holding: dict[Any, bool] = {}  # the connections that hold a slot
+        self._connection_threads: set[threading.Thread] = set()  # those serving a connection now
         super().__init__(address, RequestHandler)
 
     def server_bind(self) -> None:
@@ -86,10 +93,21 @@ class DalleServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        me = threading.current_thread()
+        self._connection_threads.add(me)
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._free_slot(request)
+            self._connection_threads.discard(me)
+
+    def server_close(self) -> None:
+        """Close the listening socket, then wait up to ``close_grace_seconds`` for the connection
+        threads still running (a request in progress may outlast it: it then runs on as a daemon)."""
+        super().server_close()
+        deadline = time.monotonic() + self.close_grace_seconds
+        for thread in list(self._connection_threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _free_slot(self, request: Any) -> None:
         if self._holding.pop(request, None):  # one atomic pop: only one caller frees a connection's slot
