@@ -498,10 +498,12 @@ def test_closing_the_server_waits_for_connection_threads_that_are_ending(pipelin
     from dalle_zero.server.handler import RequestHandler
 
     finish = RequestHandler.finish
+    answered, release = threading.Event(), threading.Event()
 
     def slow_finish(self):
         finish(self)
-        time.sleep(0.5)  # the thread is still ending after the answer went out
+        answered.set()
+        release.wait(10)  # the thread is still ending after the answer went out
 
     monkeypatch.setattr(RequestHandler, "finish", slow_finish)
     before = handler_threads()
@@ -509,8 +511,10 @@ def test_closing_the_server_waits_for_connection_threads_that_are_ending(pipelin
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     assert call(server, "GET", "/health")[0] == 200
+    assert answered.wait(10)
     server.shutdown()
-    assert handler_threads() > before  # still ending
+    assert handler_threads() == before + 1  # still ending
+    threading.Timer(0.3, release.set).start()
     server.server_close()
     assert handler_threads() == before
 
