@@ -181,6 +181,12 @@ def interrupted_seconds(out: Path, name: str) -> float:
     return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
 
 
+def _add_interrupted_seconds(out: Path, name: str, seconds: float) -> None:
+    """Record that stage ``name`` took ``seconds`` more of the budget in a run stopped before it finished."""
+    total = interrupted_seconds(out, name) + seconds
+    atomic_write_text(_interrupted_path(out, name), json.dumps({"seconds": total}) + "\n")
+
+
 def run_demo(
     out: str | Path,
     config: DemoConfig,
@@ -263,8 +269,7 @@ def _run_stage(
             summary = side_by_side.finish(ctx, partners.pop(name))
         except (DemoInterrupted, KeyboardInterrupt):
             # the waiting came out of the budget; the stage resumes alone and counts it then
-            waited = interrupted_seconds(out, name) + time.perf_counter() - t0
-            atomic_write_text(_interrupted_path(out, name), json.dumps({"seconds": waited}) + "\n")
+            _add_interrupted_seconds(out, name, time.perf_counter() - t0)
             raise
         done[name] = summary
         ctx.done.append(name)
@@ -273,7 +278,6 @@ def _run_stage(
         return
     t0 = time.perf_counter()
     before = interrupted_seconds(out, name)  # already in ctx.elapsed
-    interrupted_path = _interrupted_path(out, name)
     threads, timings = fastest_thread_count()
     if len(timings) > 1:
         log(f"  torch threads: {threads} (" + ", ".join(f"{n}: {t * 1e3:.0f} ms" for n, t in timings.items()) + ")")
@@ -284,14 +288,13 @@ def _run_stage(
     try:
         summary = fn(ctx)
     except DemoInterrupted:
-        seconds = before + time.perf_counter() - t0
-        atomic_write_text(interrupted_path, json.dumps({"seconds": seconds}) + "\n")
+        _add_interrupted_seconds(out, name, time.perf_counter() - t0)
         raise
     seconds = time.perf_counter() - t0
     side_by_side.alone([p for p in partners.values() if config.stage(p.name).beside == name])
     summary = {**summary, "seconds": before + seconds, "threads": threads}
     atomic_write_text(out / "stages" / f"{name}.json", json.dumps(summary, indent=2) + "\n")
-    interrupted_path.unlink(missing_ok=True)
+    _interrupted_path(out, name).unlink(missing_ok=True)
     done[name] = summary
     ctx.elapsed += seconds
     if name in TRAIN_STAGES:

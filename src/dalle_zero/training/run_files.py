@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,25 +129,25 @@ def last_validation(run_dir: str | Path) -> dict[str, float]:
 
 def last_validation_step(run_dir: str | Path) -> tuple[int | None, dict[str, float]]:
     """(step, metrics) of the last evaluated step, as :func:`last_validation`; (None, {}) if none."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None, {}
-    for row in reversed(read_metrics(path)):
-        vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
-        if vals:
-            return row.get("step"), vals
-    return None, {}
+    return next(_validations_newest_first(run_dir), (None, {}))
 
 
 def validation_at(run_dir: str | Path, step: int) -> dict[str, float]:
     """The ``val/`` metrics logged at ``step`` in ``run_dir/metrics.jsonl``, prefix removed ({} if none)."""
+    # newest first: a resumed run logs a step again, and the last time counts
+    return next((vals for at, vals in _validations_newest_first(run_dir) if at == step), {})
+
+
+def _validations_newest_first(run_dir: str | Path) -> Iterator[tuple[int | None, dict[str, float]]]:
+    """(step, ``val/`` metrics without the prefix) of each evaluated row of ``run_dir/metrics.jsonl``,
+    last row first."""
     path = Path(run_dir) / "metrics.jsonl"
-    rows = read_metrics(path) if path.is_file() else []
-    for row in reversed(rows):  # a resumed run logs a step again: the last time counts
+    if not path.is_file():
+        return
+    for row in reversed(read_metrics(path)):
         vals = {k[4:]: v for k, v in row.items() if k.startswith("val/") and v is not None}
-        if vals and row.get("step") == step:
-            return vals
-    return {}
+        if vals:
+            yield row.get("step"), vals
 
 
 def truncate_metrics(path: Path, step: int) -> None:
