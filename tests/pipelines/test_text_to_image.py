@@ -167,3 +167,27 @@ def test_a_clip_with_another_vocabulary_is_refused(tokenizer):
         TextToImagePipeline(
             tokenizer, tiny_dvae(), tiny_transformer(tokenizer.vocab_size), tiny_clip(tokenizer.vocab_size + 5)
         )
+
+
+def test_a_progress_callable_counts_the_token_steps_of_the_whole_call(pipeline):
+    steps: list[tuple[int, int]] = []
+    out = pipeline(["a red star", "a blue heart"], n=3, seed=0, batch_size=2, progress=lambda *a: steps.append(a))
+    total = 2 * 2 * 16  # two captions, two batches each (2 + 1 candidates), a 4x4 grid
+    assert steps == [(i, total) for i in range(1, total + 1)]
+    assert _same(out, pipeline(["a red star", "a blue heart"], n=3, seed=0, batch_size=2))
+
+
+def test_an_exception_from_the_progress_callable_stops_the_sampling(pipeline):
+    class Stop(Exception):
+        pass
+
+    steps: list[int] = []
+
+    def stop_at_five(done: int, total: int) -> None:
+        steps.append(done)
+        if done == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipeline("a red star", n=4, seed=0, progress=stop_at_five)
+    assert steps == [1, 2, 3, 4, 5]

@@ -19,12 +19,14 @@ from PIL import Image
 
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 from dalle_zero.server import DalleServer, GenerationService, make_server
+from dalle_zero.server.api import CLIENT_POLL_SECONDS
 from dalle_zero.server.guards import HostNames
 from tests.factories.pipelines import tiny_pipeline, tiny_tokenizer
 from tests.factories.server import (
     LIMITS,
     call,
     connect,
+    generate,
     handler_threads,
     post_head,
     post_request,
@@ -489,7 +491,65 @@ def test_a_request_whose_client_hung_up_is_never_sampled(tokenizer):
         assert first_result["value"][0] == 200
         assert pipeline.sampled == ["a red star"]
         counts = queue(s)["counts"]
-        assert counts == {"queued": 4, "sampled": 1, "abandoned": 3, "timed_out": 0, "refused_busy": 0}
+        assert counts == {"queued": 4, "sampled": 1, "abandoned": 3, "timed_out": 0, "refused_busy": 0, "stopped": 0}
+
+
+class HeldPipeline(TextToImagePipeline):
+    """The tiny pipeline, its first call held at its first token step until ``release`` is set: lets a
+    test act while a request is being sampled. ``steps`` records the token steps sampled."""
+
+    def __init__(self, tokenizer) -> None:
+        p = tiny_pipeline(tokenizer=tokenizer)
+        super().__init__(p.tokenizer, p.dvae, p.transformer)
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.steps: list[int] = []
+
+    def __call__(self, prompt: Any, *args: Any, progress: Any = False, **kwargs: Any) -> Any:
+        def held(done: int, total: int) -> None:
+            self.steps.append(done)
+            if not self.holding.is_set():
+                self.holding.set()
+                assert self.release.wait(30), "never released"
+            progress(done, total)
+
+        return super().__call__(prompt, *args, progress=held, **kwargs)
+
+
+def test_a_request_whose_client_hung_up_while_it_was_sampled_stops_sampling(tokenizer):
+    pipeline = HeldPipeline(tokenizer)
+    with running(GenerationService(pipeline, LIMITS), timeout=10.0) as s:
+        sock = connect(s)
+        sock.sendall(post_request({**BODY, "n": 4}))
+        assert pipeline.holding.wait(30)
+        sock.close()
+        time.sleep(CLIENT_POLL_SECONDS * 1.5)  # past the time of the next check of the client
+        pipeline.release.set()
+        wait_until(lambda: queue(s)["counts"]["abandoned"] == 1)
+        assert pipeline.steps == [1]  # of 16: stopped at its first check after the client left
+        assert generate(s, caption="a blue heart")["images"]  # the model is free for the next request
+        assert queue(s)["counts"] == {
+            "queued": 2, "sampled": 2, "abandoned": 1, "timed_out": 0, "refused_busy": 0, "stopped": 0
+        }
+
+
+def test_closing_the_server_stops_a_request_being_sampled_with_503(tokenizer):
+    pipeline = HeldPipeline(tokenizer)
+    service = GenerationService(pipeline, LIMITS)
+    server = make_server(service, "127.0.0.1", 0, timeout=10.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    request, result = in_background(call, server, "POST", "/generate", {**BODY, "n": 4})
+    assert pipeline.holding.wait(30)
+    server.shutdown()
+    releaser, _ = in_background(lambda: (wait_until(lambda: service.stopping), pipeline.release.set()))
+    t0 = time.monotonic()
+    server.server_close()  # stops the service, then waits for the connection thread
+    assert time.monotonic() - t0 < server.close_grace_seconds
+    assert not server._connection_threads
+    request.join(10)
+    status, response, error = result["value"]
+    assert status == 503 and error["error"] == "the server is stopping; retry shortly"
+    assert response.getheader("Retry-After") == "1"
+    assert pipeline.steps == [1] and service.counts["stopped"] == 1  # of 16 steps
 
 
 def test_closing_the_server_waits_for_connection_threads_that_are_ending(pipeline, monkeypatch):

@@ -32,6 +32,7 @@ caption most of whose words the training captions never contained (:mod:`~dalle_
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -196,13 +197,16 @@ class TextToImagePipeline:
         prime_image: str | Path | Tensor | Any | None = None,
         prime_rows: int | None = None,
         batch_size: int = 8,
-        progress: bool = False,
+        progress: bool | Callable[[int, int], Any] = False,
     ) -> GenerationOutput:
         """Generate ``n`` images per caption (the best ``n`` of ``candidates`` when a CLIP is present).
 
         ``candidates``, ``temperature``, ``guidance_scale`` and ``guidance_top_p`` left as None take the
         folder's recommended settings (``self.sampling``); ``guidance_top_p=1`` is plain guidance.
         One caption is sampled at a time; :meth:`generate_batch` shares batches between captions.
+        ``progress``: a tqdm bar if True, or a callable ``(done, total)`` called after every token step
+        with the steps of the whole call; an exception it raises stops the sampling and propagates
+        (how a caller cancels a call in progress).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -220,10 +224,16 @@ class TextToImagePipeline:
         grid = self.transformer.config.image_grid
         n_tokens = grid * grid - (0 if prime is None else prime.shape[1])
         n_batches = sum(-(-m // batch_size) for _ in prompts)
-        bar = None
-        if progress:
-            bar = tqdm(total=n_batches * n_tokens, unit="token", desc="sampling", dynamic_ncols=True)
-        on_token = (lambda done, total: bar.update(1)) if bar is not None else False
+        total = n_batches * n_tokens
+        report = progress if callable(progress) else None
+        bar = tqdm(total=total, unit="token", desc="sampling", dynamic_ncols=True) if progress and not report else None
+        steps = itertools.count(1)
+
+        def on_token(_done: int, _total: int) -> None:  # counts the steps of the whole call, not of a batch
+            if bar is not None:
+                bar.update(1)
+            if report is not None:
+                report(next(steps), total)
 
         images, codes, scores = [], [], []
         try:

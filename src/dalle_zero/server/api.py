@@ -12,8 +12,9 @@
 
 The queue holds at most ``max_queue`` waiting requests; one more gets 503 with ``Retry-After``, and
 so does a request still waiting after ``queue_timeout`` seconds. A request whose client has hung up
-(the caller's ``client_gone()``) leaves the queue without being sampled: a model busy drawing for
-closed sockets would make every live client wait longer.
+(the caller's ``client_gone()``) leaves the queue without being sampled, or stops being sampled within
+a tenth of a second: a model busy drawing for closed sockets would make every live client wait longer.
+After :meth:`~GenerationService.stop` every request gets 503, those sampling included.
 
 Every mistake in a request raises :class:`ApiError` with an HTTP status and a one-line message
 naming the field and what was expected. The same seed and settings give the same PNG bytes, and
@@ -46,10 +47,10 @@ BATCH_SIZE = 8  # the pipeline's (and `dalle generate`'s) default, so seeds give
 
 
 class ClientGone(Exception):
-    """The client hung up while its request waited for its turn; there is nobody to answer."""
+    """The client hung up while its request waited for its turn or was sampled; there is nobody to answer."""
 
 
-CLIENT_POLL_SECONDS = 0.1  # how often a waiting request checks that its client is still there
+CLIENT_POLL_SECONDS = 0.1  # how often a waiting or sampling request checks that its client is still there
 
 
 def png_base64(image: Any) -> str:
@@ -70,7 +71,20 @@ class GenerationService:
         self._waiting: deque[object] = deque()  # tickets of the requests waiting, first in line first
         self._sampling = False
         self._mean_seconds = 1.0  # running mean of a request's sampling time, for Retry-After
-        self.counts = {"queued": 0, "sampled": 0, "abandoned": 0, "timed_out": 0, "refused_busy": 0}
+        self.counts = {"queued": 0, "sampled": 0, "abandoned": 0, "timed_out": 0, "refused_busy": 0, "stopped": 0}
+        self._stopping = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Refuse new requests with 503 and end the waiting and the sampling ones within a token step
+        (:meth:`generate` raises for them), so that no thread is left sampling when the server exits."""
+        self._stopping.set()
+        with self._turns:
+            self._turns.notify_all()
 
     def info(self) -> dict[str, Any]:
         """The model summary of ``GET /health``."""
@@ -128,7 +142,8 @@ class GenerationService:
             )
         warnings.extend(prime_warnings(request, self.pipeline.dvae.config.grid_size))
         arrived = time.perf_counter()
-        self._wait_for_turn(client_gone or (lambda: False))
+        client_gone = client_gone or (lambda: False)
+        self._wait_for_turn(client_gone)
         started = time.perf_counter()
         try:
             output = self.pipeline(
@@ -144,7 +159,10 @@ class GenerationService:
                 prime_image=request.prime_image,
                 prime_rows=request.prime_rows,
                 batch_size=BATCH_SIZE,
+                progress=self._interrupter(client_gone),
             )
+        except ApiError:  # the server stopping (from the per-token callback)
+            raise
         except ValueError as e:  # the pipeline's own checks of user input
             raise ApiError(first_line(e)) from None
         finally:
@@ -179,6 +197,7 @@ class GenerationService:
             deadline = time.monotonic() + limits.queue_timeout
             try:
                 while True:
+                    self._check_stopping()
                     # a request whose client left is dropped here, before it costs any sampling
                     if client_gone():
                         self.counts["abandoned"] += 1
@@ -198,6 +217,30 @@ class GenerationService:
             finally:
                 self._waiting.remove(ticket)
                 self._turns.notify_all()  # the next in line may start
+
+    def _interrupter(self, client_gone: Callable[[], bool]) -> Callable[[int, int], None]:
+        """The pipeline's per-token callback of a request being sampled: it stops the sampling (by
+        raising) at the next token step once the server stops, and within ``CLIENT_POLL_SECONDS`` once
+        the client hangs up (a check of the socket per token would cost a system call each)."""
+        next_check = time.monotonic() + CLIENT_POLL_SECONDS
+
+        def check(_done: int, _total: int) -> None:
+            nonlocal next_check
+            self._check_stopping()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + CLIENT_POLL_SECONDS
+                if client_gone():
+                    with self._turns:
+                        self.counts["abandoned"] += 1
+                    raise ClientGone
+
+        return check
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            with self._turns:
+                self.counts["stopped"] += 1
+            raise ApiError("the server is stopping; retry shortly", 503, {"Retry-After": "1"})
 
     def _end_turn(self, seconds: float) -> None:
         with self._turns:

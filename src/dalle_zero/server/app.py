@@ -102,8 +102,10 @@ class DalleServer(ThreadingHTTPServer):
             self._connection_threads.discard(me)
 
     def server_close(self) -> None:
-        """Close the listening socket, then wait up to ``close_grace_seconds`` for the connection
-        threads still running (a request in progress may outlast it: it then runs on as a daemon)."""
+        """Stop the service (a request being sampled ends within a token step, with 503), close the
+        listening socket, then wait up to ``close_grace_seconds`` for the connection threads still
+        running (one still writing to a slow client may outlast it: it then runs on as a daemon)."""
+        self.service.stop()
         super().server_close()
         deadline = time.monotonic() + self.close_grace_seconds
         for thread in list(self._connection_threads):

@@ -146,7 +146,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         except ApiError as e:
             self._send_error_json(e.status, str(e), e.headers)
         except ClientGone:
-            logger.info("%s left before its turn: %s %s not sampled", self.address_string(), method, path)
+            logger.info("%s left: %s %s not sampled, or its sampling stopped", self.address_string(), method, path)
             self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client went away or stopped reading; nobody to answer
