@@ -7,8 +7,9 @@ copy of the run's model folder, and reads, for ``--samples`` captions spread ove
 image each (the best of ``--candidates`` by the run's reranker, guidance ``--guidance`` within the
 default nucleus):
 
-- concept top-5 for the plain name and for the canonical caption of training images;
-- held-out tone/style for name + attribute captions of unseen compositions;
+- concept top-5 for the plain name, the canonical caption and an unseen phrasing of training images;
+- held-out tone/style for name + attribute captions, canonical captions and unseen phrasings of
+  unseen compositions;
 - bits per image with the right, a shuffled and the empty plain-name caption.
 
 Prints one JSON row and appends it to ``--results``.
@@ -51,7 +52,11 @@ from dalle_zero.evaluation.samples import generate_for_captions, load_real_image
 from dalle_zero.models.evaluator import EmojiEvaluator
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
 
-READS = (("train", "name"), ("train", "canonical"), ("unseen_compositions", "name_attributes"))
+READS = (
+    ("train", "name"), ("train", "canonical"), ("train", "unseen_phrasing"),
+    ("unseen_compositions", "name_attributes"), ("unseen_compositions", "canonical"),
+    ("unseen_compositions", "unseen_phrasing"),
+)  # fmt: skip
 
 
 def changed_config(run: Path, changes: list[str], steps: int) -> dict:
