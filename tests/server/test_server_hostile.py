@@ -491,7 +491,10 @@ def test_a_request_whose_client_hung_up_is_never_sampled(tokenizer):
         assert first_result["value"][0] == 200
         assert pipeline.sampled == ["a red star"]
         counts = queue(s)["counts"]
-        assert counts == {"queued": 4, "sampled": 1, "abandoned": 3, "timed_out": 0, "refused_busy": 0, "stopped": 0}
+        assert counts == {
+            "queued": 4, "sampled": 1, "abandoned": 3, "timed_out": 0, "refused_busy": 0, "refused_stopping": 0,
+            "cancelled": 0,
+        }  # fmt: skip
 
 
 class HeldPipeline(TextToImagePipeline):
@@ -524,12 +527,13 @@ def test_a_request_whose_client_hung_up_while_it_was_sampled_stops_sampling(toke
         sock.close()
         time.sleep(CLIENT_POLL_SECONDS * 1.5)  # past the time of the next check of the client
         pipeline.release.set()
-        wait_until(lambda: queue(s)["counts"]["abandoned"] == 1)
+        wait_until(lambda: queue(s)["counts"]["cancelled"] == 1)
         assert pipeline.steps == [1]  # of 16: stopped at its first check after the client left
         assert generate(s, caption="a blue heart")["images"]  # the model is free for the next request
         assert queue(s)["counts"] == {
-            "queued": 2, "sampled": 2, "abandoned": 1, "timed_out": 0, "refused_busy": 0, "stopped": 0
-        }
+            "queued": 2, "sampled": 2, "abandoned": 0, "timed_out": 0, "refused_busy": 0, "refused_stopping": 0,
+            "cancelled": 1,
+        }  # fmt: skip
 
 
 def test_closing_the_server_stops_a_request_being_sampled_with_503(tokenizer):
@@ -540,16 +544,18 @@ def test_closing_the_server_stops_a_request_being_sampled_with_503(tokenizer):
     request, result = in_background(call, server, "POST", "/generate", {**BODY, "n": 4})
     assert pipeline.holding.wait(30)
     server.shutdown()
-    releaser, _ = in_background(lambda: (wait_until(lambda: service.stopping), pipeline.release.set()))
+    releaser, _ = in_background(lambda: (wait_until(lambda: server.closing), pipeline.release.set()))
     t0 = time.monotonic()
-    server.server_close()  # stops the service, then waits for the connection thread
+    server.server_close()  # ends the request being sampled, then waits for its connection thread
     assert time.monotonic() - t0 < server.close_grace_seconds
     assert not server._connection_threads
     request.join(10)
     status, response, error = result["value"]
     assert status == 503 and error["error"] == "the server is stopping; retry shortly"
     assert response.getheader("Retry-After") == "1"
-    assert pipeline.steps == [1] and service.counts["stopped"] == 1  # of 16 steps
+    assert pipeline.steps == [1] and service.counts["cancelled"] == 1  # of 16 steps
+    with running(service) as again:  # the service itself is not stopped: another server can use it
+        assert generate(again, caption="a blue heart")["images"]
 
 
 def test_closing_the_server_waits_for_connection_threads_that_are_ending(pipeline, monkeypatch):

@@ -14,7 +14,8 @@ The queue holds at most ``max_queue`` waiting requests; one more gets 503 with `
 so does a request still waiting after ``queue_timeout`` seconds. A request whose client has hung up
 (the caller's ``client_gone()``) leaves the queue without being sampled, or stops being sampled within
 a tenth of a second: a model busy drawing for closed sockets would make every live client wait longer.
-After :meth:`~GenerationService.stop` every request gets 503, those sampling included.
+Once the caller's ``stopping()`` is true (the server is closing), waiting and sampling requests get
+503 within a token step.
 
 Every mistake in a request raises :class:`ApiError` with an HTTP status and a one-line message
 naming the field and what was expected. The same seed and settings give the same PNG bytes, and
@@ -53,6 +54,10 @@ class ClientGone(Exception):
 CLIENT_POLL_SECONDS = 0.1  # how often a waiting or sampling request checks that its client is still there
 
 
+def _stopping_error() -> ApiError:
+    return ApiError("the server is stopping; retry shortly", 503, {"Retry-After": "1"})
+
+
 def png_base64(image: Any) -> str:
     """A PIL image -> base64 (ASCII) of its PNG file."""
     buffer = io.BytesIO()
@@ -71,20 +76,10 @@ class GenerationService:
         self._waiting: deque[object] = deque()  # tickets of the requests waiting, first in line first
         self._sampling = False
         self._mean_seconds = 1.0  # running mean of a request's sampling time, for Retry-After
-        self.counts = {"queued": 0, "sampled": 0, "abandoned": 0, "timed_out": 0, "refused_busy": 0, "stopped": 0}
-        self._stopping = threading.Event()
-
-    @property
-    def stopping(self) -> bool:
-        """Whether :meth:`stop` was called."""
-        return self._stopping.is_set()
-
-    def stop(self) -> None:
-        """Refuse new requests with 503 and end the waiting and the sampling ones within a token step
-        (:meth:`generate` raises for them), so that no thread is left sampling when the server exits."""
-        self._stopping.set()
-        with self._turns:
-            self._turns.notify_all()
+        # every queued request ends as exactly one of: sampled, abandoned (its client left first),
+        # timed_out, refused_stopping; "cancelled" counts the sampled ones cut short (client left, server stopping)
+        self.counts = {"queued": 0, "sampled": 0, "abandoned": 0, "timed_out": 0, "refused_busy": 0,
+                       "refused_stopping": 0, "cancelled": 0}  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         """The model summary of ``GET /health``."""
@@ -126,10 +121,17 @@ class GenerationService:
         }
         return info
 
-    def generate(self, payload: Any, client_gone: Callable[[], bool] | None = None) -> dict[str, Any]:
+    def generate(
+        self,
+        payload: Any,
+        client_gone: Callable[[], bool] | None = None,
+        stopping: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """Check ``payload`` (a decoded ``POST /generate`` body), wait for a turn, sample, and return the
         response body. ``client_gone()`` says whether the client hung up (checked while waiting and
-        just before sampling; :class:`ClientGone` if so)."""
+        while sampling; :class:`ClientGone` if so). ``stopping()`` says whether the server is stopping
+        (checked while waiting and at every token step; 503 if so), so that no thread is left
+        sampling when it exits."""
         request = parse_generate_request(payload, self.pipeline, self.limits)
         warnings = []
         caption_warning = self.pipeline.caption_warning(request.caption)
@@ -142,8 +144,8 @@ class GenerationService:
             )
         warnings.extend(prime_warnings(request, self.pipeline.dvae.config.grid_size))
         arrived = time.perf_counter()
-        client_gone = client_gone or (lambda: False)
-        self._wait_for_turn(client_gone)
+        client_gone, stopping = client_gone or (lambda: False), stopping or (lambda: False)
+        self._wait_for_turn(client_gone, stopping)
         started = time.perf_counter()
         try:
             output = self.pipeline(
@@ -159,7 +161,7 @@ class GenerationService:
                 prime_image=request.prime_image,
                 prime_rows=request.prime_rows,
                 batch_size=BATCH_SIZE,
-                progress=self._interrupter(client_gone),
+                progress=self._interrupter(client_gone, stopping),
             )
         except ApiError:  # the server stopping (from the per-token callback)
             raise
@@ -184,7 +186,7 @@ class GenerationService:
 
     # ---- the queue ----
 
-    def _wait_for_turn(self, client_gone: Callable[[], bool]) -> None:
+    def _wait_for_turn(self, client_gone: Callable[[], bool], stopping: Callable[[], bool]) -> None:
         """Join the queue and return once this request may sample (the caller then calls _end_turn)."""
         limits = self.limits
         ticket = object()
@@ -197,7 +199,9 @@ class GenerationService:
             deadline = time.monotonic() + limits.queue_timeout
             try:
                 while True:
-                    self._check_stopping()
+                    if stopping():
+                        self.counts["refused_stopping"] += 1
+                        raise _stopping_error()
                     # a request whose client left is dropped here, before it costs any sampling
                     if client_gone():
                         self.counts["abandoned"] += 1
@@ -218,7 +222,7 @@ class GenerationService:
                 self._waiting.remove(ticket)
                 self._turns.notify_all()  # the next in line may start
 
-    def _interrupter(self, client_gone: Callable[[], bool]) -> Callable[[int, int], None]:
+    def _interrupter(self, client_gone: Callable[[], bool], stopping: Callable[[], bool]) -> Callable[[int, int], None]:
         """The pipeline's per-token callback of a request being sampled: it stops the sampling (by
         raising) at the next token step once the server stops, and within ``CLIENT_POLL_SECONDS`` once
         the client hangs up (a check of the socket per token would cost a system call each)."""
@@ -226,21 +230,19 @@ class GenerationService:
 
         def check(_done: int, _total: int) -> None:
             nonlocal next_check
-            self._check_stopping()
-            if time.monotonic() >= next_check:
+            error: Exception | None = None
+            if stopping():
+                error = _stopping_error()
+            elif time.monotonic() >= next_check:
                 next_check = time.monotonic() + CLIENT_POLL_SECONDS
                 if client_gone():
-                    with self._turns:
-                        self.counts["abandoned"] += 1
-                    raise ClientGone
+                    error = ClientGone()
+            if error is not None:
+                with self._turns:
+                    self.counts["cancelled"] += 1
+                raise error
 
         return check
-
-    def _check_stopping(self) -> None:
-        if self._stopping.is_set():
-            with self._turns:
-                self.counts["stopped"] += 1
-            raise ApiError("the server is stopping; retry shortly", 503, {"Retry-After": "1"})
 
     def _end_turn(self, seconds: float) -> None:
         with self._turns:

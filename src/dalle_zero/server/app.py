@@ -58,6 +58,7 @@ class DalleServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._holding: dict[Any, bool] = {}  # the connections that hold a slot
         self._connection_threads: set[threading.Thread] = set()  # those serving a connection now
+        self._closing = threading.Event()
         super().__init__(address, RequestHandler)
 
     def server_bind(self) -> None:
@@ -101,11 +102,16 @@ class DalleServer(ThreadingHTTPServer):
             self._free_slot(request)
             self._connection_threads.discard(me)
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`server_close` was called: requests still waiting or sampling then get 503."""
+        return self._closing.is_set()
+
     def server_close(self) -> None:
-        """Stop the service (a request being sampled ends within a token step, with 503), close the
-        listening socket, then wait up to ``close_grace_seconds`` for the connection threads still
-        running (one still writing to a slow client may outlast it: it then runs on as a daemon)."""
-        self.service.stop()
+        """End the requests waiting or sampling (503 within a token step), close the listening socket,
+        then wait up to ``close_grace_seconds`` for the connection threads still running (one still
+        writing to a slow client may outlast it: it then runs on as a daemon)."""
+        self._closing.set()
         super().server_close()
         deadline = time.monotonic() + self.close_grace_seconds
         for thread in list(self._connection_threads):

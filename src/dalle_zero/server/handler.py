@@ -234,7 +234,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise ApiError(str(e)) from None
         except ValueError:  # Python's limit on digits in an integer
             raise ApiError("the body is not valid JSON (a number has too many digits)") from None
-        result = self.server.service.generate(payload, client_gone=self._client_gone)
+        server = self.server
+        result = server.service.generate(payload, client_gone=self._client_gone, stopping=lambda: server.closing)
         logger.info(
             "generated %d image(s) for %r in %.2f s (seed %d)",
             len(result["images"]),
