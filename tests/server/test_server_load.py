@@ -144,7 +144,8 @@ def test_under_load_no_request_is_lost_or_served_twice_and_the_server_stays_resp
 
     # every patient request answered exactly once, with its own seed
     assert set(answers) == expected and all(n == 1 for n in answers.values())
-    # every request that joined the queue was sampled, dropped for its gone client, or timed out
+    # every request that joined the queue was sampled, dropped for its gone client, timed out, or refused as
+    # the server stopped
     ended = counts["sampled"] + counts["abandoned"] + counts["timed_out"] + counts["refused_stopping"]
     assert counts["queued"] == ended
     assert counts["timed_out"] == 0 and ok <= counts["sampled"] <= ok + abandoned_sent - counts["abandoned"]

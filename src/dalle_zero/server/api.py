@@ -14,8 +14,8 @@ The queue holds at most ``max_queue`` waiting requests; one more gets 503 with `
 so does a request still waiting after ``queue_timeout`` seconds. A request whose client has hung up
 (the caller's ``client_gone()``) leaves the queue without being sampled, or stops being sampled within
 a tenth of a second: a model busy drawing for closed sockets would make every live client wait longer.
-Once the caller's ``stopping()`` is true (the server is closing), waiting and sampling requests get
-503 within a token step.
+Once the caller's ``stopping()`` is true (the server is closing), waiting requests get 503 within a
+tenth of a second and sampling ones at their next token step.
 
 Every mistake in a request raises :class:`ApiError` with an HTTP status and a one-line message
 naming the field and what was expected. The same seed and settings give the same PNG bytes, and
