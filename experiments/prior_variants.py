@@ -7,7 +7,8 @@ copy of the run's model folder, and reads, for ``--samples`` captions spread ove
 image each (the best of ``--candidates`` by the run's reranker, guidance ``--guidance`` within the
 default nucleus):
 
-- concept top-5 for the plain name, the canonical caption and an unseen phrasing of training images;
+- concept top-5 for the plain name, the canonical caption and an unseen phrasing of training images
+  (all templates, and each template alone);
 - held-out tone/style for name + attribute captions, canonical captions and unseen phrasings of
   unseen compositions;
 - bits per image with the right, a shuffled and the empty plain-name caption.
@@ -103,6 +104,13 @@ def read(pipe: TextToImagePipeline, evaluator: EmojiEvaluator, data: Path, confi
         images, _ = generate_for_captions(pipe, caps, config, generator=torch.Generator().manual_seed(config.seed))
         acc, _ = metrics.label_top_k(evaluator, images, "concept", asked_labels(rows, "concept"), ks=(5,))
         out[f"{split}/{kind}/concept_top5"] = round(acc[5], 3)
+        if kind == "unseen_phrasing" and split == "train":  # each template alone (kind_captions takes them in turn)
+            template = [i % len(rows[j]["unseen_captions"]) for j, i in enumerate(idx)]
+            for t in sorted(set(template)):
+                keep = [j for j, tj in enumerate(template) if tj == t]
+                labels = asked_labels([rows[j] for j in keep], "concept")
+                acc_t, _ = metrics.label_top_k(evaluator, images[keep], "concept", labels, ks=(5,))
+                out[f"{split}/unseen template {t + 1}/concept_top5"] = round(acc_t[5], 3)
         if split == "unseen_compositions":
             right = total = 0.0
             for head in ("tone", "style"):

@@ -7,6 +7,7 @@ import pytest
 from dalle_zero.data.emoji_captions import (
     KO_STYLE,
     CaptionParts,
+    _lead_in,
     canonical_caption,
     korean_captions,
     plain_caption,
@@ -58,6 +59,24 @@ def test_no_training_caption_is_an_unseen_phrasing(parts):
         assert not set(unseen) & set(training)
         # the unseen connectives are not used by any training caption
         assert not [c for c in training if " in " in c or c.startswith("a picture of") or " as a " in c]
+
+
+@pytest.mark.parametrize("parts", ALL_PARTS, ids=lambda p: p.name)
+def test_some_training_captions_put_words_before_the_name(parts):
+    # the prior must learn to find the name anywhere, not only at the caption's start
+    captions = training_captions(parts, 64)
+    led = [c for c in captions if c.split(" ", 1)[0] in {"a", "an", "the", "emoji"}]
+    assert len(led) >= 4, captions
+    for c in led:  # "a" before a consonant, "an" before a vowel
+        first, second = c.split(" ")[:2]
+        assert first != "a" or second[0] not in "aeiou", c
+        assert first != "an" or second[0] in "aeiou", c
+
+
+def test_a_lead_in_article_follows_the_next_word():
+    assert _lead_in("a", "apple, noto style") == "an apple, noto style"
+    assert _lead_in("a", "red heart") == "a red heart"
+    assert _lead_in("the", "apple") == "the apple"
 
 
 def test_korean_captions_need_a_korean_name():

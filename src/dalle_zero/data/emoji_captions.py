@@ -10,7 +10,10 @@ variety has to be made):
 - the **skin tone** phrased several ways ("dark skin tone", "dark skin", "with dark skin");
 - the **style** phrased several ways ("noto style", "google style", "noto emoji"; "twemoji",
   "twitter style", "twemoji style");
-- the **category** optional, and the clauses in varied order.
+- the **category** optional, and the clauses in varied order;
+- sometimes words before the name ("an image of red heart", "the red heart"). Without them every
+  training caption starts with the name or a style word, and the prior learns to find the concept
+  only there: "a picture of red heart" then tells it no more than the empty caption.
 
 :func:`training_captions` gives the canonical caption first, then the plain name, then the plain
 name with the image's attributes, then seeded variants. :func:`unseen_captions` gives the
@@ -30,6 +33,9 @@ STYLE_PHRASES = {
     "twitter": ("twemoji style", "twitter style", "twemoji"),
 }
 # Korean captions (``languages`` with "ko"): the CLDR Korean name, with these for style and tone.
+# Words a caption may start with. None is an unseen phrasing's ("a picture of").
+LEAD_INS = ("a", "the", "an image of", "an icon of", "a drawing of", "emoji of")
+NAME_SUFFIXES = ("emoji", "icon")
 KO_STYLE = {"google": "노토 스타일", "twitter": "트위터 스타일"}
 KO_TONES = {
     "light": "밝은", "medium-light": "약간 밝은", "medium": "중간", "medium-dark": "약간 어두운", "dark": "어두운",
@@ -86,10 +92,19 @@ def _join(*clauses: str) -> str:
     return out
 
 
+def _lead_in(words: str, caption: str) -> str:
+    """``words`` before ``caption``, with "a" turned into "an" before a vowel."""
+    if words == "a" and caption[:1] in "aeiou":
+        words = "an"
+    return f"{words} {caption}"
+
+
 def _variant(p: CaptionParts, rng: random.Random) -> str:
     """One caption drawn from the training phrasings."""
     names = [p.name, p.name, *p.aliases]  # the CLDR name twice as likely as each alias
     name = rng.choice(names)
+    if rng.random() < 0.15:
+        name = f"{name} {rng.choice(NAME_SUFFIXES)}"
     tone = rng.choice(_tone_phrases(p.tones)) if p.tones and rng.random() < 0.85 else ""
     style = rng.choice(STYLE_PHRASES[p.style]) if rng.random() < 0.85 else ""
     category = rng.choice(["", "", f"({p.category}, {p.subcategory})", p.subcategory])
@@ -105,6 +120,8 @@ def _variant(p: CaptionParts, rng: random.Random) -> str:
         caption = _join(f"{style} {name}" if style else name, tone, keywords)
     if category:
         caption = f"{caption} {category}" if category.startswith("(") else _join(caption, category)
+    if rng.random() < 0.35:
+        caption = _lead_in(rng.choice(LEAD_INS), caption)
     return caption
 
 
