@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from dalle_zero import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,3 +97,45 @@ def _allocator(env_value: str | None) -> list[str]:
 def test_allocator_setting_applied_on_linux_unless_switched_off():
     assert _allocator(None) == ["True", "True"]
     assert _allocator("default") == ["False", "False"]
+
+
+# ---- helpers whose parent is gone
+
+# a parent that starts one sampling worker, prints its pid, and is then killed outright (as SIGKILL,
+# or SIGTERM before any handler is set, would end `dalle demo` while it times its evaluation)
+KILLED_PARENT = textwrap.dedent(
+    """
+    import os, signal, time
+    from dalle_zero.evaluation.samples import sampling_processes
+    pool = sampling_processes(1, time.sleep, (0,))
+    print(pool.submit(os.getpid).result(), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie not yet reaped by its new parent counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_sampling_worker_exits_when_its_parent_is_killed():
+    proc = subprocess.run([sys.executable, "-c", KILLED_PARENT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    worker = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(worker), f"sampling worker {worker} still runs after its parent was killed"
+
+
+def test_when_orphaned_waits_while_the_parent_lives():
+    called = []
+    thread = runtime.when_orphaned(lambda: called.append(1), every=0.01)
+    time.sleep(0.1)
+    assert thread.is_alive() and thread.daemon and not called

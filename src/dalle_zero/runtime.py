@@ -1,4 +1,5 @@
-"""CPU runtime settings of a process: denormal floats, the C allocator, the torch thread count.
+"""CPU runtime settings of a process: denormal floats, the C allocator, the torch thread count,
+and what a child process does when its parent is gone.
 
 Each is a process-wide choice that code far from any model makes once, so they live here, below
 every other module:
@@ -22,6 +23,10 @@ every other module:
 - :func:`fastest_thread_count`: on a machine shared with other busy processes, OpenMP threads that
   wait for each other at every operation can make 2 threads several times slower than 1, while on a
   quiet machine 2 threads are up to about twice as fast; this times both and sets the faster.
+- :func:`when_orphaned`: a spawned helper process (a sampling worker, a demo stage trained beside
+  another) whose parent is killed outright (SIGKILL, or SIGTERM before any handler is set) is not
+  told: a pool worker waits for work forever, a partner stage goes on writing to a run folder that a
+  later run resumes. It watches its parent and acts once the parent is gone.
 
 The bf16 probe (``bf16_speedup``) lives in :mod:`dalle_zero.training.precision`.
 """
@@ -34,8 +39,9 @@ import functools
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -54,6 +60,27 @@ def flush_denormals() -> bool:
     if os.environ.get(DENORMALS_ENV, "").lower() == "keep":
         return False
     return bool(torch.set_flush_denormal(True))
+
+
+def when_orphaned(action: Callable[[], object], *, every: float = 1.0) -> threading.Thread:
+    """Call ``action`` in a daemon thread once this process's parent has gone (checked every ``every``
+    seconds: an orphan is adopted by another process, so its parent id changes)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        action()
+
+    thread = threading.Thread(target=watch, name="dalle-zero: parent watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def exit_now() -> None:
+    """End this process at once, without cleanup: for a helper whose parent is gone and that holds
+    nothing worth saving (a sampling worker)."""
+    os._exit(1)
 
 
 @functools.cache

@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from dalle_zero.demo.config import DemoConfig
 from dalle_zero.demo.context import DemoContext, DemoInterrupted
 from dalle_zero.demo.timed_training import plan_reserve, stage_window
 from dalle_zero.io import atomic_write_text
-from dalle_zero.runtime import flush_denormals
+from dalle_zero.runtime import flush_denormals, when_orphaned
 
 INTERRUPTED = 3  # the partner's exit code when its training was stopped (Ctrl-C, SIGTERM)
 
@@ -135,14 +134,6 @@ def wall_seconds(done: Mapping[str, Mapping[str, Any]]) -> float:
     return sum(s.get("wait_seconds", 0.0) if s.get("beside") else s["seconds"] for s in done.values())
 
 
-def _stop_when_orphaned(parent: int, *, every: float = 2.0) -> None:
-    """Stop this partner as on Ctrl-C (a checkpoint, then exit) once the demo that started it is gone
-    (killed): a later run must not find it still writing to the run folder it resumes."""
-    while os.getppid() == parent:
-        time.sleep(every)
-    os.kill(os.getpid(), signal.SIGINT)
-
-
 def _done_path(out: Path, name: str) -> Path:
     return out / "stages" / f"{name}.json"
 
@@ -160,7 +151,9 @@ def _train(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(signal, "SIGUSR1"):  # alone(): the main stage is done, take all the cores
         signal.signal(signal.SIGUSR1, lambda signum, frame: torch.set_num_threads(os.cpu_count() or 1))
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    # once the demo that started it is gone (killed), stop as on Ctrl-C (a checkpoint, then exit): a
+    # later run must not find it still writing to the run folder it resumes
+    when_orphaned(lambda: os.kill(os.getpid(), signal.SIGINT), every=2.0)
     flush_denormals()  # as the `dalle` program does, before torch starts its threads
     torch.set_num_threads(threads)
     beside = config.stage(name).beside

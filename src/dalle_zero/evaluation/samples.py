@@ -24,7 +24,7 @@ from torch import Tensor
 from dalle_zero.data.images import load_image, resize_pixels
 from dalle_zero.data.splits import unit_hash
 from dalle_zero.pipelines.text_to_image import TextToImagePipeline
-from dalle_zero.runtime import flush_denormals
+from dalle_zero.runtime import exit_now, flush_denormals, when_orphaned
 
 if TYPE_CHECKING:  # the config lives with the driver that reads all of it
     from dalle_zero.evaluation.evaluate import EvalConfig
@@ -187,6 +187,7 @@ def sampling_processes(workers: int, setup: Callable[..., None], args: tuple) ->
 
 def _start(threads: int, setup: Callable[..., None], args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    when_orphaned(exit_now)  # a parent killed outright never shuts the pool down
     flush_denormals()  # as the `dalle` program does, before torch starts its threads
     torch.set_num_threads(threads)
     setup(*args)
