@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--out", default="prior_variants")
     p.add_argument("--results", default="prior_variants.jsonl")
+    p.add_argument("--threads", type=int, default=2, help="threads for the read (1 when variants run side by side)")
     args = p.parse_args()
     run, out = Path(args.run), Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +170,7 @@ def main() -> None:
     if args.clip:
         shutil.rmtree(model / "clip", ignore_errors=True)
         shutil.copytree(args.clip, model / "clip")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     pipe = TextToImagePipeline.from_pretrained(model)
     evaluator = EmojiEvaluator.from_pretrained(run / "runs" / "evaluator" / "model").eval()
     config = EvalConfig(candidates=args.candidates, guidance_scale=args.guidance, batch_size=128)
