@@ -32,10 +32,10 @@ STYLE_PHRASES = {
     "google": ("noto style", "google style", "noto emoji"),
     "twitter": ("twemoji style", "twitter style", "twemoji"),
 }
-# Korean captions (``languages`` with "ko"): the CLDR Korean name, with these for style and tone.
-# Words a caption may start with. None is an unseen phrasing's ("a picture of").
+# Words a caption may start with, and words after the name. None is an unseen phrasing's ("a picture of").
 LEAD_INS = ("a", "the", "an image of", "an icon of", "a drawing of", "emoji of")
 NAME_SUFFIXES = ("emoji", "icon")
+# Korean captions (``languages`` with "ko"): the CLDR Korean name, with these for style and tone.
 KO_STYLE = {"google": "노토 스타일", "twitter": "트위터 스타일"}
 KO_TONES = {
     "light": "밝은", "medium-light": "약간 밝은", "medium": "중간", "medium-dark": "약간 어두운", "dark": "어두운",
