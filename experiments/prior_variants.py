@@ -46,7 +46,7 @@ import torch
 
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
-from dalle_zero.evaluation.caption_kinds import kind_captions
+from dalle_zero.evaluation.caption_kinds import kind_captions, unseen_template
 from dalle_zero.evaluation.evaluate import EvalConfig, caption_use_bits
 from dalle_zero.evaluation.readouts import asked_labels
 from dalle_zero.evaluation.samples import generate_for_captions, load_real_images, pick_evenly
@@ -105,7 +105,7 @@ def read(pipe: TextToImagePipeline, evaluator: EmojiEvaluator, data: Path, confi
         acc, _ = metrics.label_top_k(evaluator, images, "concept", asked_labels(rows, "concept"), ks=(5,))
         out[f"{split}/{kind}/concept_top5"] = round(acc[5], 3)
         if kind == "unseen_phrasing" and split == "train":  # each template alone (kind_captions takes them in turn)
-            template = [i % len(rows[j]["unseen_captions"]) for j, i in enumerate(idx)]
+            template = [unseen_template(i, rows[j]) for j, i in enumerate(idx)]
             for t in sorted(set(template)):
                 keep = [j for j, tj in enumerate(template) if tj == t]
                 labels = asked_labels([rows[j] for j in keep], "concept")

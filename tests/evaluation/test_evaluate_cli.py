@@ -210,6 +210,30 @@ def test_evaluation_is_repeatable_with_the_same_seed(tiny):
     assert any("FID" in r.name for r in figure_rows(a))
 
 
+def test_each_unseen_phrasing_template_is_also_read_alone(tiny):
+    pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
+    evaluator = EmojiEvaluator.from_pretrained(tiny["evaluator"] / "model")
+    config = EvalConfig(
+        splits=("unseen_compositions",), samples=12, dvae_images=4, kid_subsets=3,
+        caption_kinds=("canonical", "unseen_phrasing"),
+    )
+    results = evaluate_model(pipeline, tiny["data"], evaluator, config=config, progress=False)
+    unseen = results["splits"]["unseen_compositions"]["captions"]["unseen_phrasing"]
+    templates = unseen["templates"]
+    assert [t["template"] for t in templates] == [1, 2, 3]
+    assert templates[1]["example_caption"].startswith("a picture of ")
+    assert " as a " in templates[2]["example_caption"]
+    assert sum(t["n_images"] for t in templates) == unseen["n_images"]
+    # the templates' read-outs are the kind's, split up: their weighted mean is the kind's figure
+    n = sum(t["heldout_attribute_n"] for t in templates)
+    assert n == unseen["heldout_attribute_n"] > 0
+    read = [(t["heldout_attribute_accuracy"], t["heldout_attribute_n"]) for t in templates]
+    right = sum(acc * k for acc, k in read if k)
+    assert right / n == pytest.approx(unseen["heldout_attribute_accuracy"])
+    titles = [r.name for r in figure_rows(results)]
+    assert "unseen compositions, unseen phrasing, template 2: held-out tone/style" in titles
+
+
 def test_the_evaluation_keeps_the_rerankers_best_of_the_candidates_drawn_for_each_caption(tiny):
     pipeline = TextToImagePipeline.from_pretrained(tiny["model"])
     captions = ["a red apple, noto style", "a blue car, twemoji style"]

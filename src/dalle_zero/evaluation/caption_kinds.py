@@ -13,8 +13,7 @@ def kind_captions(rows: Sequence[dict[str, Any]], kind: str) -> tuple[list[int],
     """``(indices, captions)``: the rows that have a caption of ``kind``, and that caption.
 
     Rows without one (a dataset built before several captions per image, a malformed list) are left
-    out; the caller counts them. An unseen phrasing is taken in turn from each row's list, so every
-    template is read about equally often.
+    out; the caller counts them. An unseen phrasing is the row's :func:`unseen_template`.
     """
     idx: list[int] = []
     caps: list[str] = []
@@ -26,13 +25,22 @@ def kind_captions(rows: Sequence[dict[str, Any]], kind: str) -> tuple[list[int],
         elif kind == "name_attributes":
             c = row.get("plain_caption")
         else:
-            options = row.get("unseen_captions")
-            ok = isinstance(options, list) and options and all(isinstance(o, str) and o.strip() for o in options)
-            c = options[i % len(options)] if ok else None
+            t = unseen_template(i, row)
+            c = row["unseen_captions"][t] if t is not None else None
         if isinstance(c, str) and c.strip():
             idx.append(i)
             caps.append(c)
     return idx, caps
+
+
+def unseen_template(i: int, row: dict[str, Any]) -> int | None:
+    """Which of its unseen phrasings row ``i`` of a split is asked in (its position in the row's
+    ``unseen_captions``; the datasets list them in one template order), None if the list is missing or
+    malformed. Taking them in turn by row reads every template about equally often."""
+    options = row.get("unseen_captions")
+    if not (isinstance(options, list) and options and all(isinstance(o, str) and o.strip() for o in options)):
+        return None
+    return i % len(options)
 
 
 def kinds_for(config: Any, split: str) -> list[str]:

@@ -51,9 +51,15 @@ from tqdm.auto import tqdm
 from dalle_zero.config import Config, check_float, check_int
 from dalle_zero.data.metadata import read_dataset_splits, read_metadata
 from dalle_zero.evaluation import metrics
-from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, kinds_for
+from dalle_zero.evaluation.caption_kinds import CAPTION_KINDS, kind_captions, kinds_for, unseen_template
 from dalle_zero.evaluation.figures import IN_HOUSE_NOTE
-from dalle_zero.evaluation.readouts import SplitSamples, attribute_figures, concept_figures, kind_figures
+from dalle_zero.evaluation.readouts import (
+    SplitSamples,
+    attribute_figures,
+    concept_figures,
+    kind_figures,
+    template_figures,
+)
 from dalle_zero.evaluation.report import save_image_grid
 from dalle_zero.evaluation.samples import draw_caption_lists, load_real_images, pick_evenly
 from dalle_zero.models.dvae import round_trip
@@ -321,6 +327,12 @@ def evaluate_model(
             kind: kind_figures(evaluator, k, config.concept_head, asks_attributes=kind != "name")
             for kind, k in kinds.items()
         }
+        if "unseen_phrasing" in kinds:
+            u = kinds["unseen_phrasing"]
+            templates = [unseen_template(i, rows[name][i]) for i in kind_rows[f"{name}/unseen_phrasing"]]
+            figures["captions"]["unseen_phrasing"]["templates"] = template_figures(
+                evaluator, u, templates, config.concept_head
+            )
         for kind in ("canonical", "name"):
             if kind in kinds and len(kinds[kind].captions) > 1:
                 figures["captions"][kind].update(caption_use_bits(pipeline, kinds[kind].captions, kinds[kind].real))

@@ -210,22 +210,34 @@ KIND_NOTE = (
     "noto style\", \"a picture of red heart, google style\", \"red heart as a noto emoji\"). Concept accuracy "
     "is read by the evaluator's concept head (ceilings: the table above, real images and dVAE reconstructions). "
     "Bits per image are the prior's cross-entropy on the real images' codes with the right caption, another "
-    "caption of the split and the empty caption: right against shuffled is how much the model uses the caption."
+    "caption of the split and the empty caption: right against shuffled is how much the model uses the caption. "
+    "Each unseen phrasing is also read alone (template 1, 2, ...), since one template the model cannot read "
+    "would otherwise show only as a third of a gap."
 )
 
 
+def _kind_entries(f: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(title, figures)`` of one split's caption kinds, each unseen-phrasing template after its kind."""
+    out = []
+    for kind, k in (f.get("captions") or {}).items():
+        out.append((KIND_TITLES.get(kind, kind), k))
+        out += [(f"{KIND_TITLES.get(kind, kind)}, template {t['template']}", t) for t in k.get("templates") or []]
+    return out
+
+
 def caption_kind_table_html(results: dict[str, Any]) -> str:
-    """An HTML table of the figures by caption kind: one row per (split, kind), "" if there are none."""
+    """An HTML table of the figures by caption kind: one row per (split, kind) and per unseen-phrasing
+    template, "" if there are none."""
     rows = []
     for split, f in results.get("splits", {}).items():
-        for kind, k in (f.get("captions") or {}).items():
+        for title, k in _kind_entries(f):
             cells = "".join(
                 f'<td class="value">{html.escape(format_value(_value(k, key)))}</td>' for key, _ in KIND_COLUMNS
             )
             example = html.escape(str(k.get("example_caption") or ""))
             rows.append(
                 f"<tr><td>{html.escape(SPLIT_TITLES.get(split, split))}</td>"
-                f"<td>{html.escape(KIND_TITLES.get(kind, kind))}<br><span class='how'>e.g. “{example}”</span></td>"
+                f"<td>{html.escape(title)}<br><span class='how'>e.g. “{example}”</span></td>"
                 f"<td class='how'>{k.get('n_images', 0)}</td>{cells}</tr>"
             )
     if not rows:
@@ -241,12 +253,11 @@ def kind_rows(results: dict[str, Any]) -> list[FigureRow]:
     """The caption-kind figures as flat rows (for plain-text output)."""
     rows = []
     for split, f in results.get("splits", {}).items():
-        for kind, k in (f.get("captions") or {}).items():
+        for kind_title, k in _kind_entries(f):
             for key, label in KIND_COLUMNS:
                 v = _value(k, key)
                 if v is not None:
-                    title = f"{SPLIT_TITLES.get(split, split)}, {KIND_TITLES.get(kind, kind)}: {label}"
-                    rows.append(FigureRow(title, v, KIND_NOTE))
+                    rows.append(FigureRow(f"{SPLIT_TITLES.get(split, split)}, {kind_title}: {label}", v, KIND_NOTE))
     return rows
 
 

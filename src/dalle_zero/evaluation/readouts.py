@@ -32,6 +32,19 @@ class SplitSamples:
     recon: Tensor | None = None  # float[N, 3, S, S]: the real images through the dVAE and back
     kinds: dict[str, SplitSamples] | None = None  # other caption kinds: their rows, captions, images
 
+    def subset(self, keep: Sequence[int]) -> SplitSamples:
+        """The samples at positions ``keep`` (no caption kinds of their own)."""
+        return SplitSamples(
+            self.split,
+            [self.stems[i] for i in keep],
+            [self.captions[i] for i in keep],
+            [self.rows[i] for i in keep],
+            self.real[list(keep)],
+            self.fake[list(keep)],
+            None if self.scores is None else self.scores[list(keep)],
+            None if self.recon is None else self.recon[list(keep)],
+        )
+
 
 def asked_labels(rows: Sequence[dict[str, Any]], head: str, *, holdout_only: bool = False) -> list[str | None]:
     """The label of ``head`` each caption asks for (None: no single label, or not the held-out part).
@@ -113,4 +126,17 @@ def kind_figures(evaluator: nn.Module, s: SplitSamples, head: str, *, asks_attri
     out.update(concept_figures(evaluator, s, head, ceilings=False))
     if asks_attributes:
         out.update(attribute_figures(evaluator, s, ceilings=False))
+    return out
+
+
+def template_figures(
+    evaluator: nn.Module, s: SplitSamples, templates: Sequence[int], head: str
+) -> list[dict[str, Any]]:
+    """:func:`kind_figures` of the unseen-phrasing samples ``s`` read per template (``templates[i]``:
+    which template caption ``i`` is in), so one phrasing the model cannot read shows as itself instead
+    of as a third of a gap."""
+    out = []
+    for t in sorted(set(templates)):
+        keep = [i for i, ti in enumerate(templates) if ti == t]
+        out.append({"template": t + 1, **kind_figures(evaluator, s.subset(keep), head)})
     return out
