@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dalle_zero.data.emoji_captions import (
@@ -67,10 +69,20 @@ def test_some_training_captions_put_words_before_the_name(parts):
     captions = training_captions(parts, 64)
     led = [c for c in captions if c.split(" ", 1)[0] in {"a", "an", "the", "emoji"}]
     assert len(led) >= 4, captions
-    for c in led:  # "a" before a consonant, "an" before a vowel
-        first, second = c.split(" ")[:2]
-        assert first != "a" or second[0] not in "aeiou", c
-        assert first != "an" or second[0] in "aeiou", c
+    for c in led:  # "a" before a consonant, "an" before a vowel, also after "of" ("a sketch of an apple")
+        words = c.split(" ")
+        for i, w in enumerate(words[:-1]):
+            if i == 0 or words[i - 1] == "of":
+                assert w != "a" or words[i + 1][0] not in "aeiou", c
+                assert w != "an" or words[i + 1][0] in "aeiou", c
+
+
+def test_some_lead_ins_take_an_article_as_people_write_them():
+    captions = [c for p in ALL_PARTS for seed in range(3) for c in training_captions(p, 64, seed=seed)]
+    with_article = [c for c in captions if re.match(r"^(a|an|emoji) [a-z ]*?of (a|an) ", c)]
+    without = [c for c in captions if re.match(r"^(a|an|emoji) [a-z ]*?of (?!a |an )", c)]
+    assert with_article and without
+    assert {c.split(" of ", 1)[0] for c in with_article} >= {"a photo", "an image", "a sketch"}
 
 
 def test_a_lead_in_article_follows_the_next_word():

@@ -11,9 +11,11 @@ variety has to be made):
 - the **style** phrased several ways ("noto style", "google style", "noto emoji"; "twemoji",
   "twitter style", "twemoji style");
 - the **category** optional, and the clauses in varied order;
-- sometimes words before the name ("an image of red heart", "the red heart"). Without them every
-  training caption starts with the name or a style word, and the prior learns to find the concept
-  only there: "a picture of red heart" then tells it no more than the empty caption.
+- sometimes words before the name ("an image of red heart", "a sketch of a red heart", "the red
+  heart"). Without them every training caption starts with the name or a style word, and the prior
+  learns to find the concept only there: "a picture of red heart" then tells it no more than the
+  empty caption. With a handful of words between "a" and "of" it learns the one slot; with many
+  ("photo", "sketch", "sticker", ...) it learns that any word there names the medium, not the thing.
 
 :func:`training_captions` gives the canonical caption first, then the plain name, then the plain
 name with the image's attributes, then seeded variants. :func:`unseen_captions` gives the
@@ -33,7 +35,10 @@ STYLE_PHRASES = {
     "twitter": ("twemoji style", "twitter style", "twemoji"),
 }
 # Words a caption may start with, and words after the name. None is an unseen phrasing's ("a picture of").
-LEAD_INS = ("a", "the", "an image of", "an icon of", "a drawing of", "emoji of")
+LEAD_INS = (
+    "a", "the", "an image of", "an icon of", "a drawing of", "emoji of", "a photo of", "an illustration of",
+    "a sketch of", "a cartoon of", "a sticker of", "a symbol of",
+)  # fmt: skip
 NAME_SUFFIXES = ("emoji", "icon")
 # Korean captions (``languages`` with "ko"): the CLDR Korean name, with these for style and tone.
 KO_STYLE = {"google": "노토 스타일", "twitter": "트위터 스타일"}
@@ -121,7 +126,10 @@ def _variant(p: CaptionParts, rng: random.Random) -> str:
     if category:
         caption = f"{caption} {category}" if category.startswith("(") else _join(caption, category)
     if rng.random() < 0.35:
-        caption = _lead_in(rng.choice(LEAD_INS), caption)
+        words = rng.choice(LEAD_INS)
+        if words.endswith(" of") and rng.random() < 0.4:
+            caption = _lead_in("a", caption)  # "an image of a cat face", as people write it
+        caption = _lead_in(words, caption)
     return caption
 
 
