@@ -2,7 +2,7 @@
 """How often the candidates for an unseen composition carry the asked tone/style, and how often reranking finds one.
 
     python experiments/candidates.py --model MODEL --evaluator RUN_OR_MODEL --data DATASET \
-        [--clip RUN_OR_MODEL ...] [--contrast K ...] [--samples 200] [--candidates 16] [--guidance-scale 3]
+        [--clip RUN_OR_MODEL ...] [--ensemble] [--contrast K ...] [--samples 200] [--candidates 16] [--guidance-scale 3]
 
 For ``--samples`` captions of the unseen-composition split (picked as ``dalle eval`` picks them), the
 model draws ``--candidates`` images each, and the evaluator reads the held-out attribute of every
@@ -16,7 +16,8 @@ pair). For the first k candidates (k = 1, 2, 4, ... up to ``--candidates``) it r
   log-likelihood of the candidate's tokens and their pointwise mutual information with the caption
   (:func:`prior_scores`); with ``--contrast K``, also each CLIP's posterior log p(caption | candidate)
   among the caption and the K training captions nearest it by text embedding (0: all of them;
-  :func:`posterior_scores`).
+  :func:`posterior_scores`); with ``--ensemble``, also every pair of CLIPs and all of them together,
+  scored by the mean of their cosine similarities.
 
 ``--cache FILE`` keeps the candidates (tokens and uint8 images), so rerankers trained later are
 compared on exactly the same ones.
@@ -27,6 +28,7 @@ So it separates what the prior draws from what the reranker picks. Prints one JS
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -59,6 +61,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="file to keep the candidates in and read them from next time")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ensemble", action="store_true",
+                    help="also rerank by the mean cosine of every pair of CLIPs and of all of them")
     ap.add_argument("--contrast", type=int, action="append", default=[],
                     help="also rerank by the posterior against the K training captions nearest the asked one "
                          "(0: all of them; repeatable)")
@@ -117,6 +121,11 @@ def main() -> None:
                            for i in order])
         for name, clip in rerankers.items()
     }  # name -> (n, m)
+    if args.ensemble:
+        names = list(rerankers)
+        groups = [list(g) for g in itertools.combinations(names, 2)] + ([names] if len(names) > 2 else [])
+        for g in groups:
+            scores[f"ensemble[{' + '.join(g)}]"] = sum(scores[c] for c in g) / len(g)
     train_captions = sorted({str(meta[s]["caption"]) for s in splits["train"]})
     for name, clip in rerankers.items():
         for contrast in args.contrast:
