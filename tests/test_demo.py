@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,25 @@ def test_demo_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--data", str(tmp_path / "nope"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dalle: error: --data: data folder not found") and err.count("\n") == 1
+
+
+def test_a_sigterm_between_training_loops_stops_the_demo_with_the_resume_message(emoji, tmp_path, capsys, monkeypatch):
+    # a scheduler's SIGTERM while the demo is in a stage without a training loop (here the tokenizer's)
+    real_tokenizer = STAGES["tokenizer"]
+
+    def terminated(ctx):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_tokenizer(ctx)
+
+    monkeypatch.setitem(STAGES, "tokenizer", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "d"
+    argv = ["demo", "--config", "demo_tiny", "--data", str(emoji), "--out", str(out), "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == "dalle demo: stopped; run the same command again to resume\n"
+    assert (out / "stages" / "data.json").is_file() and not (out / "stages" / "tokenizer.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_steps_are_the_stage_share_of_the_time_left_times_the_measured_rate():

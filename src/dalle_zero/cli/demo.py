@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 HELP = "train the whole system on emoji in minutes on a CPU and write an HTML report"
 
@@ -49,10 +51,21 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(dataset=dataclasses.replace(config.dataset, styles=styles))
     out = Path(args.out)
     print(f"dalle demo: {config.minutes:g}-minute budget, output in {out}")
+    # A stop between training loops (while the demo encodes, samples or evaluates) ends as Ctrl-C does:
+    # unhandled, SIGTERM would end the process without a word and leave its helper processes behind.
+    # The training loops set their own handler (checkpoint, then stop) and put this one back.
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         report = run_demo(out, config, data=args.data, progress=not args.no_progress)
-    except DemoInterrupted as e:
-        print(f"dalle demo: {e}; run the same command again to resume", file=sys.stderr)
+    except (DemoInterrupted, KeyboardInterrupt) as e:
+        reason = str(e) if isinstance(e, DemoInterrupted) else "stopped"
+        print(f"dalle demo: {reason}; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"report: {report.resolve()}")
     return 0
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
