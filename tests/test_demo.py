@@ -180,6 +180,8 @@ def test_a_sigterm_between_training_loops_stops_the_demo_with_the_resume_message
     real_tokenizer = STAGES["tokenizer"]
 
     def terminated(ctx):
+        # without the demo's handler SIGTERM would end the whole test run instead of failing this test
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "dalle demo set no SIGTERM handler"
         os.kill(os.getpid(), signal.SIGTERM)
         return real_tokenizer(ctx)
 
@@ -191,6 +193,7 @@ def test_a_sigterm_between_training_loops_stops_the_demo_with_the_resume_message
     err = capsys.readouterr().err
     assert err == "dalle demo: stopped; run the same command again to resume\n"
     assert (out / "stages" / "data.json").is_file() and not (out / "stages" / "tokenizer.json").exists()
+    assert interrupted_seconds(out, "tokenizer") > 0  # the stopped stage's seconds count on resume
     assert signal.getsignal(signal.SIGTERM) is before
 
 

@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     # A stop between training loops (while the demo encodes, samples or evaluates) ends as Ctrl-C does:
     # unhandled, SIGTERM would end the process without a word and leave its helper processes behind.
     # The training loops set their own handler (checkpoint, then stop) and put this one back.
-    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread (run from Python): leave signals alone
+        previous = None
     try:
         report = run_demo(out, config, data=args.data, progress=not args.no_progress)
     except (DemoInterrupted, KeyboardInterrupt) as e:
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dalle demo: {reason}; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"report: {report.resolve()}")
     return 0
 

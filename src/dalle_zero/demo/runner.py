@@ -287,7 +287,7 @@ def _run_stage(
         threads = torch.get_num_threads()
     try:
         summary = fn(ctx)
-    except DemoInterrupted:
+    except (DemoInterrupted, KeyboardInterrupt):  # the seconds were spent from the budget either way
         _add_interrupted_seconds(out, name, time.perf_counter() - t0)
         raise
     seconds = time.perf_counter() - t0
