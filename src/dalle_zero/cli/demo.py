@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 HELP = "train the whole system on emoji in minutes on a CPU and write an HTML report"
 
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # unhandled, SIGTERM would end the process without a word and leave its helper processes behind.
     # The training loops set their own handler (checkpoint, then stop) and put this one back.
     try:
-        previous = signal.signal(signal.SIGTERM, _stop)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
     except ValueError:  # not the main thread (run from Python): leave signals alone
         previous = None
     try:
@@ -69,7 +68,3 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     print(f"report: {report.resolve()}")
     return 0
-
-
-def _stop(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
