@@ -276,6 +276,40 @@ def test_a_cached_evaluator_is_trained_once_per_dataset_and_settings_and_reused(
     assert stage_cache_dir("eval_clip", emoji, spec.config, [vocab]) != keyed
 
 
+def test_the_evaluator_cache_key_follows_labels_and_images_not_captions(emoji, tmp_path, monkeypatch):
+    import shutil
+
+    from dalle_zero.demo.yardsticks import stage_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "emoji"
+    shutil.copytree(emoji, data)
+    fields = {"steps": 10}
+    reads = ("tone", "style", "concept")
+
+    def keys() -> tuple[Path, Path]:
+        return stage_cache_dir("evaluator", data, fields, reads=reads), stage_cache_dir("eval_clip", data, fields)
+
+    def rewrite_rows(change) -> None:
+        path = data / "metadata.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        change(rows[0])
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    evaluator, clip = keys()
+    # other captions (a rebuilt caption preset): the evaluator keeps its run, a CLIP does not
+    rewrite_rows(lambda row: row.update(captions=["another caption"], caption="another caption"))
+    (data / "images" / f"{sorted(p.stem for p in (data / 'images').glob('*.png'))[0]}.txt").write_text("x\n")
+    assert keys()[0] == evaluator and keys()[1] != clip
+    # another label, or other pixels, is another yardstick
+    rewrite_rows(lambda row: row.update(style="other"))
+    assert keys()[0] != evaluator
+    evaluator, clip = keys()
+    first = sorted((data / "images").glob("*.png"))[0]
+    first.write_bytes(first.read_bytes() + b"\0")
+    assert keys()[0] != evaluator and keys()[1] != clip
+
+
 def test_a_cached_stage_needs_a_fixed_step_count():
     from dalle_zero.demo.config import StageSpec
 
