@@ -63,8 +63,7 @@ from dalle_zero.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-# 3: CLDR names and several captions per image; 4: words before the name; 5: more of them; 6: rare media
-BUILD_FORMAT_VERSION = 6
+BUILD_FORMAT_VERSION = 5  # 3: CLDR names and several captions per image; 4: words before the name; 5: more of them
 DATASOURCE_VERSION = "16.0.0"
 EMOJIBASE = ("emojibase-data", "17.0.0")  # CLDR names and keywords (en, ko), MIT
 LANGUAGES = ("en", "ko")

@@ -16,10 +16,6 @@ variety has to be made):
   learns to find the concept only there: "a picture of red heart" then tells it no more than the
   empty caption. With a handful of words between "a" and "of" it learns the one slot; with many
   ("photo", "sketch", "sticker", ...) it learns that any word there names the medium, not the thing.
-  The common ones are frequent enough that the tokenizer learns each as one token, but a medium
-  word a person uses that training never saw ("picture") reaches the prior in pieces. So a few
-  captions name one of many **rare media** ("a woodcut of", "an emblem of"), each too rare to become
-  a token: the prior also sees words spelled in pieces in that slot.
 
 :func:`training_captions` gives the canonical caption first, then the plain name, then the plain
 name with the image's attributes, then seeded variants. :func:`unseen_captions` gives the
@@ -43,15 +39,6 @@ LEAD_INS = (
     "a", "the", "an image of", "an icon of", "a drawing of", "emoji of", "a photo of", "an illustration of",
     "a sketch of", "a cartoon of", "a sticker of", "a symbol of",
 )  # fmt: skip
-# Media named in few captions each (one lead-in in RARE_MEDIUM_SHARE), so the tokenizer spells them
-# in pieces. None is an emoji's name, or shares "pict" or "ure" with the unseen "picture".
-RARE_MEDIA = (
-    "painting", "doodle", "rendering", "portrait", "graphic", "clip art", "pixel art", "logo", "emblem",
-    "glyph", "mascot", "cutout", "poster", "scribble", "decal", "stamp", "tattoo", "mosaic", "collage",
-    "banner", "screenshot", "watercolor", "thumbnail", "avatar", "chalk drawing", "comic", "snapshot",
-    "diagram", "woodcut", "engraving", "etching", "embroidery",
-)  # fmt: skip
-RARE_MEDIUM_SHARE = 0.25
 NAME_SUFFIXES = ("emoji", "icon")
 # Korean captions (``languages`` with "ko"): the CLDR Korean name, with these for style and tone.
 KO_STYLE = {"google": "노토 스타일", "twitter": "트위터 스타일"}
@@ -139,10 +126,7 @@ def _variant(p: CaptionParts, rng: random.Random) -> str:
     if category:
         caption = f"{caption} {category}" if category.startswith("(") else _join(caption, category)
     if rng.random() < 0.35:
-        if rng.random() < RARE_MEDIUM_SHARE:
-            words = _lead_in("a", f"{rng.choice(RARE_MEDIA)} of")
-        else:
-            words = rng.choice(LEAD_INS)
+        words = rng.choice(LEAD_INS)
         if words.endswith(" of") and rng.random() < 0.4:
             caption = _lead_in("a", caption)  # "an image of a cat face", as people write it
         caption = _lead_in(words, caption)
