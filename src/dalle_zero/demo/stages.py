@@ -164,8 +164,7 @@ def stage_evaluator(ctx: DemoContext) -> dict[str, Any]:
             net = EmojiEvaluator(cfg.model)
         return net, task, cfg
 
-    labels = EvaluatorTrainConfig.from_dict(spec.config, source="demo evaluator stage")
-    reads = (*labels.fields, *([labels.concept_field] if labels.concept_field else []))
+    reads = EvaluatorTrainConfig.from_dict(spec.config, source="demo evaluator stage").label_fields
     result = cached_train_stage(ctx, "evaluator", build, reads=reads)
     result["accuracy"] = last_validation(ctx.run_dir("evaluator"))
     return result

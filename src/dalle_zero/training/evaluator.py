@@ -109,6 +109,11 @@ class EvaluatorTrainConfig(Config):
         check_float(self, "weight_decay", min_value=0.0)
         check_float(self, "label_smoothing", min_value=0.0, max_value=0.5)
 
+    @property
+    def label_fields(self) -> tuple[str, ...]:
+        """The metadata fields the evaluator learns from: its heads' fields, then the concept field."""
+        return (*self.fields, *([self.concept_field] if self.concept_field else []))
+
     def lr_at(self, step: int) -> float:
         return warmup_cosine(
             step, peak=self.lr, end=self.lr_end, warmup_steps=self.warmup_steps, total_steps=self.loop.steps
