@@ -22,6 +22,10 @@ Prints one JSON row and appends it to ``--results``.
     python experiments/prior_variants.py --run demo --data DATA --name clip60 --prior demo/runs/prior/best_model \\
         --clip demo60/model/clip
 
+``--eval-every N`` evaluates the trained prior every N updates and reads the one kept at the lowest
+validation loss, as the demo does (the run's ``select_by``); without it the prior is evaluated once,
+at the end, and read as it ends.
+
 ``--canonical-only`` trains on a copy of the run's tokens that keeps only each image's first caption
 (the canonical one); ``--clip`` reranks with another CLIP folder (same tokenizer) than the run's;
 ``--dvae`` takes another dVAE run trained on the same dataset: the data is encoded with it, the prior
@@ -60,8 +64,9 @@ READS = (
 )  # fmt: skip
 
 
-def changed_config(run: Path, changes: list[str], steps: int) -> dict:
-    """The run's prior train config with ``key=json`` changes (``lr=3e-3``, ``model.n_embd=128``)."""
+def changed_config(run: Path, changes: list[str], steps: int, eval_every: int = 0) -> dict:
+    """The run's prior train config with ``key=json`` changes (``lr=3e-3``, ``model.n_embd=128``),
+    evaluated every ``eval_every`` updates (0: at the end only)."""
     cfg = json.loads((run / "runs" / "prior" / "train_config.json").read_text())
     for change in changes:
         key, value = change.split("=", 1)
@@ -70,7 +75,7 @@ def changed_config(run: Path, changes: list[str], steps: int) -> dict:
         for part in path:
             target = target[part]
         target[last] = json.loads(value)
-    cfg["loop"].update(steps=steps, eval_every=steps, checkpoint_every=steps)
+    cfg["loop"].update(steps=steps, eval_every=eval_every or steps, checkpoint_every=steps)
     return cfg
 
 
@@ -130,6 +135,9 @@ def main() -> None:
     p.add_argument("--name", required=True, help="name of this variant (folder under --out)")
     p.add_argument("--set", nargs="*", default=[], help="train config changes, key=json (model.x, loop.x, x)")
     p.add_argument("--steps", type=int, default=0, help="updates to train (with --set)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate every N updates and read the prior kept at the lowest validation loss "
+                        "(0: evaluate at the end only, read the last)")
     p.add_argument("--prior", help="read this prior model folder instead of training one")
     p.add_argument("--canonical-only", action="store_true", help="train on each image's canonical caption only")
     p.add_argument("--clip", help="rerank with this CLIP folder instead of the run's")
@@ -144,9 +152,9 @@ def main() -> None:
     run, out = Path(args.run), Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    prior = Path(args.prior) if args.prior else out / "run" / "model"
+    prior = Path(args.prior) if args.prior else out / "run" / ("best_model" if args.eval_every else "model")
     if not args.prior:
-        cfg = changed_config(run, args.set, args.steps)
+        cfg = changed_config(run, args.set, args.steps, args.eval_every)
         if args.dvae:
             cfg["tokens"] = str(encoded_tokens(Path(args.dvae), Path(args.data), out / "dvae_tokens").resolve())
             dvae_model = json.loads((Path(args.dvae) / "model" / "config.json").read_text())

@@ -23,6 +23,7 @@ from tests.factories.prior import (
     train_prior,
     train_prior_argv,
 )
+from tests.factories.processes import torchrun
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -73,6 +74,67 @@ def test_lr_is_halved_after_a_plateau_and_logged(data, tmp_path):
     assert rows[-1]["lr_halvings"] >= 1
     for before, after in zip(rows[2:], rows[3:]):  # after warm-up: lr = peak / 2^(halvings so far)
         assert after["lr"] == pytest.approx(3e-3 * 0.5 ** before["lr_halvings"])
+
+
+def _validation_plateau_config(data, **loop):
+    # patience 4 updates = 2 evaluations of every 2; a 20 % threshold makes the tiny run plateau
+    return prior_config(
+        data, plateau_on="validation", plateau_patience=4, loop={"steps": 20, "eval_every": 2, **loop}
+    )
+
+
+def test_validation_plateau_halves_at_evaluations_where_the_held_out_loss_stalls(data, tmp_path):
+    _, task = train_prior(_validation_plateau_config(data), tmp_path)
+    rows = _rows(tmp_path)
+    assert task.schedule.halved_at  # the held-out loss stalled within 20 updates
+    assert all(s % 2 == 0 for s in task.schedule.halved_at)  # decided at evaluations only
+    val = {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
+    best = val[min(val)]
+    for step in sorted(val)[1:]:  # replay the rule on the logged held-out losses
+        if step in task.schedule.halved_at:
+            assert all(val[s] >= best * 0.8 for s in (step - 2, step) if s in val)  # no 20 % gain in 2 evals
+            best = val[step]
+        elif val[step] < best * 0.8:
+            best = val[step]
+    # an update's row: the rate it trained at, and the halvings decided before it (at earlier evaluations)
+    for r in [r for r in rows if "lr" in r][2:]:
+        assert r["lr"] == pytest.approx(3e-3 * 0.5 ** r["lr_halvings"])
+
+
+def test_validation_plateau_state_resumes_exactly(data, tmp_path):
+    cfg = _validation_plateau_config(data)
+    _, full_task = train_prior(cfg, tmp_path / "full")
+    train_prior(cfg, tmp_path / "cut", stop_after=9)
+    _, resumed_task = train_prior(cfg, tmp_path / "cut", resume=True)
+    assert resumed_task.schedule.state_dict() == full_task.schedule.state_dict()
+
+
+@pytest.mark.slow
+def test_validation_plateau_halves_on_every_rank_together(data, tmp_path):
+    # rank 0 evaluates; were its held-out loss not shared, rank 1 would keep the peak rate and the
+    # logged rate (the mean over ranks) would fall to 3/4 of it instead of a half
+    config = tmp_path / "prior.json"
+    config.write_text(_validation_plateau_config(data, batch_size=4).to_json())
+    torchrun("prior", str(config), str(tmp_path / "run"))
+    rows = [r for r in _rows(tmp_path / "run") if "lr" in r]
+    assert rows[-1]["lr_halvings"] >= 1
+    for r in rows[2:]:
+        assert r["lr"] == pytest.approx(3e-3 * 0.5 ** r["lr_halvings"])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"loop": {"eval_every": 0}}, "plateau_on 'validation' needs loop.eval_every > 0"),
+        ({"val_split": "missing"}, "plateau_on 'validation' needs held-out items"),
+        ({"eval_samples": 0}, "plateau_on 'validation' needs held-out items"),
+        ({"plateau_on": "test"}, "plateau_on must be one of"),
+    ],
+)
+def test_validation_plateau_without_a_held_out_loss_is_a_clear_error(data, kw, match):
+    kw = {"plateau_on": "validation", "loop": {"eval_every": 2}, **kw}
+    with pytest.raises(ValueError, match=match):
+        PriorTask(prior_config(data, **kw))
 
 
 def test_bpe_dropout_and_null_captions_are_a_pure_function_of_the_sample_seed(data):
@@ -156,6 +218,18 @@ def test_cli_config_that_disagrees_with_the_data_is_a_one_line_error(data, tmp_p
     err = capsys.readouterr().err
     assert code == 2
     assert f"model.image_grid is {GRID + 1} but token shards" in err and f"has {GRID}" in err
+
+
+def test_cli_plateau_on_validation_is_saved_and_bad_without_evaluations(data, tmp_path, capsys):
+    def args(out: str) -> list[str]:
+        flags = ["--no-progress", "--batch-size", "4", "--steps", "4", "--plateau-on", "validation"]
+        return [*train_prior_argv(data, tmp_path / out, "tiny"), *flags]
+
+    assert main([*args("run"), "--eval-every", "2"]) == 0
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["plateau_on"] == "validation"
+    code = main([*args("run2"), "--eval-every", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "needs loop.eval_every > 0" in err
 
 
 def test_cli_unknown_preset_names_the_presets(data, tmp_path, capsys):

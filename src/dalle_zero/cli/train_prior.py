@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, help="peak learning rate (paper 4.5e-4)")
     parser.add_argument("--lr-schedule", choices=("plateau", "cosine"), help="after warm-up (paper: plateau)")
+    parser.add_argument(
+        "--plateau-on",
+        choices=("train", "validation"),
+        help="the loss whose plateaus halve the rate (paper: train; validation for a small dataset read many times)",
+    )
     parser.add_argument("--warmup-steps", type=int, help="linear warm-up length")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--log-every", type=int)
@@ -104,7 +109,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.activation_checkpointing:
         loop["activation_checkpointing"] = True
     data["loop"] = loop
-    for opt in ("lr", "lr_schedule", "warmup_steps"):
+    for opt in ("lr", "lr_schedule", "plateau_on", "warmup_steps"):
         if getattr(args, opt) is not None:
             data[opt] = getattr(args, opt)
     return PriorTrainConfig.from_dict(data, source=source), tokenizer

@@ -310,6 +310,15 @@ def gather_to_main(value: Any, ctx: DistContext) -> list[Any] | None:
     return out
 
 
+def from_main(value: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``value`` (picklable) on every rank (every rank calls it; the others' values are ignored)."""
+    if not ctx.enabled:
+        return value
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def any_rank(flag: bool, ctx: DistContext) -> bool:
     """Whether ``flag`` is true on any rank (every rank calls it): a decision all ranks then share."""
     if not ctx.enabled:

@@ -142,6 +142,10 @@ class TrainTask:
     def on_step_end(self, model: nn.Module, step: int, metrics: dict[str, float]) -> None:
         return None
 
+    def on_evaluate(self, step: int, row: dict[str, float]) -> None:
+        """The figures ``evaluate`` returned at ``step``, on every rank (rank 0 evaluates)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -325,7 +329,8 @@ def train(
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 sums, n_logged, t_log, samples_since = {}, 0, now, 0
             if (loop.eval_every and step % loop.eval_every == 0) or step == loop.steps:
-                _evaluate(task, model, ema, step, run_dir, ctx, full, select_by=loop.select_by)
+                row = _evaluate(task, model, ema, step, run_dir, ctx, full, select_by=loop.select_by)
+                task.on_evaluate(step, distributed.from_main(row, ctx))
             if step % loop.checkpoint_every == 0 or last:
                 save_loop_checkpoint(run_dir, step, model, ema, optimizer, task, ctx, full,
                                      keep=loop.keep_checkpoints, mixed=mixed.state_dict(),
@@ -347,12 +352,14 @@ def train(
 
 
 def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run_dir: Path,
-              ctx: distributed.DistContext, full: FullCopy | None, *, select_by: str | None = None) -> None:
+              ctx: distributed.DistContext, full: FullCopy | None, *,
+              select_by: str | None = None) -> dict[str, float]:
+    """The task's validation figures (on rank 0; empty on the others), logged, and the model kept if best."""
     target: nn.Module | None = ema.model if ema is not None else model
     if full is not None:
         target = full.of(target)
     if target is None or not ctx.is_main:
-        return
+        return {}
     if full is not None:
         target.to(ctx.device)
     was_training = target.training
@@ -370,6 +377,7 @@ def _evaluate(task: TrainTask, model: nn.Module, ema: EMA | None, step: int, run
         logger.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     if select_by is not None:
         keep_if_best(target, row, select_by, step, run_dir)
+    return row
 
 
 def _save_model(model: PretrainedModel, ema: EMA | None, run_dir: Path, ctx: distributed.DistContext,

@@ -16,8 +16,10 @@ Loss (§3.4): ``1/8 · CE_text + 7/8 · CE_image`` (the transformer's ``loss``),
 Optimisation (§3.5): AdamW (0.9, 0.96, 1e-8), weight decay 4.5e-2 on matrices only, gradient
 clipping at norm 4, EMA of the weights (decay 0.99 every 25 updates), and a learning rate that warms
 up linearly and then halves on plateaus of the smoothed training loss (:class:`PlateauHalving`, whose
-state is saved in every checkpoint) or, as an option, follows a cosine. bf16 autocast, activation
-checkpointing and gradient accumulation are the shared loop's options (``LoopConfig``).
+state is saved in every checkpoint) or, as an option, follows a cosine. On a dataset read many times
+over, ``plateau_on="validation"`` halves on plateaus of the held-out loss instead: the training loss
+goes on falling there while the model memorises its captions. bf16 autocast, activation checkpointing
+and gradient accumulation are the shared loop's options (``LoopConfig``).
 ``evaluate`` scores the held-out split: the text and image losses and bits per image token.
 The data (token shards as training pairs, their splits and checks) is :mod:`~dalle_zero.training.prior_data`.
 """
@@ -80,7 +82,8 @@ class PriorTrainConfig(Config):
     # learning-rate schedule
     warmup_steps: int | None = None  # None: min(5000 (paper), 5% of loop.steps)
     lr_schedule: str = "plateau"  # "plateau" (paper) | "cosine"
-    plateau_patience: int = 250  # updates without improvement of the smoothed loss before halving
+    plateau_on: str = "train"  # the loss watched for plateaus: "train" (paper) | "validation" (at evaluations)
+    plateau_patience: int = 250  # updates without improvement of the watched loss before halving
     plateau_threshold: float = 1e-3  # relative improvement that counts
     plateau_smoothing: float = 0.98  # EMA factor of the training loss
     max_halvings: int = 5  # paper: five halvings, final lr = peak / 32
@@ -115,6 +118,12 @@ class PriorTrainConfig(Config):
         if self.warmup_steps is not None:
             check_int(self, "warmup_steps", min_value=0)
         check_choice(self, "lr_schedule", ("plateau", "cosine"))
+        check_choice(self, "plateau_on", ("train", "validation"))
+        if self.lr_schedule == "plateau" and self.plateau_on == "validation" and not self.loop.eval_every:
+            raise ValueError(
+                "PriorTrainConfig.plateau_on 'validation' needs loop.eval_every > 0: the held-out loss is "
+                "read at evaluations"
+            )
         check_int(self, "plateau_patience", min_value=1)
         check_int(self, "max_halvings", min_value=0)
         for name in ("plateau_threshold", "plateau_smoothing", "bpe_dropout", "null_caption_prob"):
@@ -167,13 +176,21 @@ class PriorTask(TrainTask):
         self.train_indices, self.val_indices = split_indices(
             self.tokens, cfg.train_split, cfg.val_split, source=str(self.tokens_dir)
         )
+        self.on_validation = cfg.lr_schedule == "plateau" and cfg.plateau_on == "validation"
+        if self.on_validation and (not self.val_indices or cfg.eval_samples == 0):
+            raise ValueError(
+                f"{self.tokens_dir}: plateau_on 'validation' needs held-out items to evaluate, but split "
+                f"{cfg.val_split!r} holds none (or eval_samples is 0); use plateau_on 'train'"
+            )
+        # the held-out loss is read once per evaluation and is already a mean: patience in evaluations
+        patience = -(-cfg.plateau_patience // cfg.loop.eval_every) if self.on_validation else cfg.plateau_patience
         self.schedule = (
             PlateauHalving(
                 cfg.lr,
                 warmup_steps=cfg.resolved_warmup_steps,
-                patience=cfg.plateau_patience,
+                patience=patience,
                 threshold=cfg.plateau_threshold,
-                smoothing=cfg.plateau_smoothing,
+                smoothing=0.0 if self.on_validation else cfg.plateau_smoothing,
                 max_halvings=cfg.max_halvings,
             )
             if cfg.lr_schedule == "plateau"
@@ -214,9 +231,15 @@ class PriorTask(TrainTask):
     def on_step_end(self, model: nn.Module, step: int, metrics: dict[str, float]) -> None:
         if self.schedule is None:
             return
-        if self.schedule.observe(step, _mean_over_ranks(metrics["loss"])):
+        if not self.on_validation and self.schedule.observe(step, _mean_over_ranks(metrics["loss"])):
             logger.info("training loss plateaued: learning rate halved after step %d", step)
         metrics["lr_halvings"] = float(self.schedule.halvings)
+
+    def on_evaluate(self, step: int, row: dict[str, float]) -> None:
+        # every rank gets rank 0's figures, so all halve together
+        if self.on_validation and self.schedule is not None and "loss" in row:
+            if self.schedule.observe(step, row["loss"]):
+                logger.info("validation loss plateaued: learning rate halved after step %d", step)
 
     def evaluate(self, model: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
         if not self.val_indices or self.cfg.eval_samples == 0:

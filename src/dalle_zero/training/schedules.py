@@ -22,6 +22,12 @@ plateau", five times in all, ending at 1/32 of the peak. It does not say how a p
 Its state (halvings so far, best and smoothed loss, steps since the last improvement) is a small
 dict of numbers that the prior task saves in every checkpoint, so a resumed run halves at exactly
 the step an uninterrupted one would.
+
+The paper reads its 250M pairs about 1.76 times (430,000 updates of 1,024), so its training loss is
+nearly a held-out loss. A small dataset read dozens of times keeps lowering its training loss while
+the model learns the captions by heart, so the same rule can watch the validation loss instead (the
+prior's ``plateau_on="validation"``): one observation per evaluation, no smoothing (it is already a
+mean over the held-out split), patience counted in evaluations.
 """
 
 from __future__ import annotations
