@@ -120,6 +120,32 @@ def test_dropout_changes_tokens_sometimes_but_decodes_to_the_same_text(tok):
     assert changed > 0
 
 
+def test_dropout_leaves_the_keep_whole_words_as_plain_bpe_spells_them(tok):
+    def pieces(caption: str, **kw) -> list[str]:
+        return [tok.decode([int(i)]) for i in tok.encode(caption, **kw)[0] if int(i)]
+
+    caption = "a purple triangle on a white background"
+    plain = pieces(caption)
+    split_words = set()
+    for seed in range(40):
+        dropped = pieces(caption, dropout=True, seed=seed, keep_whole=["purple", "triangle"])
+        assert "".join(dropped) == "".join(plain)  # the same text, in pieces or not
+        i = plain.index("purple")
+        assert dropped[dropped.index("purple") : dropped.index("purple") + 2] == plain[i : i + 2]
+        split_words |= {w for w in ("white", "background") if w not in dropped}
+    assert split_words == {"white", "background"}  # the other words do come in pieces
+
+
+def test_keep_whole_matches_words_outside_ascii():
+    # the pre-tokenizer writes "zürich" as byte-letters; the kept word is matched in that form
+    tok = BPETokenizer.train(CAPTIONS + ["zürich café"] * 6, vocab_size=400, text_seq_len=24)
+    first = [tok.encode("zürich café", dropout=True, seed=s)[0][:1] for s in range(20)]
+    kept = [tok.encode("zürich café", dropout=True, seed=s, keep_whole=["Zürich"])[0][:1] for s in range(20)]
+    whole = tok.encode("zürich")[0][:1]
+    assert any(not torch.equal(f, whole) for f in first)
+    assert all(torch.equal(k, whole) for k in kept)
+
+
 def test_dropout_is_reproducible_from_a_seed_and_leaves_plain_encoding_unchanged(tok):
     before = tok.encode(CAPTIONS)
     a = tok.encode(CAPTIONS, dropout=True, seed=7)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from dalle_zero.cli.main import main
-from dalle_zero.data.tokens import write_token_shards
+from dalle_zero.data.tokens import TokenDataset, write_token_shards
+from dalle_zero.errors import DataError
 from dalle_zero.models.transformer import DalleTransformer
 from dalle_zero.tokenizers.bpe import BPETokenizer
 from dalle_zero.training import checkpoint as ckpt
@@ -147,6 +149,52 @@ def test_bpe_dropout_and_null_captions_are_a_pure_function_of_the_sample_seed(da
     assert len({tuple(t.tolist()) for t in a}) > 4  # seeds change tokenisation / null captions
     assert any((t == 0).all() for t in a)  # some captions were dropped to the empty caption
     assert all(ds[(i, 7)]["image"].shape == (GRID * GRID,) for i in range(3))
+
+
+@pytest.fixture
+def named(data, tmp_path):
+    """The tiny shards with a metadata.jsonl naming each item's shape (the words dropout spares)."""
+    tokens, tok_dir = data
+    copy = tmp_path / "tokens"
+    shutil.copytree(tokens, copy)
+    stems = TokenDataset(copy).stems
+    rows = [{"stem": s, "name": caption.split()[-1]} for s, caption in zip(stems, _captions(copy))]
+    (copy / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return copy, tok_dir
+
+
+def _captions(tokens: Path) -> list[str]:
+    ds = TokenDataset(tokens)
+    return [ds[i]["caption"] for i in range(len(ds))]
+
+
+def test_bpe_dropout_spares_the_words_of_the_metadata_field(named):
+    tokenizer = BPETokenizer.from_pretrained(named[1])
+
+    def plain(text: str) -> list[int]:
+        return [i for i in tokenizer.encode(text)[0].tolist() if i]
+
+    captions = _captions(named[0])
+    for spares, expect_whole_name in (("name", True), (None, False)):
+        cfg = prior_config(named, bpe_dropout=0.5, null_caption_prob=0.0, bpe_dropout_spares=spares)
+        ds = PriorTask(cfg).train_dataset()
+        name_whole, caption_whole = [], []
+        for i in range(len(ds)):
+            caption = captions[ds.indices[i]]
+            name = plain(caption.split()[-1])  # "a red circle": the name is the last word
+            for seed in range(10):
+                ids = [t for t in ds[(i, seed)]["text"].tolist() if t]
+                name_whole.append(ids[-len(name) :] == name)
+                caption_whole.append(ids == plain(caption))
+        assert all(name_whole) is expect_whole_name
+        assert not all(caption_whole)  # the other words do come in pieces
+
+
+def test_bpe_dropout_spares_needs_the_field_in_the_metadata(data, named):
+    with pytest.raises(DataError, match="bpe_dropout_spares 'name' needs the metadata"):
+        PriorTask(prior_config(data, bpe_dropout_spares="name"))
+    with pytest.raises(DataError, match="no item has the field 'concept'"):
+        PriorTask(prior_config(named, bpe_dropout_spares="concept"))
 
 
 def test_without_null_captions_every_example_has_text(data):

@@ -52,6 +52,7 @@ PAD_TOKEN = "<pad>"  # at PAD_ID, the id the prior's text embedding learns a pad
 SPECIAL_TOKENS = (PAD_TOKEN,)  # id i = SPECIAL_TOKENS[i]
 N_BYTES = 256  # byte-level alphabet: every string is representable without an unknown token
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + N_BYTES
+SPACE_MARK = "\u0120"  # how byte-level BPE writes the space before a word ("Ġ")
 WORD = re.compile(r"\w+")  # a word of a normalised caption: letters of any script, digits, underscores
 
 
@@ -213,13 +214,16 @@ class BPETokenizer:
         dropout: bool = False,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        keep_whole: Iterable[str] = (),
     ) -> list[list[int]]:
-        """Variable-length token ids per caption (no padding, no truncation)."""
+        """Variable-length token ids per caption (no padding, no truncation). ``keep_whole``: words
+        (:func:`caption_words`) that BPE dropout leaves as plain BPE spells them."""
         texts = _as_list(texts)
         normed = [normalize_caption(t) for t in texts]
         if dropout and self.config.dropout_p > 0.0:
             rng = random.Random(_python_seed(generator, seed))
-            return [self._encode_with_dropout(t, rng) for t in normed]
+            whole = self._pre_tokens(" ".join(keep_whole))
+            return [self._encode_with_dropout(t, rng, whole) for t in normed]
         return [e.ids for e in self._tok.encode_batch(normed, add_special_tokens=False)]  # type: ignore[attr-defined]
 
     def encode(
@@ -229,15 +233,19 @@ class BPETokenizer:
         dropout: bool = False,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        keep_whole: Iterable[str] = (),
     ) -> torch.Tensor:
         """Captions -> ``LongTensor[B, text_seq_len]``, 0-padded and truncated (B = 1 for a str).
 
-        ``dropout=True`` applies BPE dropout with ``config.dropout_p`` (training only). Its random
-        choices come from ``generator`` (a ``torch.Generator``, advanced by one draw) or ``seed``;
-        with neither, from torch's global generator. Captions longer than ``text_seq_len`` tokens
-        keep their first tokens; the first time that happens a warning gives the count so far.
+        ``dropout=True`` applies BPE dropout with ``config.dropout_p`` (training only), to every word
+        but those of ``keep_whole``. Its random choices come from ``generator`` (a ``torch.Generator``,
+        advanced by one draw) or ``seed``; with neither, from torch's global generator. Captions
+        longer than ``text_seq_len`` tokens keep their first tokens; the first time that happens a
+        warning gives the count so far.
         """
-        ids = self.tokenize(_as_list(text), dropout=dropout, generator=generator, seed=seed)
+        ids = self.tokenize(
+            _as_list(text), dropout=dropout, generator=generator, seed=seed, keep_whole=keep_whole
+        )
         T = self.text_seq_len
         out = torch.zeros(len(ids), T, dtype=torch.long)  # (B, Tt), 0 = pad
         n_truncated = 0
@@ -284,7 +292,12 @@ class BPETokenizer:
 
     # ---- BPE dropout (Provilkov et al. 2020), seeded ----
 
-    def _encode_with_dropout(self, normed: str, rng: random.Random) -> list[int]:
+    def _pre_tokens(self, normed: str) -> frozenset[str]:
+        """The pre-tokenizer's words of ``normed``, without the byte-level space mark (``Ġ``)."""
+        pre = self._tok.pre_tokenizer.pre_tokenize_str(normalize_caption(normed))  # type: ignore[attr-defined]
+        return frozenset(word.removeprefix(SPACE_MARK) for word, _ in pre)
+
+    def _encode_with_dropout(self, normed: str, rng: random.Random, whole: frozenset[str] = frozenset()) -> list[int]:
         if self._merge_ranks is None:
             model = json.loads(self._tok.to_str())["model"]  # type: ignore[attr-defined]
             merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -294,7 +307,8 @@ class BPETokenizer:
         p = self.config.dropout_p
         ids: list[int] = []
         for word, _ in self._tok.pre_tokenizer.pre_tokenize_str(normed):  # type: ignore[attr-defined]
-            ids.extend(self._vocab[s] for s in _merge_word(list(word), self._merge_ranks, p, rng))
+            q = 0.0 if word.removeprefix(SPACE_MARK) in whole else p
+            ids.extend(self._vocab[s] for s in _merge_word(list(word), self._merge_ranks, q, rng))
         return ids
 
     # ---- save / load ----

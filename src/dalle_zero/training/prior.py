@@ -47,6 +47,7 @@ from dalle_zero.training.prior_data import (  # data_model_fields and PriorDatas
     PriorDataset,
     check_compatible,
     data_model_fields,
+    spared_words,
     split_indices,
     token_shape,
 )
@@ -90,6 +91,8 @@ class PriorTrainConfig(Config):
     cosine_final_fraction: float = 1 / 32  # cosine ends where the paper's halvings end
     # text conditioning
     bpe_dropout: float = 0.1
+    # a field of the token folder's metadata.jsonl (e.g. "name") whose words BPE dropout leaves whole
+    bpe_dropout_spares: str | None = None
     null_caption_prob: float = 0.1  # not in the paper: trains the unconditional model for guidance
     # validation
     eval_samples: int = 512  # at most this many held-out items per evaluation
@@ -102,7 +105,7 @@ class PriorTrainConfig(Config):
             )
         if not isinstance(self.loop, LoopConfig):
             raise ValueError(f"PriorTrainConfig.loop must be a LoopConfig, got {type(self.loop).__name__}")
-        for name in ("tokens", "tokenizer", "train_split", "val_split"):
+        for name in ("tokens", "tokenizer", "train_split", "val_split", "bpe_dropout_spares"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"PriorTrainConfig.{name} must be a string or null, got {value!r}")
@@ -176,6 +179,7 @@ class PriorTask(TrainTask):
         self.train_indices, self.val_indices = split_indices(
             self.tokens, cfg.train_split, cfg.val_split, source=str(self.tokens_dir)
         )
+        self.spared_words = spared_words(self.tokens_dir, self.tokens.stems, cfg.bpe_dropout_spares)
         self.on_validation = cfg.lr_schedule == "plateau" and cfg.plateau_on == "validation"
         if self.on_validation and (not self.val_indices or cfg.eval_samples == 0):
             raise ValueError(
@@ -206,6 +210,7 @@ class PriorTask(TrainTask):
             bpe_dropout=self.cfg.bpe_dropout,
             null_caption_prob=self.cfg.null_caption_prob,
             indices=self.train_indices,
+            spared_words=self.spared_words,
         )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

@@ -4,17 +4,26 @@ The image side comes from the token shards written once by ``dalle encode`` (the
 and splits); the text side is the caption tokenised with BPE dropout, or the empty caption with
 probability ``null_caption_prob`` (see :mod:`~dalle_zero.training.prior` for why). An item is a pure
 function of its key, so a resumed run draws the same tokens as an uninterrupted one.
+
+BPE dropout can spare the words of one metadata field (``bpe_dropout_spares``, e.g. the emoji's
+``name``): a short run learns the concept's words as plain BPE spells them at sampling time, while
+every other word of its captions (tone, style, the words before the name) comes in pieces now and
+then. A word the prior never saw, spelled in pieces before the name ("a p·ic·t·ure of"), then reads
+as such a word instead of as part of a name.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from dalle_zero.data.metadata import read_metadata
 from dalle_zero.data.tokens import read_token_index
+from dalle_zero.errors import DataError
 from dalle_zero.models.transformer import TransformerConfig
 from dalle_zero.tokenizers.bpe import BPETokenizer
 
@@ -87,12 +96,14 @@ class PriorDataset(Dataset):
         bpe_dropout: float,
         null_caption_prob: float,
         indices: list[int] | None = None,
+        spared_words: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.tokens = tokens
         self.indices = list(range(len(tokens))) if indices is None else list(indices)
         self.tokenizer = tokenizer.with_dropout(bpe_dropout)
         self.dropout = bpe_dropout > 0.0
         self.null_caption_prob = null_caption_prob
+        self.spared_words = spared_words or {}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -106,8 +117,24 @@ class PriorDataset(Dataset):
         caption = item["caption"]
         if self.null_caption_prob > 0.0 and float(torch.rand((), generator=g)) < self.null_caption_prob:
             caption = ""
-        text = self.tokenizer.encode(caption, dropout=self.dropout, generator=g)[0]  # (Tt,)
+        keep = self.spared_words.get(item.get("stem", ""), ())
+        text = self.tokenizer.encode(caption, dropout=self.dropout, generator=g, keep_whole=keep)[0]  # (Tt,)
         return {"text": text, "image": item["image_codes"].long()}
+
+
+def spared_words(tokens_dir: Path, stems: list[str], field: str | None) -> dict[str, tuple[str, ...]]:
+    """``{stem: words}`` of metadata ``field`` for the token folder's items (``bpe_dropout_spares``);
+    empty for no field. A clear error when the folder has no ``metadata.jsonl`` or no item has the field."""
+    if field is None:
+        return {}
+    try:
+        rows = read_metadata(tokens_dir)
+    except FileNotFoundError as e:
+        raise DataError(f"bpe_dropout_spares {field!r} needs the metadata of every image: {e}") from None
+    out = {s: tuple(str(rows[s][field]).split()) for s in stems if s in rows and rows[s].get(field)}
+    if not out:
+        raise DataError(f"{tokens_dir / 'metadata.jsonl'}: no item has the field {field!r} (bpe_dropout_spares)")
+    return out
 
 
 def split_indices(
