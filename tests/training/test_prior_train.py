@@ -190,6 +190,31 @@ def test_bpe_dropout_spares_the_words_of_the_metadata_field(named):
         assert not all(caption_whole)  # the other words do come in pieces
 
 
+def test_bpe_dropout_spared_words_are_always_whole(data):
+    tokenizer = BPETokenizer.from_pretrained(data[1])
+    colours = ("red", "green", "blue", "yellow")
+    cfg = prior_config(data, bpe_dropout=0.5, null_caption_prob=0.0, bpe_dropout_spared_words=colours)
+    ds = PriorTask(cfg).train_dataset()
+    whole = {c: [i for i in tokenizer.encode(f"a {c}")[0].tolist() if i][1:] for c in colours}
+    seen_split = False
+    for i in range(len(ds)):
+        caption = _captions(data[0])[ds.indices[i]]
+        colour = caption.split()[1]
+        plain = [t for t in tokenizer.encode(caption)[0].tolist() if t]
+        for seed in range(10):
+            ids = [t for t in ds[(i, seed)]["text"].tolist() if t]
+            start = ids.index(whole[colour][0])
+            assert ids[start : start + len(whole[colour])] == whole[colour]
+            seen_split |= ids != plain
+    assert seen_split  # the shape words still come in pieces
+
+
+@pytest.mark.parametrize("words", [("red", ""), ("red", 3), "red"])
+def test_bpe_dropout_spared_words_must_be_words(data, words):
+    with pytest.raises(ValueError, match="bpe_dropout_spared_words must be a list of words"):
+        prior_config(data, bpe_dropout_spared_words=words)
+
+
 def test_bpe_dropout_spares_needs_the_field_in_the_metadata(data, named):
     with pytest.raises(DataError, match="bpe_dropout_spares 'name' needs the metadata"):
         PriorTask(prior_config(data, bpe_dropout_spares="name"))

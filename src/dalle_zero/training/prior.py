@@ -91,8 +91,10 @@ class PriorTrainConfig(Config):
     cosine_final_fraction: float = 1 / 32  # cosine ends where the paper's halvings end
     # text conditioning
     bpe_dropout: float = 0.1
-    # a field of the token folder's metadata.jsonl (e.g. "name") whose words BPE dropout leaves whole
+    # a field of the token folder's metadata.jsonl (e.g. "name") whose words BPE dropout leaves whole,
+    # and words it always leaves whole
     bpe_dropout_spares: str | None = None
+    bpe_dropout_spared_words: tuple[str, ...] = ()
     null_caption_prob: float = 0.1  # not in the paper: trains the unconditional model for guidance
     # validation
     eval_samples: int = 512  # at most this many held-out items per evaluation
@@ -120,6 +122,11 @@ class PriorTrainConfig(Config):
             raise ValueError(f"PriorTrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.warmup_steps is not None:
             check_int(self, "warmup_steps", min_value=0)
+        if not isinstance(self.bpe_dropout_spared_words, tuple) or not all(
+            isinstance(w, str) and w.strip() for w in self.bpe_dropout_spared_words
+        ):
+            words = self.bpe_dropout_spared_words
+            raise ValueError(f"PriorTrainConfig.bpe_dropout_spared_words must be a list of words, got {words!r}")
         check_choice(self, "lr_schedule", ("plateau", "cosine"))
         check_choice(self, "plateau_on", ("train", "validation"))
         if self.lr_schedule == "plateau" and self.plateau_on == "validation" and not self.loop.eval_every:
@@ -211,6 +218,7 @@ class PriorTask(TrainTask):
             null_caption_prob=self.cfg.null_caption_prob,
             indices=self.train_indices,
             spared_words=self.spared_words,
+            always_whole=self.cfg.bpe_dropout_spared_words,
         )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

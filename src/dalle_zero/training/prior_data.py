@@ -6,10 +6,11 @@ probability ``null_caption_prob`` (see :mod:`~dalle_zero.training.prior` for why
 function of its key, so a resumed run draws the same tokens as an uninterrupted one.
 
 BPE dropout can spare the words of one metadata field (``bpe_dropout_spares``, e.g. the emoji's
-``name``): a short run learns the concept's words as plain BPE spells them at sampling time, while
-every other word of its captions (tone, style, the words before the name) comes in pieces now and
-then. A word the prior never saw, spelled in pieces before the name ("a p·ic·t·ure of"), then reads
-as such a word instead of as part of a name.
+``name``) and a list of words (``bpe_dropout_spared_words``, e.g. those of tone and style): a short
+run learns those words as plain BPE spells them at sampling time, while every other word of its
+captions (the words before the name, keywords, categories) comes in pieces now and then. A word the
+prior never saw, spelled in pieces before the name ("a p·ic·t·ure of"), then reads as such a word
+instead of as part of a name.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class PriorDataset(Dataset):
         null_caption_prob: float,
         indices: list[int] | None = None,
         spared_words: dict[str, tuple[str, ...]] | None = None,
+        always_whole: tuple[str, ...] = (),
     ) -> None:
         self.tokens = tokens
         self.indices = list(range(len(tokens))) if indices is None else list(indices)
@@ -104,6 +106,7 @@ class PriorDataset(Dataset):
         self.dropout = bpe_dropout > 0.0
         self.null_caption_prob = null_caption_prob
         self.spared_words = spared_words or {}
+        self.always_whole = tuple(always_whole)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -117,7 +120,7 @@ class PriorDataset(Dataset):
         caption = item["caption"]
         if self.null_caption_prob > 0.0 and float(torch.rand((), generator=g)) < self.null_caption_prob:
             caption = ""
-        keep = self.spared_words.get(item.get("stem", ""), ())
+        keep = self.spared_words.get(item.get("stem", ""), ()) + self.always_whole
         text = self.tokenizer.encode(caption, dropout=self.dropout, generator=g, keep_whole=keep)[0]  # (Tt,)
         return {"text": text, "image": item["image_codes"].long()}
 
