@@ -108,3 +108,16 @@ def test_every_reader_draws_the_same_caption_for_the_same_key(folder, tmp_path):
     batches = sampler_batches(len(CAPTIONS), BATCH, seed=SEED, count=2 * PER_EPOCH)
     first, *others = (drawn_captions(r, batches) for r in readers)
     assert all(other == first for other in others)
+
+
+@pytest.mark.parametrize("pixel_reader", ["folder", "shards", "manifest"])
+def test_a_reader_can_be_cut_to_some_of_each_images_captions(pixel_reader, folder, tmp_path):
+    pairs = open_reader(pixel_reader, folder, tmp_path)
+    noto = pairs.with_captions(lambda stem, lines: [c for c in lines if "noto" in c])
+    assert noto.stems == pairs.stems
+    for index, stem in enumerate(noto.stems):
+        drawn = {noto[(index, seed)]["caption"] for seed in range(40)}
+        # an image none of whose captions is chosen keeps them all
+        chosen = [c for c in CAPTIONS[stem] if "noto" in c]
+        assert drawn == set(chosen or CAPTIONS[stem])
+    assert {pairs[(0, seed)]["caption"] for seed in range(40)} == set(CAPTIONS[pairs.stems[0]])  # left as it was

@@ -12,6 +12,7 @@ from dalle_zero.data.emoji_captions import (
     _lead_in,
     canonical_caption,
     korean_captions,
+    names_attributes,
     plain_caption,
     training_captions,
     unseen_captions,
@@ -101,3 +102,27 @@ def test_korean_captions_need_a_korean_name():
 def test_a_count_below_one_is_refused():
     with pytest.raises(ValueError, match="count must be >= 1"):
         training_captions(HEART, 0)
+
+
+@pytest.mark.parametrize("parts", ALL_PARTS, ids=lambda p: p.name)
+def test_a_caption_names_the_attributes_when_it_says_the_style_and_every_tone(parts):
+    says = lambda c: names_attributes(c, parts.style, parts.tone)  # noqa: E731
+    assert says(canonical_caption(parts)) and says(plain_caption(parts))
+    assert all(says(c) for c in unseen_captions(parts))
+    assert not says(parts.name)  # the plain name leaves the style out
+    captions = training_captions(parts, 40)
+    style_words = {"google": ("noto", "google"), "twitter": ("twemoji", "twitter")}[parts.style]
+    style_words += (KO_STYLE[parts.style],)
+    for c in captions:
+        expected = any(w in c for w in style_words) and (parts.tone is None or "skin" in c or "피부색" in c)
+        assert says(c) == expected, c
+    assert 0 < sum(map(says, captions)) < len(captions)
+
+
+def test_a_caption_of_two_tones_names_both_and_korean_captions_count():
+    assert names_attributes("kiss with light and dark skin, twemoji", "twitter", "light/dark")
+    assert not names_attributes("kiss, twemoji style", "twitter", "light/dark")
+    assert not names_attributes("thumbs up, dark skin tone", "twitter", "dark")  # no style
+    ko_name, ko_full = korean_captions(THUMBS)
+    assert not names_attributes(ko_name, "twitter", "dark") and names_attributes(ko_full, "twitter", "dark")
+    assert names_attributes("anything at all", None, None)  # no style or tone to name

@@ -146,6 +146,23 @@ def test_keep_whole_matches_words_outside_ascii():
     assert all(torch.equal(k, whole) for k in kept)
 
 
+def test_what_dropout_remembers_between_captions_never_changes_an_encoding(tok, monkeypatch):
+    # A fresh tokenizer per caption remembers nothing; the shared one remembers pre-tokens and whole
+    # words, and with a memo of two entries it also forgets them again, many times over.
+    import dalle_zero.tokenizers.bpe as bpe
+
+    monkeypatch.setattr(bpe, "_MEMO_SIZE", 2)
+    shared = tok.with_dropout(0.3)
+    keeps = [(), ("purple",), ("purple", "triangle"), ("white", "on", "a")]
+    for seed in range(3):
+        for i, caption in enumerate(CAPTIONS + ODD):
+            keep = keeps[i % len(keeps)]
+            fresh = BPETokenizer(tok._tok, dataclasses.replace(tok.config, dropout_p=0.3))
+            want = fresh.tokenize([caption], dropout=True, seed=seed * 1000 + i, keep_whole=keep)
+            assert shared.tokenize([caption], dropout=True, seed=seed * 1000 + i, keep_whole=keep) == want
+    assert len(shared._pre_token_memo) <= 2 and len(shared._word_ids_memo) <= 2
+
+
 def test_dropout_is_reproducible_from_a_seed_and_leaves_plain_encoding_unchanged(tok):
     before = tok.encode(CAPTIONS)
     a = tok.encode(CAPTIONS, dropout=True, seed=7)

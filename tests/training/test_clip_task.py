@@ -194,3 +194,31 @@ def test_task_refuses_a_tokenizer_larger_than_the_model_vocabulary(tokenizer):
     small = config.replace(model=config.model.replace(text_vocab_size=100))
     with pytest.raises(ValueError, match="exceeds the CLIP's text_vocab_size"):
         CLIPTask(small, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def emoji_data(tmp_path_factory):
+    from tests.factories.emoji import make_emoji_dataset
+
+    return make_emoji_dataset(tmp_path_factory.mktemp("clip_emoji"))
+
+
+def test_naming_captions_show_each_image_only_with_captions_that_tell_it_from_its_siblings(tokenizer, emoji_data):
+    from dalle_zero.data.emoji_captions import names_attributes
+    from dalle_zero.data.metadata import read_metadata
+
+    meta = read_metadata(emoji_data)
+    shown = {}
+    for mode in ("all", "naming"):
+        config = clip_config(tokenizer, data=str(emoji_data), siblings=2, sibling_captions=mode)
+        siblings = CLIPTask(config, tokenizer).train_dataset()
+        items = [it for i in range(len(siblings)) for seed in range(6) for it in siblings[(i, seed)]]
+        shown[mode] = [(it["stem"], it["caption"]) for it in items]
+    naming = [names_attributes(c, meta[s]["style"], meta[s]["tone"]) for s, c in shown["naming"]]
+    assert all(naming) and len(shown["naming"]) == len(shown["all"])
+    assert not all(names_attributes(c, meta[s]["style"], meta[s]["tone"]) for s, c in shown["all"])
+    assert {s for s, _ in shown["naming"]} == {s for s, _ in shown["all"]}  # the same images and siblings
+    with pytest.raises(ValueError, match="sibling_captions must be 'all' or 'naming'"):
+        clip_config(tokenizer, siblings=2, sibling_captions="some")
+    with pytest.raises(ValueError, match="is for hard negatives: set siblings > 0"):
+        clip_config(tokenizer, sibling_captions="naming")

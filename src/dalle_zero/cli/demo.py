@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -33,6 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", default="demo", help="demo preset name or JSON file (default: demo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def demo_command(args: argparse.Namespace) -> str:
+    """The ``dalle demo`` command line of ``args``: the one that resumes this run, options and all."""
+    parts = ["dalle demo", "--out", shlex.quote(args.out)]
+    for flag, value in (("--minutes", args.minutes), ("--data", args.data), ("--styles", args.styles)):
+        if value is not None:
+            parts += [flag, shlex.quote(f"{value:g}" if isinstance(value, float) else str(value))]
+    if args.config != "demo":
+        parts += ["--config", shlex.quote(args.config)]
+    return " ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:  # not the main thread (run from Python): leave signals alone
         previous = None
     try:
-        report = run_demo(out, config, data=args.data, progress=not args.no_progress)
+        report = run_demo(out, config, data=args.data, progress=not args.no_progress, command=demo_command(args))
     except (DemoInterrupted, KeyboardInterrupt) as e:
         reason = str(e) if isinstance(e, DemoInterrupted) else "stopped"
         print(f"dalle demo: {reason}; run the same command again to resume", file=sys.stderr)

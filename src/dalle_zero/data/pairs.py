@@ -204,6 +204,13 @@ class ImageTextPairs(Dataset):
         """Every caption line of item ``index``."""
         return list(self.items[index][1])
 
+    def with_captions(self, choose: Callable[[str, list[str]], list[str]]) -> ImageTextPairs:
+        """The same pairs with each image's caption lines replaced by ``choose(stem, lines)``; where
+        that leaves none, the image keeps its lines. Keys still pick among the lines kept."""
+        view = copy.copy(self)
+        view.items = [(where, choose(self._stem(where), lines) or lines) for where, lines in self.items]
+        return view
+
     def with_transform(self, transform: Transform | None) -> ImageTextPairs:
         """The same pairs (the index built once) seen through another ``transform``."""
 

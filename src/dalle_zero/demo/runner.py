@@ -194,8 +194,12 @@ def run_demo(
     data: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    command: str | None = None,
 ) -> Path:
     """Run (or resume) the demo in ``out``; returns the path of ``report.html``.
+
+    ``command`` is the ``dalle demo`` command line that started it, shown in the report as the way to
+    reproduce or resume it (default: one built from ``out`` and the budget, right for the preset).
 
     Raises :class:`~dalle_zero.demo.context.DemoInterrupted` when a training stage was stopped early.
     """
@@ -232,7 +236,7 @@ def run_demo(
         "load_start": load_start,
         "load_end": _loadavg(),
         "data": data_note,
-        "commands": reproduce_commands(out, Path(data_note), config),
+        "commands": reproduce_commands(out, Path(data_note), config, command),
     }
     atomic_write_text(out / "summary.json", json.dumps({"header": header, "stages": done}, indent=2) + "\n")
     return write_report(out, state={"stages": done}, showcase=showcase, results=results, header=header)
@@ -302,13 +306,13 @@ def _run_stage(
     log(f"  done in {before + seconds:.0f} s ({ctx.elapsed / 60:.1f} of {config.minutes:g} min used)")
 
 
-def reproduce_commands(out: Path, data: Path, config: DemoConfig) -> list[str]:
+def reproduce_commands(out: Path, data: Path, config: DemoConfig, command: str | None = None) -> list[str]:
     """The ``dalle`` commands that reproduce or extend what the demo did. The model folder carries
     the demo's sampling settings (``sampling.json``), so generating needs none; the evaluation names
     its own candidate count, which differs from the showcase's."""
     first = config.plain_captions[0] if config.plain_captions else "red heart"
     return [
-        f"dalle demo --out {out} --minutes {config.minutes:g}",
+        command or f"dalle demo --out {out} --minutes {config.minutes:g}",
         f'dalle generate --model {out / "model"} "{first}"',
         f"dalle eval --model {out / 'model'} --data {data} --evaluator {out / 'runs' / 'evaluator'} "
         f"--clip {out / 'runs' / 'eval_clip'} --samples {config.eval.samples} --candidates {config.eval.candidates}"

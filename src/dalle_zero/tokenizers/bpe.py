@@ -35,6 +35,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import ftfy
 import torch
@@ -45,6 +46,7 @@ from dalle_zero.io import CONFIG_NAME, FORMAT_VERSION, atomic_directory, read_co
 from dalle_zero.nn.embeddings import PAD_ID
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TOKENIZER_FILE = "tokenizer.json"
 WORDS_FILE = "words.json"
@@ -98,6 +100,11 @@ class BPETokenizer:
         self._warned_truncation = False
         self._merge_ranks: dict[tuple[str, str], int] | None = None  # built lazily for dropout
         self._vocab: dict[str, int] | None = None
+        # Dropout is encoded in Python per sample, so what does not depend on the draw is kept: a
+        # caption's pre-tokens, a keep_whole list's words and a whole word's ids (bounded memos).
+        self._pre_token_memo: dict[str, tuple[str, ...]] = {}
+        self._whole_memo: dict[tuple[str, ...], frozenset[str]] = {}
+        self._word_ids_memo: dict[str, list[int]] = {}
         actual = tokenizer.get_vocab_size(with_added_tokens=True)  # type: ignore[attr-defined]
         if actual != config.vocab_size:
             raise ValueError(f"tokenizer has {actual} tokens but its config says vocab_size={config.vocab_size}")
@@ -222,7 +229,7 @@ class BPETokenizer:
         normed = [normalize_caption(t) for t in texts]
         if dropout and self.config.dropout_p > 0.0:
             rng = random.Random(_python_seed(generator, seed))
-            whole = self._pre_tokens(" ".join(keep_whole))
+            whole = self._whole_words(tuple(keep_whole))
             return [self._encode_with_dropout(t, rng, whole) for t in normed]
         return [e.ids for e in self._tok.encode_batch(normed, add_special_tokens=False)]  # type: ignore[attr-defined]
 
@@ -292,10 +299,21 @@ class BPETokenizer:
 
     # ---- BPE dropout (Provilkov et al. 2020), seeded ----
 
-    def _pre_tokens(self, normed: str) -> frozenset[str]:
-        """The pre-tokenizer's words of ``normed``, without the byte-level space mark (``Ġ``)."""
-        pre = self._tok.pre_tokenizer.pre_tokenize_str(normalize_caption(normed))  # type: ignore[attr-defined]
-        return frozenset(word.removeprefix(SPACE_MARK) for word, _ in pre)
+    def _pre_token_words(self, normed: str) -> tuple[str, ...]:
+        """The pre-tokenizer's words of the normalised caption ``normed`` (with the space mark ``Ġ``)."""
+        words = self._pre_token_memo.get(normed)
+        if words is None:
+            pre = self._tok.pre_tokenizer.pre_tokenize_str(normed)  # type: ignore[attr-defined]
+            words = _remember(self._pre_token_memo, normed, tuple(word for word, _ in pre))
+        return words
+
+    def _whole_words(self, keep_whole: tuple[str, ...]) -> frozenset[str]:
+        """The pre-tokenizer's words of ``keep_whole``, without the byte-level space mark (``Ġ``)."""
+        whole = self._whole_memo.get(keep_whole)
+        if whole is None:
+            words = self._pre_token_words(normalize_caption(" ".join(keep_whole)))
+            whole = _remember(self._whole_memo, keep_whole, frozenset(w.removeprefix(SPACE_MARK) for w in words))
+        return whole
 
     def _encode_with_dropout(self, normed: str, rng: random.Random, whole: frozenset[str] = frozenset()) -> list[int]:
         if self._merge_ranks is None:
@@ -303,12 +321,19 @@ class BPETokenizer:
             merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
             self._merge_ranks = {(a, b): r for r, (a, b) in enumerate(merges)}
             self._vocab = model["vocab"]
-        assert self._vocab is not None
+        vocab, ranks = self._vocab, self._merge_ranks
+        assert vocab is not None
         p = self.config.dropout_p
         ids: list[int] = []
-        for word, _ in self._tok.pre_tokenizer.pre_tokenize_str(normed):  # type: ignore[attr-defined]
-            q = 0.0 if word.removeprefix(SPACE_MARK) in whole else p
-            ids.extend(self._vocab[s] for s in _merge_word(list(word), self._merge_ranks, q, rng))
+        for word in self._pre_token_words(normed):
+            if word.removeprefix(SPACE_MARK) in whole:  # plain BPE draws nothing: the same ids every time
+                kept = self._word_ids_memo.get(word)
+                if kept is None:
+                    pieces = _merge_word(list(word), ranks, 0.0, rng)
+                    kept = _remember(self._word_ids_memo, word, [vocab[s] for s in pieces])
+                ids.extend(kept)
+            else:
+                ids.extend(vocab[s] for s in _merge_word(list(word), ranks, p, rng))
         return ids
 
     # ---- save / load ----
@@ -379,6 +404,16 @@ def _merge_word(symbols: list[str], ranks: dict[tuple[str, str], int], p: float,
             break
         symbols = symbols[:best_i] + [symbols[best_i] + symbols[best_i + 1]] + symbols[best_i + 2 :]
     return symbols
+
+
+_MEMO_SIZE = 1 << 16  # entries per memo; a full memo starts over rather than grow with the dataset
+
+
+def _remember(memo: dict, key: object, value: _T) -> _T:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _as_list(text: str | Sequence[str]) -> list[str]:

@@ -13,6 +13,11 @@ holds two images of the same subject, so in-batch contrast teaches the subject a
 (``metadata.jsonl``'s ``concept`` field: the same emoji in other tones and styles) into the batch, so
 the loss has to read exactly the attributes the reranker must rank by. The per-step cost is that of a
 batch of ``batch_size · (1 + k)`` pairs at most; pairs whose caption already is in the batch are dropped.
+A hard negative must be one: a caption that leaves out what the siblings differ in ("waving hand",
+"thumbs up, noto style" for a dark thumbs up) is as true of a sibling as of its image, and the loss
+would push the two apart anyway. With ``sibling_captions = "naming"`` each image is shown only with
+its captions that name its style and skin tone (``metadata.jsonl``'s ``style`` and ``tone``;
+:func:`~dalle_zero.data.emoji_captions.names_attributes`), the canonical one among them.
 The blur (``blur_prob``, ``max_blur``) is the evaluator's: generated images come out of the dVAE
 softer than the real ones the reranker is trained on.
 
@@ -42,6 +47,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.data.emoji_captions import names_attributes
 from dalle_zero.data.images import random_blur, resize_pixels
 from dalle_zero.data.metadata import read_metadata
 from dalle_zero.data.sources import data_folder, open_image_text_dataset
@@ -81,6 +87,7 @@ class CLIPTrainConfig(Config):
     blur_prob: float = 0.0  # share of training images blurred (0: never)
     max_blur: float = 1.5  # largest blur radius, pixels
     siblings: int = 0  # hard negatives: other images of each drawn item's concept added to the batch
+    sibling_captions: str = "all"  # "naming": only the captions that name the style and tone (see above)
     dvae: str | None = None  # dVAE run or model folder for recon_prob
     recon_prob: float = 0.0  # share of training images shown as their dVAE reconstruction
     bpe_dropout: bool = False
@@ -96,6 +103,11 @@ class CLIPTrainConfig(Config):
         check_float(self, "blur_prob", min_value=0.0, max_value=1.0)
         check_float(self, "max_blur", min_value=0.0)
         check_int(self, "siblings", min_value=0)
+        if self.sibling_captions not in ("all", "naming"):
+            got = self.sibling_captions
+            raise ValueError(f"CLIPTrainConfig.sibling_captions must be 'all' or 'naming', got {got!r}")
+        if self.sibling_captions == "naming" and self.siblings == 0:
+            raise ValueError("CLIPTrainConfig.sibling_captions 'naming' is for hard negatives: set siblings > 0")
         check_float(self, "recon_prob", min_value=0.0, max_value=1.0)
         if self.recon_prob > 0 and not self.dvae:
             raise ValueError("CLIPTrainConfig.recon_prob > 0 needs a dvae (run or model folder)")
@@ -146,7 +158,7 @@ class CLIPPairs(Dataset):
         pixels = shift_augment(pixels, self.augment_shift, g)
         pixels = random_blur(pixels, self.blur_prob, self.max_blur, g)
         ids = self.tokenizer.encode(item["caption"], dropout=self.bpe_dropout, generator=g)[0]  # (Tt,)
-        return {"ids": ids, "pixels": pixels, "caption": item["caption"]}
+        return {"ids": ids, "pixels": pixels, "caption": item["caption"], "stem": item.get("stem", "")}
 
 
 class ReconstructedImages(Dataset):
@@ -226,6 +238,26 @@ def concept_groups(data: str | Path, stems: Sequence[str]) -> list[str | None]:
     return [None if c is None else str(c) for c in groups]
 
 
+def captions_naming_attributes(base: Dataset, data: str | Path) -> Dataset:
+    """``base`` with each image's captions cut to those naming its style and tone (``sibling_captions``)."""
+    with_captions = getattr(base, "with_captions", None)
+    if with_captions is None:
+        kind = type(base).__name__
+        raise ValueError(f"CLIPTrainConfig.sibling_captions 'naming': a {kind} cannot choose among captions")
+    folder = data_folder(data)
+    try:
+        meta = read_metadata(folder)
+    except FileNotFoundError as e:
+        need = "CLIPTrainConfig.sibling_captions 'naming' needs each image's style and tone"
+        raise FileNotFoundError(f"{need}: {e}") from None
+
+    def naming(stem: str, lines: list[str]) -> list[str]:
+        row = meta.get(stem, {})
+        return [c for c in lines if names_attributes(c, row.get("style"), row.get("tone"))]
+
+    return with_captions(naming)
+
+
 def collate_pairs(items: list[Any]) -> dict[str, torch.Tensor]:
     """Stack CLIP items (or lists of them, from :class:`WithSiblings`) into ``{ids, pixels}``, keeping
     the first item of every caption: a repeated caption would be a false negative of the contrastive loss."""
@@ -277,6 +309,8 @@ class CLIPTask(TrainTask):
         c = self.config
         base = self._train_data if self._train_data is not None else _split_dataset(c.data, c.train_split)
         stems = getattr(base, "stems", None)
+        if c.sibling_captions == "naming":
+            base = captions_naming_attributes(base, c.data)
         if c.recon_prob > 0:
             assert c.dvae is not None  # CLIPTrainConfig checks it
             dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
