@@ -203,7 +203,9 @@ def emoji_data(tmp_path_factory):
     return make_emoji_dataset(tmp_path_factory.mktemp("clip_emoji"))
 
 
-def test_naming_captions_show_each_image_only_with_captions_that_tell_it_from_its_siblings(tokenizer, emoji_data):
+def test_naming_captions_show_each_image_only_with_captions_that_tell_it_from_its_siblings(
+    tokenizer, emoji_data, tmp_path
+):
     from dalle_zero.data.emoji_captions import names_attributes
     from dalle_zero.data.metadata import read_metadata
 
@@ -218,7 +220,10 @@ def test_naming_captions_show_each_image_only_with_captions_that_tell_it_from_it
     assert all(naming) and len(shown["naming"]) == len(shown["all"])
     assert not all(names_attributes(c, meta[s]["style"], meta[s]["tone"]) for s, c in shown["all"])
     assert {s for s, _ in shown["naming"]} == {s for s, _ in shown["all"]}  # the same images and siblings
-    with pytest.raises(ValueError, match="sibling_captions must be 'all' or 'naming'"):
+    with pytest.raises(ValueError, match=r"sibling_captions must be one of \['all', 'naming'\], got 'some'"):
         clip_config(tokenizer, siblings=2, sibling_captions="some")
     with pytest.raises(ValueError, match="is for hard negatives: set siblings > 0"):
         clip_config(tokenizer, sibling_captions="naming")
+    no_metadata = clip_config(tokenizer, data=str(tmp_path), siblings=2, sibling_captions="naming")
+    with pytest.raises(FileNotFoundError, match="sibling_captions 'naming' needs each image's style and tone"):
+        CLIPTask(no_metadata, tokenizer, train_data=ShapePairs()).train_dataset()

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from dalle_zero.config import Config, check_float, check_int
+from dalle_zero.config import Config, check_choice, check_float, check_int
 from dalle_zero.data.emoji_captions import names_attributes
 from dalle_zero.data.images import random_blur, resize_pixels
 from dalle_zero.data.metadata import read_metadata
@@ -103,9 +103,7 @@ class CLIPTrainConfig(Config):
         check_float(self, "blur_prob", min_value=0.0, max_value=1.0)
         check_float(self, "max_blur", min_value=0.0)
         check_int(self, "siblings", min_value=0)
-        if self.sibling_captions not in ("all", "naming"):
-            got = self.sibling_captions
-            raise ValueError(f"CLIPTrainConfig.sibling_captions must be 'all' or 'naming', got {got!r}")
+        check_choice(self, "sibling_captions", ("all", "naming"))
         if self.sibling_captions == "naming" and self.siblings == 0:
             raise ValueError("CLIPTrainConfig.sibling_captions 'naming' is for hard negatives: set siblings > 0")
         check_float(self, "recon_prob", min_value=0.0, max_value=1.0)
@@ -224,32 +222,36 @@ class WithSiblings(Dataset):
         return [self.pairs[(index, seed)]] + [self.pairs[(j, s)] for j, s in zip(picks, sibling_seeds)]
 
 
-def concept_groups(data: str | Path, stems: Sequence[str]) -> list[str | None]:
-    """The ``concept`` of each stem from ``metadata.jsonl`` beside the images or shards (None where it has none)."""
-    folder = data_folder(data)  # a shard pattern or a single .tar: the folder holding them
+def sibling_metadata(data: str | Path, need: str) -> dict[str, dict[str, Any]]:
+    """``metadata.jsonl`` beside the images or shards of ``data``. Without it, a clear error that starts
+    with ``CLIPTrainConfig.`` and ``need`` (the option that needs it, and what for)."""
     try:
-        meta = read_metadata(folder)
+        return read_metadata(data_folder(data))  # a shard pattern or a single .tar: the folder holding them
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"CLIPTrainConfig.siblings needs the concept of every image: {e}") from None
+        raise FileNotFoundError(f"CLIPTrainConfig.{need}: {e}") from None
+
+
+def concept_groups(
+    data: str | Path, stems: Sequence[str], meta: dict[str, dict[str, Any]] | None = None
+) -> list[str | None]:
+    """The ``concept`` of each stem from ``metadata.jsonl`` beside the images or shards (None where it
+    has none); ``meta``: that file already read."""
+    if meta is None:
+        meta = sibling_metadata(data, "siblings needs the concept of every image")
     groups = [meta.get(stem, {}).get("concept") for stem in stems]
     if not any(groups):
-        path = folder / "metadata.jsonl"
+        path = data_folder(data) / "metadata.jsonl"
         raise ValueError(f"{path}: no 'concept' field for any image (CLIPTrainConfig.siblings)")
     return [None if c is None else str(c) for c in groups]
 
 
-def captions_naming_attributes(base: Dataset, data: str | Path) -> Dataset:
-    """``base`` with each image's captions cut to those naming its style and tone (``sibling_captions``)."""
+def captions_naming_attributes(base: Dataset, meta: dict[str, dict[str, Any]]) -> Dataset:
+    """``base`` with each image's captions cut to those naming its style and tone (``sibling_captions``),
+    read from its ``metadata.jsonl`` rows ``meta``."""
     with_captions = getattr(base, "with_captions", None)
     if with_captions is None:
         kind = type(base).__name__
         raise ValueError(f"CLIPTrainConfig.sibling_captions 'naming': a {kind} cannot choose among captions")
-    folder = data_folder(data)
-    try:
-        meta = read_metadata(folder)
-    except FileNotFoundError as e:
-        need = "CLIPTrainConfig.sibling_captions 'naming' needs each image's style and tone"
-        raise FileNotFoundError(f"{need}: {e}") from None
 
     def naming(stem: str, lines: list[str]) -> list[str]:
         row = meta.get(stem, {})
@@ -309,8 +311,10 @@ class CLIPTask(TrainTask):
         c = self.config
         base = self._train_data if self._train_data is not None else _split_dataset(c.data, c.train_split)
         stems = getattr(base, "stems", None)
+        meta = None  # read once for both uses
         if c.sibling_captions == "naming":
-            base = captions_naming_attributes(base, c.data)
+            meta = sibling_metadata(c.data, "sibling_captions 'naming' needs each image's style and tone")
+            base = captions_naming_attributes(base, meta)
         if c.recon_prob > 0:
             assert c.dvae is not None  # CLIPTrainConfig checks it
             dvae = DiscreteVAE.from_pretrained(resolve_model_dir(c.dvae)).eval()
@@ -330,7 +334,7 @@ class CLIPTask(TrainTask):
         if groups is None:
             if stems is None:
                 raise ValueError("CLIPTrainConfig.siblings: pass the group of every training item (groups=)")
-            groups = concept_groups(c.data, stems)
+            groups = concept_groups(c.data, stems, meta)
         return WithSiblings(pairs, groups, c.siblings)
 
     def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
