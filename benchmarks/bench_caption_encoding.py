@@ -82,7 +82,17 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    for src in args.src or [str(HERE.parent / "src")]:
+    sources = args.src or [str(HERE.parent / "src")]
+    if not (Path(args.data) / "metadata.jsonl").is_file():
+        ap.error(f"--data: no metadata.jsonl in {args.data} (a dataset folder from `dalle data emoji`)")
+    if not (Path(args.tokenizer) / "tokenizer.json").is_file():
+        ap.error(f"--tokenizer: no tokenizer.json in {args.tokenizer} (a folder from `dalle train tokenizer`)")
+    missing = [src for src in sources if not (Path(src) / "dalle_zero").is_dir()]
+    if missing:
+        ap.error(f"--src: no dalle_zero package in {', '.join(missing)}")
+    if args.captions < 1 or args.reps < 1:
+        ap.error("--captions and --reps must be at least 1")
+    for src in sources:
         cmd = [sys.executable, __file__, "--child", "--label", src, "--data", args.data, "--tokenizer",
                args.tokenizer, "--captions", str(args.captions), "--reps", str(args.reps)]
         os.environ["PYTHONPATH"] = str(Path(src).resolve())
